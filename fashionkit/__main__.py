@@ -1,0 +1,3 @@
+from fashionkit.cli import main
+
+raise SystemExit(main())

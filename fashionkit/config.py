@@ -1,0 +1,105 @@
+"""How commands declare options, and how defaults, a YAML config and flags combine.
+
+Each command declares its options once, as ``{name: Opt(default, help)}``. The value used is the first of:
+a command-line flag, the ``--config`` YAML file, the declared default. The resolved options are saved as
+``config.yaml`` in the run directory, so ``--config runs/<stage>/<run>/config.yaml`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fashionkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Opt:
+    default: Any
+    help: str
+    type: Callable[[str], Any] | None = None  # inferred from the default when None
+    choices: Sequence[Any] | None = None
+
+    def convert(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        kind = self.type or (type(self.default) if self.default is not None else None)
+        if kind is bool and not isinstance(value, bool):
+            text = str(value).lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise UserError(f"option '{name}' expects true or false, got {value!r}")
+            value = text in ("true", "1", "yes")
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif kind is not None and kind is not bool and not isinstance(value, kind if isinstance(kind, type) else ()):
+            try:
+                value = kind(value)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"option '{name}': {value!r} is not a valid value ({e})") from None
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"option '{name}': {value!r} is not one of {', '.join(map(str, self.choices))}")
+        return value
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, options: dict[str, Opt]) -> None:
+    """Add one flag per option. Defaults are SUPPRESSed so we can tell which flags were given."""
+    for name, opt in options.items():
+        shown = f"(default: {opt.default})" if opt.default not in (None, "") else "(default: none)"
+        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f"{opt.help} {shown}")
+        if isinstance(opt.default, bool) and opt.type is None:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = name.upper()
+            if opt.choices is not None:
+                kwargs["metavar"] = "{" + ",".join(map(str, opt.choices)) + "}"
+        parser.add_argument(flag(name), **kwargs)
+    parser.add_argument("--config", dest="config", default=None, metavar="YAML",
+                        help="YAML file of option values; flags given on the command line override it")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of option: value")
+    return data
+
+
+def resolve(options: dict[str, Opt], args: argparse.Namespace | dict | None = None,
+            config: str | Path | dict | None = None) -> dict[str, Any]:
+    """Combine defaults < config file < explicit flags into one validated dict."""
+    given = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
+    config = given.pop("config", None) if config is None else config
+    values = {name: opt.default for name, opt in options.items()}
+    if config is not None:
+        from_file = config if isinstance(config, dict) else load_yaml(config)
+        source = "config" if isinstance(config, dict) else str(config)
+        for key, value in from_file.items():
+            key = str(key).replace("-", "_")
+            if key not in options:
+                raise UserError(f"{source}: unknown option '{key}'; valid options: {', '.join(options)}")
+            values[key] = options[key].convert(key, value)
+    for key, value in given.items():
+        if key in options:
+            values[key] = options[key].convert(key, value)
+    return values
+
+
+def save_yaml(data: dict[str, Any], path: str | Path) -> None:
+    from fashionkit.runs import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
