@@ -33,7 +33,9 @@ def runs_dir(tmp_path, monkeypatch):
     return root
 
 
-def run_cli(*argv: str) -> int:
+@pytest.fixture
+def cli():
+    """``cli("data", "eda", "--out", d)`` runs the umbrella command in-process and returns its exit code."""
     from fashionkit.cli import main
 
-    return main([str(a) for a in argv])
+    return lambda *argv: main([str(a) for a in argv])
