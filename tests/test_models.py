@@ -1,0 +1,161 @@
+"""The classifier registry: every registered model runs, learns and rebuilds from its recorded options."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fashionkit.classify import models
+from fashionkit.classify.models import MODELS, create_model, model_table
+from fashionkit.data.loader import normalize, to_float
+
+from fashionkit.errors import UserError
+
+
+def batch(train_set, n, classes=None):
+    images, labels = train_set
+    if classes is not None:
+        keep = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()[:n]
+        return normalize(to_float(images[keep])), labels[keep]
+    return normalize(to_float(images[:n])), labels[:n]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_runs_trains_and_rebuilds(name, train_set):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x, y = batch(train_set, 2 if name == "resnet18-transfer" else 4)  # 112 px on CPU: keep that batch tiny
+
+    fmap = model.trunk(x)
+    assert fmap.dim() == 4 and fmap.shape[:2] == (len(x), model.trunk_channels)
+    feats = model.features(x)
+    assert feats.shape == (len(x), model.feature_dim)
+    logits = model(x)
+    assert logits.shape == (len(x), 10) and torch.isfinite(logits).all()
+
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    F.cross_entropy(logits, y).backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    # every parameter takes part: a branch left out of forward would keep its initial values
+    unchanged = [k for k, p in model.named_parameters() if torch.equal(p, before[k])]
+    assert not unchanged
+
+    rebuilt = create_model(model.name, **model.options)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    json.dumps(model.options)  # options go into checkpoints and run configs
+
+
+def test_published_parameter_counts():
+    assert models.count_params(create_model("lenet")) == pytest.approx(173_000, rel=0.05)
+    assert models.count_params(create_model("vgg")) == pytest.approx(1_150_000, rel=0.05)
+    small, medium, large = (models.count_params(create_model(n)) for n in ("vgg-small", "vgg", "vgg-large"))
+    assert small < medium < large and 0.9e6 <= large <= 2.9e6  # the 94.93% VGG-like net's range
+
+
+def test_simple_learns_two_classes(train_set):
+    torch.manual_seed(0)
+    x, y = batch(train_set, 256, classes=[0, 1])  # T-shirt/top vs trouser
+    assert set(y.tolist()) == {0, 1}
+    model = create_model("simple")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with torch.no_grad():
+        first = F.cross_entropy(model(x), y).item()
+    for _ in range(8):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        last = F.cross_entropy(model(x), y).item()
+    assert last < 0.5 * first
+
+
+def test_unknown_name_and_option_list_the_valid_ones():
+    with pytest.raises(UserError, match="unknown model 'vgg16'") as err:
+        create_model("vgg16")
+    assert all(name in str(err.value) for name in MODELS)
+    with pytest.raises(UserError, match="unknown option 'depth' for model vgg") as err:
+        create_model("vgg", depth=5)
+    assert "fc_layers" in str(err.value) and "activation" in str(err.value)
+    with pytest.raises(UserError, match="unknown option 'activation'"):
+        create_model("resnet18-transfer", activation="elu")  # pretrained layers fix their activation
+
+
+@pytest.mark.parametrize("activation", list(models.ACTIVATIONS))
+def test_activation_choices(activation, train_set):
+    model = create_model("lenet", activation=activation)
+    kinds = {type(m) for m in model.modules()}
+    assert models.ACTIVATIONS[activation] in kinds
+    assert not (set(models.ACTIVATIONS.values()) - {models.ACTIVATIONS[activation]}) & kinds
+    assert torch.isfinite(model(batch(train_set, 2)[0])).all()
+
+
+def test_bad_option_values_are_user_errors():
+    with pytest.raises(UserError, match="unknown activation 'gelu'.*leaky_relu"):
+        create_model("vgg", activation="gelu")
+    with pytest.raises(UserError, match="hidden"):
+        create_model("mlp", hidden=[512, 256, 128, 64])  # 1 to 3 hidden layers
+    with pytest.raises(UserError, match="fc_layers"):
+        create_model("vgg", fc_layers=4)
+    with pytest.raises(UserError, match="stages"):
+        create_model("resnet", stages=[1, 1])
+    with pytest.raises(UserError, match="dropout"):
+        create_model("simple", dropout=1.5)
+
+
+def test_options_record_the_architecture():
+    model = create_model("mlp", num_classes=5, hidden=(300, 50), activation="tanh")
+    assert model.options == {"num_classes": 5, "hidden": [300, 50], "activation": "tanh", "dropout": 0.2,
+                             "width": 1.0}
+    assert model.feature_dim == 50 and model.head.out_features == 5
+    assert create_model("vgg-large").options["fc_layers"] == 2  # the variant's defaults are recorded too
+    rebuilt = create_model(model.name, **model.options)
+    assert rebuilt.head.out_features == 5 and isinstance(rebuilt.neck[2], nn.Tanh)
+
+
+def test_family_size_options():
+    assert create_model("vgg", fc_layers=3, fc_dim=64).feature_dim == 64
+    assert create_model("vgg", width=0.5).trunk_channels == 128
+    assert create_model("resnet", stages=[1, 1, 1]).trunk_channels == 256
+    assert create_model("densenet", growth=8).feature_dim < create_model("densenet").feature_dim
+    assert create_model("simple-fanin").trunk_channels == 16 and create_model("simple-fanout").trunk_channels == 64
+
+
+def test_mflops_counts_multiply_adds_twice(monkeypatch):
+    dense = 784 * 256 + 256 * 128 + 128 * 64 + 64 * 10
+    assert models.count_mflops(create_model("mlp")) == pytest.approx(2 * dense / 1e6)
+    monkeypatch.setattr(models, "MODELS", {n: MODELS[n] for n in ("mlp", "lenet")})  # the full table takes seconds
+    rows = model_table()
+    assert [r["name"] for r in rows] == ["mlp", "lenet"]
+    assert rows[1]["params"] == models.count_params(create_model("lenet")) and 5 < rows[1]["mflops"] < 50
+
+
+def test_transfer_weights_from_a_local_file(tmp_path):
+    from torchvision.models import resnet18
+
+    source = resnet18(weights=None)
+    path = tmp_path / "resnet18.pt"
+    torch.save(source.state_dict(), path)
+    model = create_model("resnet18-transfer", weights=str(path), size=64)
+    assert torch.equal(model.trunk[1].weight, source.conv1.weight)  # trunk[0] is the gray -> RGB resize
+    assert torch.equal(model.trunk[-1][1].conv2.weight, source.layer4[1].conv2.weight)
+
+    with pytest.raises(UserError, match="not found"):
+        create_model("resnet18-transfer", weights=str(tmp_path / "missing.pt"))
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(UserError, match="not a torchvision resnet18 state dict"):
+        create_model("resnet18-transfer", weights=str(path))
+
+
+def test_transfer_default_weights_without_network(monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError, match="could not download.*weights=PATH.*weights=none"):
+        create_model("resnet18-transfer", weights="DEFAULT")
