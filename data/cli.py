@@ -15,6 +15,26 @@ PREVIEW_OPTIONS = {
     "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
 }
 
+EDA_OPTIONS = {
+    "out": Opt("eda", "directory for the plots and stats.json"),
+    "samples": Opt(10, "random training images per class in samples.png"),
+    "seed": Opt(0, "random seed for picking the samples"),
+    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
+}
+
+OUTLIERS_OPTIONS = {
+    "epochs": Opt(15, "training epochs of the autoencoder (about 4 s each on the full split, 2 CPU cores)"),
+    "batch_size": Opt(128, "training batch size"),
+    "lr": Opt(1e-3, "Adam learning rate"),
+    "subset": Opt(None, "train on and rank a stratified subset of this many training images", type=int),
+    "top": Opt(16, "highest-error images listed per class"),
+    "seed": Opt(0, "random seed for initialisation and shuffling"),
+    "device": Opt("auto", "where to train; auto picks cuda when available", choices=("auto", "cpu", "cuda")),
+    "name": Opt(None, "run name under <runs-dir>/data/; none means outliers, numbered if taken", type=str),
+    "runs_dir": Opt(None, "root of the run directories; none means $FASHIONKIT_RUNS or ./runs", type=str),
+    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
+}
+
 
 def cmd_presets(args) -> int:
     from fashionkit.data.augment import PRESETS
@@ -53,6 +73,23 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_eda(args) -> int:
+    from fashionkit.data.eda import run_eda
+
+    cfg = resolve(EDA_OPTIONS, args)
+    written = run_eda(cfg["out"], cfg["data_dir"], samples=cfg["samples"], seed=cfg["seed"])
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_outliers(args) -> int:
+    from fashionkit.data.outliers import run_outliers
+
+    run_outliers(resolve(OUTLIERS_OPTIONS, args))
+    return 0
+
+
 def register(sub, formatter) -> None:
     p = sub.add_parser("presets", help="list the augmentation presets", formatter_class=formatter)
     p.set_defaults(func=cmd_presets)
@@ -60,3 +97,13 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("preview", help="save a PNG grid of augmented samples of a preset", formatter_class=formatter)
     add_options(p, PREVIEW_OPTIONS)
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("eda", help="plots and pixel statistics of the dataset (class balance, means, samples)",
+                       formatter_class=formatter)
+    add_options(p, EDA_OPTIONS)
+    p.set_defaults(func=cmd_eda)
+
+    p = sub.add_parser("outliers", help="rank training images by autoencoder reconstruction error",
+                       formatter_class=formatter)
+    add_options(p, OUTLIERS_OPTIONS)
+    p.set_defaults(func=cmd_outliers)
