@@ -8,7 +8,9 @@
 Each family is one plain constructor function whose keyword arguments are its options (sizes, activation,
 dropout, width); MODELS registers named variants of the families with default options, as timm does.
 ``model.name`` and ``model.options`` (every option resolved, num_classes included) record how a model was
-built, so ``create_model(m.name, **m.options)`` rebuilds the same architecture from a checkpoint.
+built, so ``create_model(m.name, **m.options)`` rebuilds the same architecture from a checkpoint. The one
+exception is the initial-weights option ``weights``: options record it as ``none`` (the checkpoint holds the
+weights; rebuilding must not download or read the original file again) and ``model.pretrained`` keeps it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Classifier(nn.Module):
         self.num_classes = head.out_features
         self.name: str = ""  # set by create_model
         self.options: dict = {}
+        self.pretrained: str = "none"  # where the initial weights came from (resnet18-transfer's `weights`)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.trunk(x))
@@ -419,8 +422,14 @@ def create_model(name: str, num_classes: int = 10, **options) -> Classifier:
     bound = inspect.signature(spec.family).bind(num_classes=num_classes, **{**spec.defaults, **options})
     bound.apply_defaults()
     model = spec.family(**bound.arguments)
-    # every option resolved, so a checkpoint rebuilds this architecture even if the defaults change later
-    model.name, model.options = name, {k: _plain(v) for k, v in bound.arguments.items()}
+    # every option resolved, so a checkpoint rebuilds this architecture even if the defaults change later;
+    # initial weights are not architecture: a checkpoint brings its own, and rebuilding must not need the
+    # network or the original file again, so options say weights=none and `pretrained` says where they came from
+    options = {k: _plain(v) for k, v in bound.arguments.items()}
+    model.pretrained = options.get("weights", "none")
+    if "weights" in options:
+        options["weights"] = "none"
+    model.name, model.options = name, options
     return model
 
 

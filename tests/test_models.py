@@ -142,10 +142,14 @@ def test_transfer_weights_from_a_local_file(tmp_path):
     model = create_model("resnet18-transfer", weights=str(path), size=64)
     assert torch.equal(model.trunk[1].weight, source.conv1.weight)  # trunk[0] is the gray -> RGB resize
     assert torch.equal(model.trunk[-1][1].conv2.weight, source.layer4[1].conv2.weight)
+    # a checkpoint rebuilds the architecture without the file: the weights come from the checkpoint
+    assert model.pretrained == str(path) and model.options["weights"] == "none"
+    path.unlink()
+    assert create_model(model.name, **model.options).state_dict().keys() == model.state_dict().keys()
 
     with pytest.raises(UserError, match="not found"):
         create_model("resnet18-transfer", weights=str(tmp_path / "missing.pt"))
-    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    torch.save({"conv1.weight": torch.zeros(1)}, path)  # wrong shape, the rest missing
     with pytest.raises(UserError, match="not a torchvision resnet18 state dict"):
         create_model("resnet18-transfer", weights=str(path))
 
