@@ -49,10 +49,10 @@ def cmd_presets(args) -> int:
 
 def cmd_preview(args) -> int:
     import torch
+
     from fashionkit.data.augment import build_augment
     from fashionkit.data.fashion_mnist import CLASSES, load_split
     from fashionkit.data.loader import to_float
-
     from fashionkit.plots import image_grid
     from fashionkit.runs import ensure_dir
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from fashionkit.data.fashion_mnist import CLASSES, load_split
 from fashionkit.data.loader import to_float
 from fashionkit.data.splits import make_splits
-
 from fashionkit.plots import image_grid, pyplot, save
 from fashionkit.runs import atomic_write_json, ensure_dir
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fashionkit.data.fashion_mnist import CLASSES, load_split
-from fashionkit.data.loader import STD, BatchLoader, to_float
-from fashionkit.data.splits import make_splits
 from torch import nn
 from tqdm import tqdm
 
 from fashionkit.config import save_yaml
+from fashionkit.data.fashion_mnist import CLASSES, load_split
+from fashionkit.data.loader import STD, BatchLoader, to_float
+from fashionkit.data.splits import make_splits
 from fashionkit.errors import UserError
 from fashionkit.plots import image_grid
 from fashionkit.runs import MetricsCSV, atomic_save, atomic_write_json, new_run_dir, write_run_info

@@ -25,18 +25,20 @@ def save(fig, path: str | Path, dpi: int = 120) -> Path:
 
 
 def image_grid(images, path: str | Path, col_titles=None, row_labels=None, title: str | None = None,
-               cell: float = 1.1, cmap: str = "gray") -> Path:
-    """``images``: array/tensor ``[rows, cols, (1,) H, W]`` of grey images in any range (each shown as is)."""
+               cell: float = 1.1, cmap: str = "gray", vmin: float | None = None, vmax: float | None = None) -> Path:
+    """``images``: array/tensor ``[rows, cols, (1,) H, W]`` of grey images. Without ``vmin``/``vmax`` each
+    image is stretched to its own range; pass them to show all on one scale (e.g. 0 and 1)."""
     plt = pyplot()
     rows, cols = images.shape[0], images.shape[1]
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell + (1.2 if row_labels else 0), rows * cell + 0.4),
-                             squeeze=False)
+    size = (cols * cell + (1.2 if row_labels else 0), rows * cell + 0.4)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
     for r in range(rows):
         for c in range(cols):
             img = images[r, c]
             img = img.squeeze(0) if img.ndim == 3 else img
             ax = axes[r][c]
-            ax.imshow(img.detach().cpu().numpy() if hasattr(img, "detach") else img, cmap=cmap)
+            ax.imshow(img.detach().cpu().float().numpy() if hasattr(img, "detach") else img, cmap=cmap,
+                      vmin=vmin, vmax=vmax)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0 and col_titles:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from fashionkit.data import CLASSES
 from fashionkit.data.loader import STD, normalize, to_float
 from fashionkit.data.outliers import ConvAutoencoder

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from fashionkit.classify import models
 from fashionkit.classify.models import MODELS, create_model, model_table
 from fashionkit.data.loader import normalize, to_float
-
 from fashionkit.errors import UserError
 
 

@@ -1,0 +1,46 @@
+"""The defaults of ``classify train``, in one place (no heavy imports, so ``--help`` is fast)."""
+
+from fashionkit.config import Opt
+from fashionkit.device import AMP_CHOICES, DEVICE_HELP
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop")
+SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "none")
+
+# The one place for classify train's defaults. The default recipe is chosen to finish within 15 minutes
+# on a 2-core CPU (see BENCHMARKS.md); every value can be overridden by a flag or a --config YAML.
+TRAIN_OPTIONS: dict[str, Opt] = {
+    "model": Opt("vgg-small", "model name (see `classify models`)"),
+    "model_opts": Opt("", "extra model options as key=value[,key=value...], e.g. width=48,fc_layers=2"),
+    "activation": Opt(None, "activation for models that take one: relu, leaky_relu, elu, selu, tanh", type=str),
+    "dropout": Opt(None, "dropout rate for models that take one (model default when unset)", type=float),
+    "epochs": Opt(12, "number of epochs"),
+    "batch_size": Opt(128, "batch size"),
+    "optimizer": Opt("sgd", "optimizer", choices=OPTIMIZERS),
+    "sam": Opt(False, "wrap the optimizer in SAM (sharpness-aware minimisation; two passes per step)"),
+    "sam_rho": Opt(0.05, "SAM neighbourhood radius"),
+    "lr": Opt(0.1, "(peak) learning rate"),
+    "momentum": Opt(0.9, "momentum (sgd, rmsprop)"),
+    "nesterov": Opt(True, "Nesterov momentum (sgd)"),
+    "weight_decay": Opt(5e-4, "L2 weight decay (decoupled for adamw); not applied to biases and norms"),
+    "l1": Opt(0.0, "L1 penalty on weights"),
+    "label_smoothing": Opt(0.1, "label smoothing of the cross-entropy loss"),
+    "scheduler": Opt("onecycle", "learning-rate schedule", choices=SCHEDULERS),
+    "step_size": Opt(10, "epochs between decays (step scheduler)"),
+    "gamma": Opt(0.1, "decay factor (step and plateau schedulers)"),
+    "patience": Opt(0, "early stopping: stop after this many epochs without improvement (0 = off)"),
+    "monitor": Opt("val_loss", "what early stopping and best.pt follow", choices=("val_loss", "val_acc")),
+    "augment": Opt("flip-affine", "augmentation preset (see `fashionkit data presets`)"),
+    "val_size": Opt(5000, "validation items held out of the 60k training set (stratified)"),
+    "subset": Opt(0, "train on a stratified subset of N items (val shrinks to N/5); 0 = all"),
+    "seed": Opt(0, "random seed (same seed and device give the same metrics on CPU)"),
+    "device": Opt("auto", DEVICE_HELP),
+    "amp": Opt("auto", "mixed precision: auto (bf16 where the CPU/GPU has it), bf16, fp16, off", choices=AMP_CHOICES),
+    "channels_last": Opt(True, "channels-last memory format for convolutions"),
+    "compile": Opt(False, "torch.compile the model (slower start, can be faster per step)"),
+    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "test": Opt(True, "evaluate the best weights on the test split at the end"),
+    "tensorboard": Opt(False, "also log to TensorBoard (if installed)"),
+    "name": Opt(None, "run name (default: train, train2, ...)", type=str),
+    "runs_dir": Opt(None, "root of run directories (default: $FASHIONKIT_RUNS or ./runs)", type=str),
+    "data_dir": Opt(None, "directory holding the Fashion-MNIST files (default: searched)", type=str),
+}

@@ -1,0 +1,362 @@
+"""``classify train``: the training engine, readable top to bottom.
+
+One epoch = batches from the in-memory loader (augmented whole), forward under autocast (bf16 on CPUs that
+have it), backward, optimizer (or SAM's two passes), scheduler. After each epoch: validation, one row of
+``metrics.csv``, ``last.pt`` (with everything needed to resume) and, when validation improved, ``best.pt`` --
+all written atomically. At the end the best weights are evaluated once on the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from fashionkit.classify.defaults import TRAIN_OPTIONS
+from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
+from fashionkit.config import load_yaml, resolve, save_yaml
+from fashionkit.device import amp_dtype, autocast, select_device
+from fashionkit.errors import UserError
+from fashionkit.runs import MetricsCSV, atomic_write_json, new_run_dir, open_run, read_json, write_run_info
+
+
+def parse_model_opts(text: str) -> dict:
+    """``"width=48,fc_layers=2,hidden=[256,128]"`` -> dict with YAML-typed values."""
+    import yaml
+
+    opts = {}
+    for part in filter(None, _split_top_level(text)):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UserError(f"--model-opts entry {part!r} is not key=value")
+        opts[key.strip()] = yaml.safe_load(value)
+    return opts
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text or "":
+        depth += ch in "[("
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur.strip()]
+
+
+def model_from_config(cfg: dict) -> nn.Module:
+    from fashionkit.classify.models import create_model
+
+    opts = parse_model_opts(cfg["model_opts"])
+    for key in ("activation", "dropout"):
+        if cfg.get(key) is not None:
+            opts[key] = cfg[key]
+    return create_model(cfg["model"], **opts)
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+class Trainer:
+    """Holds the state of one classify run; ``fit()`` trains it to the end (or to early stopping)."""
+
+    def __init__(self, cfg: dict, run: Path, resume: dict | None = None):
+        from fashionkit.data import load_split
+        from fashionkit.data.augment import build_augment
+        from fashionkit.data.loader import BatchLoader
+        from fashionkit.data.splits import make_splits
+
+        self.cfg, self.run = cfg, run
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        torch.manual_seed(cfg["seed"])
+        self.device = select_device(cfg["device"])
+        self.amp = amp_dtype(self.device, cfg["amp"])
+        augment = build_augment(cfg["augment"])
+
+        images, labels = load_split("train", cfg["data_dir"])
+        train_idx, val_idx = make_splits(labels.numpy(), cfg["val_size"], cfg["seed"], cfg["subset"] or None)
+        self.split_sizes = {"train": len(train_idx), "val": len(val_idx)}
+        self.train_loader = BatchLoader(images, labels, cfg["batch_size"], shuffle=True, augment=augment,
+                                        device=self.device, seed=cfg["seed"], drop_last=len(train_idx) >= 2 * cfg[
+                                            "batch_size"], channels_last=cfg["channels_last"], indices=train_idx)
+        self.val_loader = BatchLoader(images, labels, 500, device=self.device, channels_last=cfg["channels_last"],
+                                      indices=val_idx)
+
+        self.model = model_from_config(cfg).to(self.device)
+        if cfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg["optimizer"], self.model, cfg["lr"], cfg["momentum"], cfg["nesterov"],
+                                         cfg["weight_decay"])
+        if cfg["sam"]:
+            self.optimizer = SAM(self.optimizer, cfg["sam_rho"])
+        self.scheduler, self.per_batch = build_scheduler(cfg["scheduler"], self.optimizer, cfg["epochs"],
+                                                         len(self.train_loader), cfg["lr"], cfg["step_size"],
+                                                         cfg["gamma"])
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+        self.forward = torch.compile(self.model) if cfg["compile"] else self.model
+
+        self.epoch, self.best, self.bad_epochs, self.best_epoch = 0, None, 0, 0
+        if resume is not None:
+            load_weights(self.model, resume)
+            self.optimizer.load_state_dict(resume["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(resume["scheduler"])
+            self.epoch, self.best = resume["epoch"], resume["best"]
+            self.bad_epochs, self.best_epoch = resume["bad_epochs"], resume["best_epoch"]
+            torch.set_rng_state(resume["rng"])
+        self.metrics = MetricsCSV(run / "metrics.csv", keep_until=self.epoch)
+        self.tb = _tensorboard(run) if cfg["tensorboard"] else None
+
+    # -- one epoch ----------------------------------------------------------------------------------------
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.amp):
+            logits = self.forward(x)
+            loss = self.loss_fn(logits.float(), y)
+        if self.cfg["l1"]:
+            loss = loss + self.cfg["l1"] * sum(p.abs().sum() for p in self.model.parameters() if p.ndim > 1)
+        return loss, logits
+
+    def train_epoch(self) -> dict:
+        from tqdm import tqdm
+
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", leave=False,
+                   dynamic_ncols=True, disable=None)
+        for x, y in bar:
+            loss, logits = self.loss(x, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {loss.item()} in epoch {self.epoch + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if isinstance(self.optimizer, SAM):
+                self.optimizer.first_step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.loss(x, y)[0].backward()
+                self.optimizer.second_step()
+            else:
+                self.optimizer.step()
+            if self.scheduler is not None and self.per_batch:
+                self.scheduler.step()
+            n = len(y)
+            total_loss += loss.item() * n
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += n
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                            ips=f"{seen / (time.perf_counter() - start):.0f}")
+        seconds = time.perf_counter() - start
+        return {"train_loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
+                "img_per_s": seen / seconds}
+
+    def validate(self) -> dict:
+        loss, acc = evaluate_loader(self.forward, self.val_loader, self.device, self.amp)
+        return {"val_loss": loss, "val_acc": acc}
+
+    def improved(self, row: dict) -> bool:
+        value = row[self.cfg["monitor"]]
+        if self.best is None:
+            return True
+        return value < self.best if self.cfg["monitor"] == "val_loss" else value > self.best
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg, weights = self.cfg, self.run / "weights"
+        print(f"run {self.run}: {cfg['model']} on {self.device} ({_precision(self.amp)}), "
+              f"{self.split_sizes['train']} train / {self.split_sizes['val']} val items, {cfg['epochs']} epochs")
+        stopped = "finished"
+        while self.epoch < cfg["epochs"]:
+            try:
+                row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate(),
+                       "lr": self.optimizer.param_groups[0]["lr"]}
+            except NonFiniteLoss as e:
+                self.write_summary("nan")
+                raise UserError(f"{e}: training diverged; the last good checkpoint is {weights / 'last.pt'}; "
+                                f"lower --lr or use --amp off, then retrain") from None
+            except KeyboardInterrupt:
+                self.write_summary("interrupted")
+                print(f"\ninterrupted: epoch {self.epoch + 1} discarded, {self.epoch} finished epochs kept; "
+                      f"continue with: classify train --resume {self.run}", file=sys.stderr)
+                raise
+            self.epoch += 1
+            if self.scheduler is not None and not self.per_batch:
+                if cfg["scheduler"] == "plateau":
+                    self.scheduler.step(row["val_loss"])
+                else:
+                    self.scheduler.step()
+            if self.improved(row):
+                self.best, self.best_epoch, self.bad_epochs = row[cfg["monitor"]], self.epoch, 0
+                save_checkpoint(weights / "best.pt", self.model, epoch=self.epoch, metrics=row, config=cfg)
+            else:
+                self.bad_epochs += 1
+            self.metrics.append(row)
+            self.log_tensorboard(row)
+            self.save_last(row)
+            print(f"epoch {self.epoch}/{cfg['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+                  f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s "
+                  f"{row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch else ""), flush=True)
+            if cfg["patience"] and self.bad_epochs >= cfg["patience"]:
+                stopped = "early_stopped"
+                print(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
+                break
+        plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
+        return self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
+
+    def save_last(self, row: dict) -> None:
+        save_checkpoint(self.run / "weights" / "last.pt", self.model, epoch=self.epoch, metrics=row, config=self.cfg,
+                        optimizer=self.optimizer.state_dict(), best=self.best, best_epoch=self.best_epoch,
+                        bad_epochs=self.bad_epochs, rng=torch.get_rng_state(),
+                        scheduler=self.scheduler.state_dict() if self.scheduler is not None else None)
+
+    def test(self) -> dict:
+        from fashionkit.data import load_split
+        from fashionkit.data.loader import BatchLoader
+
+        best = read_checkpoint(self.run / "weights" / "best.pt")
+        load_weights(self.model, best)
+        images, labels = load_split("test", self.cfg["data_dir"])
+        loader = BatchLoader(images, labels, 500, device=self.device, channels_last=self.cfg["channels_last"])
+        loss, acc = evaluate_loader(self.model, loader, self.device, self.amp)
+        print(f"test (best epoch {best['epoch']}): loss {loss:.4f} acc {acc:.4f}")
+        return {"test_loss": loss, "test_acc": acc}
+
+    def write_summary(self, status: str, **extra) -> dict:
+        rows = self.metrics.rows()
+        summary = {
+            "status": status, "model": self.cfg["model"], "params": sum(p.numel() for p in self.model.parameters()),
+            "epochs_done": self.epoch, "epochs": self.cfg["epochs"], "best_epoch": self.best_epoch,
+            "best_" + self.cfg["monitor"]: self.best,
+            "best_val_acc": max((float(r["val_acc"]) for r in rows), default=None),
+            "best_val_loss": min((float(r["val_loss"]) for r in rows), default=None),
+            "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
+            "device": str(self.device), "precision": _precision(self.amp), **self.split_sizes,
+        }
+        summary.update(extra)
+        atomic_write_json(self.run / "summary.json", summary)
+        return summary
+
+    def log_tensorboard(self, row: dict) -> None:
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tb.add_scalar(key, value, row["epoch"])
+            self.tb.flush()
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader, device, amp) -> tuple[float, float]:
+    """Mean cross-entropy (no smoothing) and accuracy of ``model`` over a loader."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        with autocast(device, amp):
+            logits = model(x).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    model.train(was_training)
+    return total_loss / seen, correct / seen
+
+
+def _precision(amp) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def _tensorboard(run: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("warning: --tensorboard needs the tensorboard package (pip install tensorboard); not logging",
+              file=sys.stderr)
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    from fashionkit.plots import pyplot, save
+
+    if not rows:
+        return
+    plt = pyplot()
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (("train", "--"), ("val", "-")):
+        ax_loss.plot(epochs, [float(r[f"{key}_loss"]) for r in rows], style, label=key)
+        ax_acc.plot(epochs, [float(r[f"{key}_acc"]) for r in rows], style, label=key)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    save(fig, path)
+
+
+# ---- entry points -------------------------------------------------------------------------------------------
+
+def train(options: dict | None = None, config: str | Path | dict | None = None) -> tuple[Path, dict]:
+    """Start a new run from options (flags) over an optional config; returns ``(run_dir, summary)``."""
+    cfg = resolve(TRAIN_OPTIONS, options or {}, config)
+    validate(cfg)
+    run = new_run_dir("classify", cfg["name"], cfg["runs_dir"])
+    try:
+        save_yaml(cfg, run / "config.yaml")
+        write_run_info(run, "classify", "train")
+        trainer = Trainer(cfg, run)
+    except BaseException:
+        _remove_if_empty(run)
+        raise
+    return run, trainer.fit()
+
+
+def resume(run: str | Path) -> tuple[Path, dict]:
+    """Continue an interrupted run from its ``last.pt`` to the epoch count it was started with."""
+    run = open_run(run, "classify")
+    last = run / "weights" / "last.pt"
+    if not last.is_file():
+        raise UserError(f"{run} has no finished epoch to resume from (no weights/last.pt); start it again")
+    ckpt = read_checkpoint(last)
+    cfg = resolve(TRAIN_OPTIONS, {}, load_yaml(run / "config.yaml"))
+    summary = read_json(run / "summary.json", missing_ok=True) or {}
+    if ckpt["epoch"] >= cfg["epochs"] or summary.get("status") in ("finished", "early_stopped"):
+        raise UserError(f"{run} already finished ({ckpt['epoch']}/{cfg['epochs']} epochs); nothing to resume")
+    print(f"resuming {run} after epoch {ckpt['epoch']}")
+    return run, Trainer(cfg, run, resume=ckpt).fit()
+
+
+def validate(cfg: dict) -> None:
+    from fashionkit.classify.models import MODELS
+    from fashionkit.data.augment import build_augment
+
+    if cfg["model"] not in MODELS:
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
+    build_augment(cfg["augment"])
+    for key in ("epochs", "batch_size"):
+        if cfg[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    if not cfg["lr"] > 0 or not math.isfinite(cfg["lr"]):
+        raise UserError(f"--lr must be a positive number, got {cfg['lr']}")
+    model_from_config(cfg)  # unknown model options fail here, before a run directory is made
+
+
+def _remove_if_empty(run: Path) -> None:
+    for name in ("config.yaml", "run.json", "metrics.csv"):
+        (run / name).unlink(missing_ok=True)
+    try:
+        os.rmdir(run)
+    except OSError:
+        pass

@@ -1,0 +1,75 @@
+"""Device and precision choices, in one place for every stage (torch imported lazily: --help stays fast)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from fashionkit.errors import UserError
+
+DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps"
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def select_device(name: str = "auto"):
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use {DEVICE_HELP}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device 'mps' asked for but Apple MPS is not available; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {name!r}; use {DEVICE_HELP}")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device, amp: str = "auto"):
+    """The autocast dtype to train/infer with, or None for fp32.
+
+    auto: bf16 on CPUs with native bf16 (AVX-512 bf16 / AMX) and on GPUs that support it, fp16 on older
+    GPUs, fp32 otherwise.
+    """
+    if amp not in AMP_CHOICES:
+        raise UserError(f"unknown precision {amp!r}; use one of {', '.join(AMP_CHOICES)}")
+    import torch
+
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device, dtype):
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
