@@ -1,0 +1,1 @@
+"""YOLO detection of Fashion-MNIST items in images and video, trained and evaluated on synthetic scenes."""
