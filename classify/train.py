@@ -177,20 +177,27 @@ class Trainer:
         cfg, weights = self.cfg, self.run / "weights"
         print(f"run {self.run}: {cfg['model']} on {self.device} ({_precision(self.amp)}), "
               f"{self.split_sizes['train']} train / {self.split_sizes['val']} val items, {cfg['epochs']} epochs")
-        stopped = "finished"
+        try:
+            stopped = self.loop()
+        except KeyboardInterrupt:
+            self.write_summary("interrupted")
+            print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch is "
+                  f"discarded); continue with: classify train --resume {self.run}", file=sys.stderr)
+            raise
+        plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
+        return self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
+
+    def loop(self) -> str:
+        """Train epoch after epoch; returns how it ended (finished / early_stopped)."""
+        cfg, weights = self.cfg, self.run / "weights"
         while self.epoch < cfg["epochs"]:
             try:
                 row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate(),
                        "lr": self.optimizer.param_groups[0]["lr"]}
             except NonFiniteLoss as e:
                 self.write_summary("nan")
-                raise UserError(f"{e}: training diverged; the last good checkpoint is {weights / 'last.pt'}; "
-                                f"lower --lr or use --amp off, then retrain") from None
-            except KeyboardInterrupt:
-                self.write_summary("interrupted")
-                print(f"\ninterrupted: epoch {self.epoch + 1} discarded, {self.epoch} finished epochs kept; "
-                      f"continue with: classify train --resume {self.run}", file=sys.stderr)
-                raise
+                kept = f"the last good checkpoint is {weights / 'last.pt'}" if self.epoch else "no epoch finished"
+                raise UserError(f"{e}: training diverged ({kept}); lower --lr or use --amp off, then retrain") from None
             self.epoch += 1
             if self.scheduler is not None and not self.per_batch:
                 if cfg["scheduler"] == "plateau":
@@ -209,11 +216,9 @@ class Trainer:
                   f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s "
                   f"{row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch else ""), flush=True)
             if cfg["patience"] and self.bad_epochs >= cfg["patience"]:
-                stopped = "early_stopped"
                 print(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
-                break
-        plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
-        return self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
+                return "early_stopped"
+        return "finished"
 
     def save_last(self, row: dict) -> None:
         save_checkpoint(self.run / "weights" / "last.pt", self.model, epoch=self.epoch, metrics=row, config=self.cfg,

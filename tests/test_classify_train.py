@@ -1,0 +1,179 @@
+"""The classify training engine on small real subsets: outputs, reproducibility, resume, interruption, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fashionkit.classify.checkpoint import load_classifier
+from fashionkit.classify.defaults import OPTIMIZERS, SCHEDULERS
+from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
+from fashionkit.classify.train import resume, train
+from fashionkit.errors import UserError
+
+TINY = {"model": "simple", "subset": 1500, "epochs": 2, "lr": 0.02, "batch_size": 100}
+
+
+def metrics(run) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def learned(rows: list[dict]) -> list[tuple]:
+    """The columns that must repeat exactly (timings excluded)."""
+    return [(r["epoch"], r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"], r["lr"]) for r in rows]
+
+
+def test_train_writes_a_complete_run(runs_dir):
+    run, summary = train({**TINY, "name": "tiny"})
+    assert run == runs_dir / "classify" / "tiny"
+    for name in ("config.yaml", "run.json", "metrics.csv", "curves.png", "summary.json", "weights/best.pt",
+                 "weights/last.pt"):
+        assert (run / name).is_file(), name
+    rows = metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert summary["status"] == "finished" and summary["epochs_done"] == 2
+    assert 0.5 < summary["test_acc"] <= 1  # 2 epochs on 1500 items already learn something
+    assert summary == json.loads((run / "summary.json").read_text())
+    model, ckpt = load_classifier(run)
+    assert ckpt["epoch"] == summary["best_epoch"]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # a second run with the same name gets a fresh directory
+    run2, _ = train({**TINY, "epochs": 1, "name": "tiny", "test": False})
+    assert run2.name == "tiny2"
+
+
+def test_same_seed_same_metrics(runs_dir):
+    a, _ = train({**TINY, "model": "vgg-small", "test": False, "dropout": 0.3})
+    b, _ = train({**TINY, "model": "vgg-small", "test": False, "dropout": 0.3})
+    c, _ = train({**TINY, "model": "vgg-small", "test": False, "dropout": 0.3, "seed": 1})
+    assert learned(metrics(a)) == learned(metrics(b))
+    assert learned(metrics(a)) != learned(metrics(c))
+
+
+def _cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "fashionkit", "classify", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epochs(run, n, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if (run / "metrics.csv").exists() and len(metrics(run)) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(runs_dir):
+    args = ["--model", "simple", "--subset", "3000", "--epochs", "3", "--lr", "0.02", "--no-test", "--name", "killed"]
+    env = {**os.environ, "FASHIONKIT_RUNS": str(runs_dir)}
+    proc = _cli(args, env)
+    run = runs_dir / "classify" / "killed"
+    _wait_for_epochs(run, 1, proc)
+    time.sleep(0.3)  # into the second epoch
+    proc.kill()
+    proc.wait()
+    done = len(metrics(run))
+    assert done < 3, "the run finished before it could be killed"
+    _, summary = resume(run)
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
+    reference, _ = train({"model": "simple", "subset": 3000, "epochs": 3, "lr": 0.02, "test": False})
+    assert learned(metrics(run)) == learned(metrics(reference))
+    with pytest.raises(UserError, match="already finished"):
+        resume(run)
+
+
+def test_ctrl_c_saves_and_exits_cleanly(runs_dir):
+    env = {**os.environ, "FASHIONKIT_RUNS": str(runs_dir)}
+    proc = _cli(["--model", "simple", "--subset", "3000", "--epochs", "50", "--lr", "0.02", "--name", "int"], env)
+    run = runs_dir / "classify" / "int"
+    _wait_for_epochs(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "--resume" in err
+    assert (run / "weights" / "last.pt").is_file()
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_sam_and_every_optimizer_and_scheduler_step():
+    from fashionkit.classify.models import create_model
+
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for name in OPTIMIZERS:
+        for sched_name in SCHEDULERS:
+            model = create_model("simple")
+            opt = build_optimizer(name, model, lr=0.01, weight_decay=1e-4)
+            sched, per_batch = build_scheduler(sched_name, opt, epochs=2, steps_per_epoch=3, lr=0.01)
+            before = [p.detach().clone() for p in model.parameters()]
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if sched is not None:
+                sched.step(1.0) if sched_name == "plateau" else sched.step()
+            assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), (name, sched_name)
+    # SAM: two passes, weights restored before the base step
+    model = create_model("simple")
+    sam = SAM(build_optimizer("sgd", model, lr=0.1), rho=0.05)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    sam.first_step()
+    moved = [p.detach().clone() for p in model.parameters()]
+    sam.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    sam.second_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, moved))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_sam_run_trains(runs_dir):
+    _, summary = train({**TINY, "sam": True, "test": False})
+    assert summary["best_val_acc"] > 0.5
+
+
+def test_early_stopping(runs_dir):
+    # lr 0 never improves after the first epoch: stops after `patience` more
+    run, summary = train({**TINY, "epochs": 10, "lr": 1e-12, "scheduler": "none", "patience": 2, "test": False})
+    assert summary["status"] == "early_stopped"
+    assert len(metrics(run)) == 3
+
+
+def test_nan_loss_stops_with_clear_error(runs_dir, cli, capsys):
+    code = cli("classify", "train", "--model", "mlp", "--subset", "1000", "--epochs", "2", "--lr", "1e30",
+               "--scheduler", "none", "--amp", "off", "--no-test")
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "alexnet"], "unknown model 'alexnet'; choose one of: mlp"),
+    (["--optimizer", "lbfgs"], "'lbfgs' is not one of sgd"),
+    (["--scheduler", "linear"], "'linear' is not one of onecycle"),
+    (["--augment", "blur"], "unknown augmentation preset"),
+    (["--model-opts", "depth=3"], "depth"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_input_is_one_line_error(runs_dir, cli, capsys, args, message):
+    assert cli("classify", "train", "--subset", "500", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (runs_dir / "classify").exists() or not any((runs_dir / "classify").iterdir())
+
+
+def test_resume_refuses_missing_or_non_classify_dir(tmp_path, cli, capsys):
+    assert cli("classify", "train", "--resume", tmp_path / "nope") == 2
+    assert "run directory not found" in capsys.readouterr().err
+    assert cli("classify", "train", "--resume", tmp_path) == 2
+    assert "not a fashionkit run directory" in capsys.readouterr().err
+    assert cli("classify", "train", "--resume", tmp_path, "--epochs", "3") == 2
+    assert "drop the other flags (--epochs)" in capsys.readouterr().err
