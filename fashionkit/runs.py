@@ -20,6 +20,8 @@ from typing import Any
 from fashionkit.errors import UserError
 
 STAGES = ("data", "classify", "metric", "detect")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def runs_root(runs_dir: str | Path | None = None) -> Path:
@@ -80,6 +82,7 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
