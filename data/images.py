@@ -4,8 +4,8 @@ Fashion-MNIST items are light on a black background, trimmed to the item, scaled
 28 pixels, centred along the shorter side, with intensities reaching 255. ``read_item_image`` gives any file
 that framing, so a model trained on the dataset sees what it was trained on:
 
-1. decode with Pillow (any format it reads; EXIF rotation applied; transparency composited on a background
-   that contrasts with the item);
+1. decode with Pillow (any format it reads; EXIF rotation applied; transparent parts made white, the
+   background of the product photos the dataset was made from);
 2. grey; invert when the background is light (the median of the border pixels is above mid-grey);
 3. subtract the background level and stretch the item to 0..255;
 4. crop to the bounding box of the pixels above a fraction of the item's brightness;
@@ -56,12 +56,8 @@ def _grey(img) -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.float64)
     grey_alpha = np.asarray(img.convert("RGBA").convert("LA"), dtype=np.float64)
     grey, alpha = grey_alpha[..., 0], grey_alpha[..., 1] / 255.0
-    opaque = alpha > 0.5
-    # a cut-out item on a transparent background: put it on black if it is light, on white if it is dark,
-    # so it always stands out (step 2 then inverts the white case)
-    item_light = opaque.any() and grey[opaque].mean() > 127
-    background = 0.0 if item_light else 255.0
-    return grey * alpha + background * (1 - alpha)
+    # a cut-out goes on white: Fashion-MNIST's items are product photos on white, negated (step 2 does that)
+    return grey * alpha + 255.0 * (1 - alpha)
 
 
 def to_item(grey: np.ndarray, size: int = SIZE) -> torch.Tensor:
