@@ -1,0 +1,443 @@
+"""``metric train``: triplet-loss training of the embedding net, with the run conventions of ``classify train``.
+
+One batch = PML ``MPerClassSampler`` indices (``m`` items of each of ``batch_size / m`` classes), gathered from the
+in-memory uint8 images, augmented whole, embedded (forward under autocast, unit vectors in fp32), triplets mined
+by the chosen PML miner, PML ``TripletMarginLoss`` on them, AdamW step, cosine learning rate per batch. The trunk
+can stay frozen (weights and BatchNorm statistics) for the first epochs, so the random projection head does not
+send large gradients into the classifier's trained filters.
+
+After each epoch: precision@1 / R-precision / MAP@R of the validation items among themselves, one row of
+``metrics.csv`` (with the number of mined triplets and of batches that had none), ``last.pt`` (enough to resume)
+and, when the monitored figure improved, ``best.pt``. At the end the best net and the classifier's own
+penultimate features are evaluated on the test items of the hard classes against the train+val reference set,
+and a before/after t-SNE plot is drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashionkit.config import load_yaml, resolve, save_yaml
+from fashionkit.device import amp_dtype, autocast, select_device
+from fashionkit.errors import UserError
+from fashionkit.metric.defaults import TRAIN_OPTIONS
+from fashionkit.metric.model import build_embedder, embedder_from_classifier, load_state, save_embedder
+from fashionkit.runs import MetricsCSV, atomic_write_json, new_run_dir, open_run, read_json, write_run_info
+
+
+class NoTriplets(Exception):
+    pass
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def parse_hard_classes(text) -> list[int]:
+    from fashionkit.data import parse_classes
+
+    return parse_classes(text, min_count=2)
+
+
+def run_classes(cfg: dict) -> list[int]:
+    """The classes the run trains, validates and indexes on."""
+    return list(range(10)) if cfg["all_classes"] else parse_hard_classes(cfg["hard_classes"])
+
+
+@contextlib.contextmanager
+def pml_numpy_seed(seed: int):
+    """PML's samplers draw from ``common_functions.NUMPY_RANDOM`` (numpy's global state by default); a seeded
+    generator per epoch makes a resumed run draw the same batches as an uninterrupted one."""
+    from pytorch_metric_learning.utils import common_functions as c_f
+
+    saved = c_f.NUMPY_RANDOM
+    c_f.NUMPY_RANDOM = np.random.RandomState(seed)
+    try:
+        yield
+    finally:
+        c_f.NUMPY_RANDOM = saved
+
+
+class MetricTrainer:
+    """Holds the state of one metric run; ``fit()`` trains it to the end."""
+
+    def __init__(self, cfg: dict, run: Path, resume: dict | None = None):
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
+        from fashionkit.data import load_split
+        from fashionkit.data.augment import build_augment
+        from fashionkit.metric.data import Split, classify_split, training_indices
+        from fashionkit.metric.mining import build_loss, build_miner
+
+        self.cfg, self.run = cfg, run
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        self.device = select_device(cfg["device"])
+        self.amp = amp_dtype(self.device, cfg["amp"])
+        self.augment = build_augment(cfg["augment"])
+        self.classes, self.hard = run_classes(cfg), parse_hard_classes(cfg["hard_classes"])
+        self.source = Path(cfg["from"]) if cfg["from"] else None
+        self.split = classify_split(self.source) if self.source else Split(cfg["val_size"], cfg["seed"])
+
+        self.images, self.labels = load_split("train", cfg["data_dir"])
+        self.train_idx, self.val_idx = training_indices(self.labels, self.split, self.classes, cfg["subset"])
+        train_labels = self.labels[self.train_idx]
+        self.steps = cfg["steps_per_epoch"] or max(1, len(self.train_idx) // cfg["batch_size"])
+        self.sampler = MPerClassSampler(train_labels, cfg["m_per_class"], cfg["batch_size"],
+                                        length_before_new_iter=self.steps * cfg["batch_size"])
+
+        self.model = self.initial_model().to(self.device)
+        trunk = list(self.model.trunk.parameters())
+        trunk_ids = {id(p) for p in trunk}
+        head = [p for p in self.model.parameters() if id(p) not in trunk_ids]
+        trunk_lr = cfg["lr"] * cfg["trunk_lr_scale"]
+        groups = [{"name": "trunk", "params": _decayed(trunk), "lr": trunk_lr},
+                  {"name": "trunk", "params": _decayed(trunk, False), "lr": trunk_lr, "weight_decay": 0.0},
+                  {"name": "head", "params": _decayed(head)},
+                  {"name": "head", "params": _decayed(head, False), "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg["lr"],
+                                           weight_decay=cfg["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg["epochs"] * self.steps)
+        self.miner, self.loss_fn = build_miner(cfg), build_loss(cfg)
+
+        self.epoch, self.best, self.best_epoch = 0, None, 0
+        if resume is not None:
+            load_state(self.model, resume)
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            self.epoch, self.best, self.best_epoch = resume["epoch"], resume["best"], resume["best_epoch"]
+        self.metrics = MetricsCSV(run / "metrics.csv", keep_until=self.epoch)
+
+    def initial_model(self):
+        """The embedding net before training: the classify run's trunk (or a random one) and a seeded head, so the
+        same seed always starts from the same weights (the "before" of a scratch run is rebuilt this way)."""
+        from fashionkit.classify.checkpoint import load_classifier
+        from fashionkit.classify.models import create_model
+
+        cfg = self.cfg
+        if self.source is not None:
+            classifier, _ = load_classifier(self.source)
+            torch.manual_seed(cfg["seed"])
+            return embedder_from_classifier(classifier, cfg["dim"], cfg["head_hidden"])
+        torch.manual_seed(cfg["seed"])
+        source = create_model(cfg["model"])
+        return build_embedder({"name": source.name, "options": source.options}, cfg["dim"], cfg["head_hidden"])
+
+    # -- one epoch ----------------------------------------------------------------------------------------
+
+    def frozen(self) -> bool:
+        return self.epoch < self.cfg["freeze_epochs"]
+
+    def batches(self):
+        from fashionkit.data.loader import normalize, to_float
+
+        epoch_seed = self.cfg["seed"] * 100_003 + self.epoch
+        g = torch.Generator().manual_seed(epoch_seed + 7)
+        with pml_numpy_seed(epoch_seed):
+            order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
+        positions = torch.as_tensor(self.train_idx, dtype=torch.long)[order]
+        bs = self.cfg["batch_size"]
+        for start in range(0, len(positions) - bs + 1, bs):
+            idx = positions[start:start + bs]
+            x = to_float(self.images[idx])
+            if self.augment is not None:
+                x = self.augment(x, g)
+            yield normalize(x).to(self.device), self.labels[idx].to(self.device)
+
+    def train_epoch(self) -> dict:
+        from tqdm import tqdm
+
+        from fashionkit.metric.mining import mine
+
+        cfg, frozen = self.cfg, self.frozen()
+        torch.manual_seed(cfg["seed"] * 100_003 + self.epoch)  # miners and dropout draw from torch's global RNG
+        self.model.train()
+        self.model.trunk.requires_grad_(not frozen)
+        if frozen:
+            self.model.trunk.eval()  # frozen includes BatchNorm running statistics
+        total_loss, triplets, trained, empty, seen, start = 0.0, 0, 0, 0, 0, time.perf_counter()
+        bar = tqdm(self.batches(), total=self.steps, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", leave=False,
+                   dynamic_ncols=True, disable=None)
+        for x, y in bar:
+            with autocast(self.device, self.amp):
+                z = self.model(x)  # fp32 unit vectors; miner and loss run outside autocast
+            indices, n = mine(self.miner, z, y)
+            seen += len(y)
+            if n == 0:
+                empty += 1  # PML's loss would be 0: nothing to learn from this batch
+            else:
+                loss = self.loss_fn(z, y, indices)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"loss became {loss.item()} in epoch {self.epoch + 1}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total_loss += loss.item()
+                triplets += n
+                trained += 1
+            self.scheduler.step()
+            bar.set_postfix(loss=f"{total_loss / max(trained, 1):.4f}", triplets=triplets, empty=empty)
+        if triplets == 0:
+            raise NoTriplets(self.no_triplets_message(empty))
+        seconds = time.perf_counter() - start
+        return {"train_loss": total_loss / trained, "triplets": triplets, "triplets_per_batch": triplets / trained,
+                "empty_batches": empty, "frozen": int(frozen), "seconds": seconds, "img_per_s": seen / seconds}
+
+    def no_triplets_message(self, batches: int) -> str:
+        cfg = self.cfg
+        if cfg["miner"] == "distance-weighted":
+            hint = (f"the distance-weighted miner found no negative nearer than --nonzero-loss-cutoff "
+                    f"{cfg['nonzero_loss_cutoff']} with a usable weight (at --dim {cfg['dim']}); raise the cutoff "
+                    f"(at most 2), lower --dim, or try --miner semihard")
+        else:
+            hint = f"the {cfg['miner']} miner found no triplet violating --margin {cfg['margin']}; raise --margin"
+        return f"epoch {self.epoch + 1} mined no triplets in {batches} batches, so it trained on nothing: {hint}"
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        from fashionkit.metric.data import embed
+        from fashionkit.metric.evaluate import retrieval_metrics
+
+        self.model.eval()
+        emb = embed(self.model, self.images[self.val_idx], self.device, self.amp)
+        got = retrieval_metrics(emb, self.labels[self.val_idx])
+        return {f"val_{k}": v for k, v in got.items()}
+
+    def head_lr(self) -> float:
+        return next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
+
+    def improved(self, row: dict) -> bool:
+        return self.best is None or row[self.cfg["monitor"]] > self.best
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        from fashionkit.data import CLASSES
+
+        cfg = self.cfg
+        where = (f"trunk of classify run {self.source} ({self.model.source['name']})" if self.source else
+                 f"from scratch: no --from given, so the {cfg['model']} trunk starts from random weights")
+        classes = "all ten classes" if cfg["all_classes"] else ", ".join(CLASSES[c] for c in self.classes)
+        return (f"run {self.run}: {cfg['dim']}-d embedding, {where}; {classes}; {cfg['miner']} miner; "
+                f"{len(self.train_idx)} train / {len(self.val_idx)} val items, {self.steps} batches of "
+                f"{cfg['batch_size']} x {cfg['epochs']} epochs on {self.device} ({_precision(self.amp)})")
+
+    def fit(self) -> dict:
+        cfg, weights = self.cfg, self.run / "weights"
+        print(self.describe(), flush=True)
+        try:
+            self.loop()
+        except KeyboardInterrupt:
+            self.write_summary("interrupted")
+            print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch is "
+                  f"discarded); continue with: metric train --resume {self.run}", file=sys.stderr)
+            raise
+        plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
+        return self.write_summary("finished", **(self.test() if cfg["eval"] else {}))
+
+    def loop(self) -> None:
+        cfg, weights = self.cfg, self.run / "weights"
+        while self.epoch < cfg["epochs"]:
+            try:
+                row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate(), "lr": self.head_lr()}
+            except NoTriplets as e:
+                self.write_summary("no_triplets")
+                raise UserError(str(e)) from None
+            except NonFiniteLoss as e:
+                self.write_summary("nan")
+                kept = f"the last good checkpoint is {weights / 'last.pt'}" if self.epoch else "no epoch finished"
+                raise UserError(f"{e}: training diverged ({kept}); lower --lr or use --amp off, then retrain") from None
+            self.epoch += 1
+            extra = dict(epoch=self.epoch, metrics=row, config=cfg, classes=self.classes, hard_classes=self.hard,
+                         split=self.split.as_dict())
+            if self.improved(row):
+                self.best, self.best_epoch = row[cfg["monitor"]], self.epoch
+                save_embedder(weights / "best.pt", self.model, **extra)
+            self.metrics.append(row)
+            save_embedder(weights / "last.pt", self.model, **extra, optimizer=self.optimizer.state_dict(),
+                          scheduler=self.scheduler.state_dict(), best=self.best, best_epoch=self.best_epoch)
+            print(f"epoch {self.epoch}/{cfg['epochs']}  loss {row['train_loss']:.4f}  triplets {row['triplets']} "
+                  f"({row['empty_batches']} empty batches){'  trunk frozen' if row['frozen'] else ''}  "
+                  f"val P@1 {row['val_precision_at_1']:.4f} MAP@R {row['val_map_at_r']:.4f}  "
+                  f"{row['seconds']:.1f}s {row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch
+                                                                            else ""), flush=True)
+
+    def test(self) -> dict:
+        """precision@1, R-precision, MAP@R of the test items of the hard classes against train+val, for the
+        classifier's features (before) and the trained net (after); and the t-SNE plot of both."""
+        from fashionkit.classify.checkpoint import load_classifier
+        from fashionkit.data import load_split
+        from fashionkit.metric.data import embed, in_classes, stratified
+        from fashionkit.metric.evaluate import plot_tsne, retrieval_metrics
+        from fashionkit.metric.model import load_embedder
+
+        cfg = self.cfg
+        test_images, test_labels = load_split("test", cfg["data_dir"])
+        ref_idx = stratified(in_classes(np.arange(len(self.labels)), self.labels, self.classes), self.labels,
+                             cfg["eval_subset"], cfg["seed"])
+        query_idx = stratified(in_classes(np.arange(len(test_labels)), test_labels, self.hard), test_labels,
+                               cfg["eval_subset"], cfg["seed"])
+        after, ckpt = load_embedder(self.run, self.device)
+        if self.source is not None:
+            classifier, _ = load_classifier(self.source, self.device)
+            before, before_name = classifier.features, "classifier features"
+        else:
+            before, before_name = self.initial_model().to(self.device).eval(), "untrained net"
+        ref_labels, query_labels = self.labels[ref_idx], test_labels[query_idx]
+        result, embedded = {}, {}
+        for key, fn in (("before", before), ("after", after)):
+            ref = embed(fn, self.images[ref_idx], self.device, self.amp)
+            query = embed(fn, test_images[query_idx], self.device, self.amp)
+            result[key] = retrieval_metrics(query, query_labels, ref, ref_labels)
+            embedded[key] = query
+        result["gain"] = {k: result["after"][k] - result["before"][k] for k in result["after"]}
+        print(f"test ({len(query_idx)} hard-class items vs {len(ref_idx)} train+val items, best epoch "
+              f"{ckpt['epoch']}):")
+        for key, name in (("before", before_name), ("after", "metric embedding")):
+            r = result[key]
+            print(f"  {name:<20} P@1 {r['precision_at_1']:.4f}  R-precision {r['r_precision']:.4f}  "
+                  f"MAP@R {r['map_at_r']:.4f}")
+        if cfg["plot_points"]:
+            sel = torch.as_tensor(np.searchsorted(query_idx, stratified(query_idx, test_labels, cfg["plot_points"],
+                                                                        cfg["seed"])))
+            plot_tsne([(f"before: {before_name}", embedded["before"][sel]),
+                       (f"after: metric embedding (epoch {ckpt['epoch']})", embedded["after"][sel])],
+                      query_labels[sel], self.run / "tsne.png", cfg["seed"],
+                      title=f"t-SNE of {len(sel)} test items of the hard classes")
+        return {"test": {**result, "before_is": before_name, "queries": len(query_idx), "references": len(ref_idx)}}
+
+    def write_summary(self, status: str, **extra) -> dict:
+        rows = self.metrics.rows()
+        summary = {
+            "status": status, "from": str(self.source) if self.source else None, "dim": self.cfg["dim"],
+            "miner": self.cfg["miner"], "classes": self.classes, "hard_classes": self.hard,
+            "epochs_done": self.epoch, "epochs": self.cfg["epochs"], "best_epoch": self.best_epoch,
+            "best_" + self.cfg["monitor"]: self.best,
+            "triplets_per_epoch": [int(r["triplets"]) for r in rows],
+            "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
+            "train": len(self.train_idx), "val": len(self.val_idx), "split": self.split.as_dict(),
+            "device": str(self.device), "precision": _precision(self.amp),
+        }
+        summary.update(extra)
+        atomic_write_json(self.run / "summary.json", summary)
+        return summary
+
+
+def _decayed(params: list, decayed: bool = True) -> list:
+    """Weights get weight decay; biases and norm scales (1-D) do not."""
+    return [p for p in params if (p.ndim > 1) == decayed]
+
+
+def _precision(amp) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    from fashionkit.plots import pyplot, save
+
+    if not rows:
+        return
+    plt = pyplot()
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(epochs, [float(r["train_loss"]) for r in rows])
+    axes[0].set_ylabel("triplet loss")
+    axes[1].plot(epochs, [int(r["triplets"]) for r in rows])
+    axes[1].set_ylabel("mined triplets")
+    for key, label in (("val_precision_at_1", "P@1"), ("val_r_precision", "R-precision"), ("val_map_at_r", "MAP@R")):
+        axes[2].plot(epochs, [float(r[key]) for r in rows], label=label)
+    axes[2].set_ylabel("validation")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    save(fig, path)
+
+
+# ---- entry points -------------------------------------------------------------------------------------------
+
+def train(options: dict | None = None, config: str | Path | dict | None = None) -> tuple[Path, dict]:
+    """Start a new metric run from options over an optional config; returns ``(run_dir, summary)``."""
+    cfg = resolve(TRAIN_OPTIONS, options or {}, config)
+    validate(cfg)
+    run = new_run_dir("metric", cfg["name"], cfg["runs_dir"])
+    try:
+        save_yaml(cfg, run / "config.yaml")
+        write_run_info(run, "metric", "train", source=cfg["from"])
+        trainer = MetricTrainer(cfg, run)
+    except BaseException:
+        _remove_if_empty(run)
+        raise
+    return run, trainer.fit()
+
+
+def resume(run: str | Path) -> tuple[Path, dict]:
+    """Continue an interrupted metric run from its ``last.pt`` to the planned epoch count."""
+    from fashionkit.metric.model import read_embedder_checkpoint
+
+    run = open_run(run, "metric")
+    last = run / "weights" / "last.pt"
+    if not last.is_file():
+        raise UserError(f"{run} has no finished epoch to resume from (no weights/last.pt); start it again")
+    ckpt = read_embedder_checkpoint(last)
+    cfg = resolve(TRAIN_OPTIONS, {}, load_yaml(run / "config.yaml"))
+    summary = read_json(run / "summary.json", missing_ok=True) or {}
+    if ckpt["epoch"] >= cfg["epochs"] or summary.get("status") == "finished":
+        raise UserError(f"{run} already finished ({ckpt['epoch']}/{cfg['epochs']} epochs); nothing to resume")
+    validate(cfg)
+    print(f"resuming {run} after epoch {ckpt['epoch']}")
+    return run, MetricTrainer(cfg, run, resume=ckpt).fit()
+
+
+def validate(cfg: dict) -> None:
+    """Every option mistake as a one-line UserError before a run directory is made."""
+    from fashionkit.classify.checkpoint import weights_path
+    from fashionkit.classify.models import MODELS
+    from fashionkit.data.augment import build_augment
+    from fashionkit.metric.mining import build_miner
+
+    classes = run_classes(cfg)
+    parse_hard_classes(cfg["hard_classes"])
+    if cfg["from"]:
+        weights_path(open_run(cfg["from"], "classify", what="--from classify run"))
+    elif cfg["model"] not in MODELS:
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
+    build_augment(cfg["augment"])
+    build_miner(cfg)
+    for key, low in (("epochs", 1), ("batch_size", 2), ("m_per_class", 2), ("dim", 2), ("freeze_epochs", 0),
+                     ("head_hidden", 0), ("steps_per_epoch", 0), ("subset", 0), ("eval_subset", 0),
+                     ("plot_points", 0)):
+        if cfg[key] < low:
+            raise UserError(f"--{key.replace('_', '-')} must be at least {low}, got {cfg[key]}")
+    for key in ("lr", "margin"):
+        if not cfg[key] > 0 or not math.isfinite(cfg[key]):
+            raise UserError(f"--{key} must be a positive number, got {cfg[key]}")
+    if not 0 <= cfg["trunk_lr_scale"] or not 0 <= cfg["weight_decay"]:
+        raise UserError("--trunk-lr-scale and --weight-decay must not be negative")
+    bs, m = cfg["batch_size"], cfg["m_per_class"]
+    if bs % m:
+        raise UserError(f"--batch-size {bs} must be a multiple of --m-per-class {m} (MPerClassSampler)")
+    if bs // m < 2:
+        raise UserError(f"--batch-size {bs} holds only one class of --m-per-class {m}: triplets need two classes "
+                        f"per batch; use --batch-size >= {2 * m}")
+    if bs // m > len(classes):
+        raise UserError(f"--batch-size {bs} / --m-per-class {m} = {bs // m} classes per batch, but the run has only "
+                        f"{len(classes)}; use --m-per-class {-(-bs // len(classes))} or a smaller --batch-size")
+
+
+def _remove_if_empty(run: Path) -> None:
+    for name in ("config.yaml", "run.json", "metrics.csv"):
+        (run / name).unlink(missing_ok=True)
+    try:
+        os.rmdir(run)
+    except OSError:
+        pass
