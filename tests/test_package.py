@@ -1,0 +1,47 @@
+"""The installed package: one import package, working console scripts, fast --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_wheel_installs_one_import_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("fashionkit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"fashionkit", wheel.name.split("-py3")[0] + ".dist-info"}
+    for stage in ("data", "classify", "metric", "detect"):
+        assert f"fashionkit/{stage}/__init__.py" in names
+    assert "fashionkit/classify/defaults.py" in names
+
+
+@pytest.mark.parametrize("argv", [
+    ["fashionkit", "--help"], ["fashionkit", "data", "--help"], ["fashionkit", "data", "eda", "--help"],
+    ["classify", "--help"], ["classify", "train", "--help"], ["metric", "--help"], ["detect", "--help"],
+])
+def test_console_scripts_help(argv):
+    result = subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    if argv[-2:] == ["train", "--help"]:
+        assert "(default: vgg-small)" in result.stdout  # defaults are shown
+
+
+def test_umbrella_lists_every_stage():
+    out = subprocess.run([str(BIN / "fashionkit"), "--help"], capture_output=True, text=True).stdout
+    for stage in ("data", "classify", "metric", "detect"):
+        assert stage in out
+
+
+def test_unknown_command_exits_nonzero():
+    result = subprocess.run([str(BIN / "classify"), "fly"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
