@@ -2,8 +2,49 @@
 
 from __future__ import annotations
 
-from fashionkit.config import add_options
+from fashionkit.config import Opt, add_options, resolve
+from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
+WEIGHTS = Opt("best", "which checkpoint of the run: best (best validation) or last (last epoch)",
+              choices=("best", "last"))
+
+EVAL_OPTIONS = {
+    "split": Opt("test", "test (the official 10k) or val (the run's own validation items)", choices=("test", "val")),
+    "tta": Opt(False, "test-time augmentation: average the probabilities of each image and its mirror image"),
+    "weights": WEIGHTS,
+    "batch_size": Opt(500, "images per forward pass"),
+    "device": Opt("auto", DEVICE_HELP),
+    "amp": Opt("off", "precision: off (fp32, exact), auto, bf16, fp16; train's test number used its --amp",
+               choices=AMP_CHOICES),
+    "top_errors": Opt(25, "most confident mistakes shown in mistakes.png and listed in eval.json"),
+    "out": Opt(None, "output directory; none means RUN/eval/<split>[-last][-tta]", type=str),
+    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files; none means the run's, else searched",
+                    type=str),
+}
+
+INSPECT_OPTIONS = {
+    "image": Opt(None, "image file to show the feature maps for (any format; framed like Fashion-MNIST)", type=str),
+    "index": Opt(None, "or: index of a dataset item (of --split)", type=int),
+    "split": Opt("test", "split --index refers to", choices=("test", "train")),
+    "layers": Opt(3, "feature maps of the first K convolutions of the trunk"),
+    "out": Opt(None, "output directory; none means RUN/inspect", type=str),
+    "weights": WEIGHTS,
+    "device": Opt("auto", DEVICE_HELP),
+    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files; none means the run's, else searched",
+                    type=str),
+}
+
+COMPARE_OPTIONS = {
+    "out": Opt("compare", "output directory for compare.md and compare.png"),
+}
+
+PREDICT_OPTIONS = {
+    "top_k": Opt(3, "classes listed per image, most probable first"),
+    "json": Opt(False, "print one JSON document instead of text"),
+    "tta": Opt(False, "average the probabilities of each image and its mirror image"),
+    "weights": WEIGHTS,
+    "device": Opt("auto", DEVICE_HELP),
+}
 
 def cmd_train(args) -> int:
     from fashionkit.classify.train import resume, train
@@ -34,6 +75,57 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from fashionkit.classify.evaluate import evaluate_run, format_confused
+
+    cfg = resolve(EVAL_OPTIONS, args)
+    r = evaluate_run(args.run, **cfg)
+    tta = ", TTA" if r["tta"] else ""
+    print(f"{r['run']} ({r['model']}, {r['weights']}.pt epoch {r['epoch']}) on {r['split']} ({r['items']} items{tta})")
+    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  errors {r['errors']}\n")
+    print(r["report_text"])
+    print("most confused (rate = share of the true class):")
+    print(format_confused(r["top_confused"]))
+    print()
+    for path in r["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from fashionkit.classify.inspect import inspect_run
+
+    r = inspect_run(args.run, **resolve(INSPECT_OPTIONS, args))
+    truth = f" (true: {r['label']})" if r["label"] else ""
+    print(f"{r['item']}: predicted {r['pred']} {r['probability']:.3f}{truth}; feature maps of "
+          f"{', '.join(r['layers'])} ({len(r['layers'])} of {r['conv_layers']} convolutions)")
+    for path in r["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fashionkit.classify.evaluate import compare_runs
+
+    _, table, files = compare_runs(args.runs, **resolve(COMPARE_OPTIONS, args))
+    print(table)
+    for path in files.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from fashionkit.classify.predict import format_predictions, predict_files
+
+    cfg = resolve(PREDICT_OPTIONS, args)
+    as_json = cfg.pop("json")
+    results = predict_files(args.run, args.images, **cfg)
+    print(json.dumps(results, indent=2) if as_json else format_predictions(results))
+    return 0
+
+
 def register(sub, formatter) -> None:
     from fashionkit.classify.defaults import TRAIN_OPTIONS
 
@@ -49,3 +141,35 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("models", help="list the registered models with parameters and MFLOPs per image",
                        formatter_class=formatter)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="evaluate a run: accuracy, per-class report, confusion matrix, worst mistakes",
+                       formatter_class=formatter,
+                       description="Evaluate a classify run on the test split or its own validation split. Prints "
+                       "accuracy, loss, the per-class report and the most confused pairs; writes eval.json, "
+                       "confusion.png and mistakes.png into RUN/eval/<split>/.")
+    p.add_argument("run", metavar="RUN", help="classify run directory (runs/classify/<name>)")
+    add_options(p, EVAL_OPTIONS)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="plot a CNN's first-layer filters and its feature maps for one image",
+                       formatter_class=formatter,
+                       description="Write filters.png (the first convolution's kernels), input.png and one "
+                       "features_<k>_<layer>.png per convolution for --image PATH or --index N.")
+    p.add_argument("run", metavar="RUN", help="classify run directory of a convolutional model")
+    add_options(p, INSPECT_OPTIONS)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compare", help="table and validation curves of several runs", formatter_class=formatter,
+                       description="One markdown table (model, params, seconds/epoch, best validation loss and "
+                       "accuracy, test accuracy, best epoch) and the validation curves of all runs overlaid.")
+    p.add_argument("runs", metavar="RUN", nargs="+", help="classify run directories")
+    add_options(p, COMPARE_OPTIONS)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("predict", help="classify image files with a trained run", formatter_class=formatter,
+                       description="Top-k classes with probabilities for each image file (PNG, JPEG, ...; colour "
+                       "or grey, light or dark background: each is framed like a Fashion-MNIST item first).")
+    p.add_argument("run", metavar="RUN", help="classify run directory")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    add_options(p, PREDICT_OPTIONS)
+    p.set_defaults(func=cmd_predict)

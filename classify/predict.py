@@ -1,0 +1,119 @@
+"""``classify predict``: a trained run's top-k classes for image files; and the helpers every use of a trained
+run shares (eval, inspect): loading its model checked against its config, and batched class probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fashionkit.classify.checkpoint import load_classifier
+from fashionkit.config import load_yaml, resolve
+from fashionkit.device import autocast, select_device
+from fashionkit.errors import UserError
+from fashionkit.runs import open_run
+
+
+def run_config(run: Path) -> dict:
+    """The resolved ``classify train`` options a run was made with (defaults fill keys older configs lack)."""
+    from fashionkit.classify.defaults import TRAIN_OPTIONS
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run} has no config.yaml: it is not a complete classify run; pass a run made by "
+                        f"`classify train`")
+    return resolve(TRAIN_OPTIONS, {}, load_yaml(path))
+
+
+def _architecture(cfg: dict) -> tuple[str, dict]:
+    """``(name, options)`` of the model a run config describes, built on the meta device (no memory, no init
+    cost) and with ``weights=none`` (the checkpoint brings the weights; nothing is downloaded)."""
+    from fashionkit.classify.models import MODELS, create_model
+    from fashionkit.classify.train import parse_model_opts
+
+    opts = parse_model_opts(cfg["model_opts"])
+    for key in ("activation", "dropout"):
+        if cfg.get(key) is not None:
+            opts[key] = cfg[key]
+    if cfg["model"] in MODELS and "weights" in MODELS[cfg["model"]].option_names():
+        opts["weights"] = "none"
+    with torch.device("meta"):
+        model = create_model(cfg["model"], **opts)
+    return model.name, model.options
+
+
+def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: str = "best"
+                   ) -> tuple[torch.nn.Module, dict, dict, Path]:
+    """``(model in eval mode, checkpoint, run config, run dir)`` of a classify run.
+
+    A checkpoint rebuilds its own architecture, so a ``best.pt`` copied in from another run would load without
+    complaint and give that run's predictions under this run's name: it is checked against ``config.yaml``.
+    """
+    if which not in ("best", "last"):
+        raise UserError(f"--weights must be best or last, got {which!r}")
+    run = open_run(run, "classify")
+    cfg = run_config(run)
+    model, ckpt = load_classifier(run, device, which)
+    name, options = _architecture(cfg)
+    if (model.name, model.options) != (name, options):
+        differ = [k for k in sorted(set(options) | set(model.options)) if options.get(k) != model.options.get(k)]
+        detail = (f"it holds {model.name} weights, but config.yaml says {name}" if model.name != name
+                  else f"its {name} differs from config.yaml's in {', '.join(differ)}")
+        raise UserError(f"{run / 'weights' / (which + '.pt')} does not belong to this run: {detail}; it was copied "
+                        f"from another run: evaluate that run, or retrain this one")
+    return model, ckpt, cfg, run
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp=None,
+                  batch_size: int = 500, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities ``[N, C]`` (float32, CPU) for uint8 images ``[N, 28, 28]``.
+
+    ``tta``: average with the horizontally flipped image's probabilities. Training augments with flips, so a
+    flipped item is as familiar to the model as the original, and the two views' errors partly cancel.
+    """
+    from fashionkit.data.loader import normalize, to_float
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(to_float(images[start:start + batch_size].to(device)))
+        with autocast(device, amp):
+            probs = model(x).float().softmax(1)
+            if tta:
+                probs = (probs + model(x.flip(-1)).float().softmax(1)) / 2
+        out.append(probs.cpu())
+    return torch.cat(out) if out else torch.zeros(0, getattr(model, "num_classes", 10))
+
+
+def predict_files(run: str | Path, images: list[str | Path], top_k: int = 3, tta: bool = False,
+                  device: str = "auto", weights: str = "best") -> list[dict]:
+    """``[{image, predictions: [{class_id, class_name, probability}, ...top_k]}]`` for image files."""
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.data.images import read_item_images
+
+    if not 1 <= top_k <= len(CLASSES):
+        raise UserError(f"--top-k must be between 1 and {len(CLASSES)}, got {top_k}")
+    dev = select_device(device)
+    model, _, _, _ = load_run_model(run, dev, weights)
+    items = read_item_images(images)  # every file is read (and checked) before any work is done
+    probs = predict_probs(model, items, dev, tta=tta)
+    top = probs.topk(top_k, dim=1)
+    return [{"image": str(path),
+             "predictions": [{"class_id": int(c), "class_name": CLASSES[int(c)], "probability": round(float(p), 6)}
+                             for p, c in zip(values, ids)]}
+            for path, values, ids in zip(images, top.values, top.indices)]
+
+
+def format_predictions(results: list[dict]) -> str:
+    from fashionkit.data.fashion_mnist import CLASSES
+
+    width = max(map(len, CLASSES))
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        lines += [f"  {i}. {p['class_name']:<{width}}  {p['probability']:.3f}"
+                  for i, p in enumerate(r["predictions"], 1)]
+    return "\n".join(lines)
