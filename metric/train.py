@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,6 @@ class MetricTrainer:
     """Holds the state of one metric run; ``fit()`` trains it to the end."""
 
     def __init__(self, cfg: dict, run: Path, resume: dict | None = None):
-        from pytorch_metric_learning.samplers import MPerClassSampler
-
         from fashionkit.data import load_split
         from fashionkit.data.augment import build_augment
         from fashionkit.metric.data import Split, classify_split, training_indices
@@ -89,10 +88,7 @@ class MetricTrainer:
 
         self.images, self.labels = load_split("train", cfg["data_dir"])
         self.train_idx, self.val_idx = training_indices(self.labels, self.split, self.classes, cfg["subset"])
-        train_labels = self.labels[self.train_idx]
         self.steps = cfg["steps_per_epoch"] or max(1, len(self.train_idx) // cfg["batch_size"])
-        self.sampler = MPerClassSampler(train_labels, cfg["m_per_class"], cfg["batch_size"],
-                                        length_before_new_iter=self.steps * cfg["batch_size"])
 
         self.model = self.initial_model().to(self.device)
         trunk = list(self.model.trunk.parameters())
@@ -137,14 +133,20 @@ class MetricTrainer:
         return self.epoch < self.cfg["freeze_epochs"]
 
     def batches(self):
+        from pytorch_metric_learning.samplers import MPerClassSampler
+
         from fashionkit.data.loader import normalize, to_float
 
-        epoch_seed = self.cfg["seed"] * 100_003 + self.epoch
+        cfg, epoch_seed = self.cfg, self.cfg["seed"] * 100_003 + self.epoch
         g = torch.Generator().manual_seed(epoch_seed + 7)
+        # a fresh sampler each epoch: MPerClassSampler shuffles its list of classes in place, so one kept across
+        # epochs would carry state that a resumed run does not have
+        sampler = MPerClassSampler(self.labels[self.train_idx], cfg["m_per_class"], cfg["batch_size"],
+                                   length_before_new_iter=self.steps * cfg["batch_size"])
         with pml_numpy_seed(epoch_seed):
-            order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
+            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
         positions = torch.as_tensor(self.train_idx, dtype=torch.long)[order]
-        bs = self.cfg["batch_size"]
+        bs = cfg["batch_size"]
         for start in range(0, len(positions) - bs + 1, bs):
             idx = positions[start:start + bs]
             x = to_float(self.images[idx])
@@ -183,7 +185,10 @@ class MetricTrainer:
                 total_loss += loss.item()
                 triplets += n
                 trained += 1
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # the schedule follows batches, empty ones included, so it may step before the first update
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.scheduler.step()
             bar.set_postfix(loss=f"{total_loss / max(trained, 1):.4f}", triplets=triplets, empty=empty)
         if triplets == 0:
             raise NoTriplets(self.no_triplets_message(empty))
