@@ -57,6 +57,7 @@ INDEX_OPTIONS: dict[str, Opt] = {
                  choices=INDEX_KINDS),
     "nlist": Opt(0, "ivf: number of inverted lists (0: 4*sqrt(N), at most N/39)"),
     "nprobe": Opt(8, "ivf: lists searched per query (recall vs speed)"),
+    "ivf_train": Opt(100_000, "ivf: vectors its k-means learns the lists from (a random sample; 0 = all)"),
     "hnsw_m": Opt(32, "hnsw: neighbours per node"),
     "ef_construction": Opt(80, "hnsw: candidate list size while building"),
     "ef_search": Opt(64, "hnsw: candidate list size while searching (recall vs speed)"),

@@ -48,9 +48,11 @@ def default_nlist(n: int) -> int:
 
 
 def make_index(kind: str, vectors: np.ndarray, nlist: int = 0, nprobe: int = 8, hnsw_m: int = 32,
-               ef_construction: int = 80, ef_search: int = 64, gpu: bool = False):
+               ef_construction: int = 80, ef_search: int = 64, gpu: bool = False, train_size: int = 0, seed: int = 0):
     """A CPU FAISS index of ``vectors`` (float32 unit rows) searched by inner product; built on the GPU where
-    asked and possible (flat, ivf), then brought back to the CPU so it can be written."""
+    asked and possible (flat, ivf), then brought back to the CPU so it can be written. ``train_size``: the ivf
+    k-means learns its cells from a random sample of that many vectors (0: all) -- on millions of vectors,
+    training on all of them costs far more than adding them."""
     import faiss
 
     n, d = vectors.shape
@@ -73,7 +75,10 @@ def make_index(kind: str, vectors: np.ndarray, nlist: int = 0, nprobe: int = 8, 
         raise UserError(f"unknown index kind {kind!r}; use flat, ivf or hnsw")
     built = to_gpu(index) if gpu and kind != "hnsw" else index
     if not built.is_trained:
-        built.train(vectors)
+        sample = vectors
+        if train_size and train_size < n:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(n, max(train_size, nlist), replace=False))]
+        built.train(sample)
     built.add(vectors)
     index = faiss.index_gpu_to_cpu(built) if built is not index else index
     set_search_params(index, nprobe=nprobe, ef_search=ef_search)
@@ -183,7 +188,7 @@ def build_run_index(run: str | Path, opts: dict) -> dict:
     gpu = use_gpu(device)
     start = time.perf_counter()
     index = make_index(opts["index"], vectors, opts["nlist"], opts["nprobe"], opts["hnsw_m"],
-                       opts["ef_construction"], opts["ef_search"], gpu=gpu)
+                       opts["ef_construction"], opts["ef_search"], gpu=gpu, train_size=opts["ivf_train"])
     build_s = time.perf_counter() - start
     faiss_path, sidecar_path, meta_path = index_paths(run)
     meta_path.unlink(missing_ok=True)  # from here until the new meta is written, no half-new pair can be opened
