@@ -187,8 +187,38 @@ def test_stale_index_is_refused(indexed, cli, capsys, tmp_path):
     assert cli("metric", "lookup", copy, "--test-index", 0) == 2
     err = capsys.readouterr().err
     assert "stale index" in err and "metric index" in err and "Traceback" not in err
-    assert cli("metric", "index", copy) == 0  # rebuilding makes it usable again
-    assert cli("metric", "lookup", copy, "--test-index", 0, "-k", 2) == 0
+    assert cli("metric", "index", copy, "--index", "hnsw") == 0  # rebuilding makes it usable again
+    assert cli("metric", "lookup", copy, "--test-index", 0, "-k", 2, "--json") == 0
+    assert "indexed" in capsys.readouterr().out
+    assert json.loads((copy / "index" / "index.json").read_text())["kind"] == "hnsw"
+
+
+def test_lookup_of_an_image_file(indexed, cli, capsys, tmp_path, test_set):
+    from PIL import Image
+
+    run, _ = indexed
+    path = tmp_path / "coat.png"
+    item = int(np.flatnonzero(test_set[1].numpy() == 4)[0])
+    Image.fromarray(255 - test_set[0][item].numpy()).resize((112, 112)).save(path)  # dark on light, 4x larger
+    assert cli("metric", "lookup", run, path, "-k", 4, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["query"] == {"kind": "image", "path": str(path), "label": None, "name": "coat"}
+    assert len(result["neighbours"]) == 4 and (run / "lookups" / "coat.png").is_file()
+
+
+def test_faiss_index_kinds_agree_with_exact_search():
+    from fashionkit.metric.index import make_index
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact = make_index("flat", x).search(x[:50], 5)[1]
+    assert (exact[:, 0] == np.arange(50)).all()
+    for kind, opts in (("ivf", {"nlist": 20, "nprobe": 20}), ("hnsw", {"ef_search": 200})):
+        found = make_index(kind, x, **opts, train_size=1000).search(x[:50], 5)[1]
+        assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, exact)]) > 0.95, kind
+    with pytest.raises(UserError, match="--nlist 5000"):
+        make_index("ivf", x, nlist=5000)
 
 
 def test_resolve_sweeps_on_validation_and_reports_test(indexed, classify_run, cli, capsys):
@@ -226,6 +256,15 @@ def test_bad_training_options(options, message, tmp_path):
     with pytest.raises(UserError, match=message):
         train({**options, "runs_dir": str(tmp_path)})
     assert not (tmp_path / "metric").exists() or not any((tmp_path / "metric").iterdir())
+
+
+def test_without_from_it_starts_from_scratch_and_says_so(root, capsys):
+    from fashionkit.metric.train import train
+
+    _, summary = train({**TINY, "model": "simple", "epochs": 1, "eval": True, "eval_subset": 100, "plot_points": 0,
+                        "runs_dir": str(root), "name": "scratch"})
+    assert "from scratch" in capsys.readouterr().out
+    assert summary["from"] is None and summary["test"]["before_is"] == "untrained net"
 
 
 def test_from_must_be_a_classify_run(cli, capsys, tmp_path, metric_run, classify_run):
