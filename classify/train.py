@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,16 +68,26 @@ class NonFiniteLoss(Exception):
     pass
 
 
+class StopTraining(Exception):
+    """Raised by an ``on_epoch_end`` callback (e.g. a hyperparameter search pruning a hopeless trial) to end the
+    run after the epoch it was shown, which is already saved; ``status`` goes into summary.json."""
+
+    def __init__(self, status: str = "stopped", reason: str = ""):
+        super().__init__(reason or status)
+        self.status = status
+
+
 class Trainer:
     """Holds the state of one classify run; ``fit()`` trains it to the end (or to early stopping)."""
 
-    def __init__(self, cfg: dict, run: Path, resume: dict | None = None):
+    def __init__(self, cfg: dict, run: Path, resume: dict | None = None,
+                 on_epoch_end: Callable[[dict], None] | None = None):
         from fashionkit.data import load_split
         from fashionkit.data.augment import build_augment
         from fashionkit.data.loader import BatchLoader
         from fashionkit.data.splits import make_splits
 
-        self.cfg, self.run = cfg, run
+        self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
@@ -188,7 +199,7 @@ class Trainer:
         return self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
 
     def loop(self) -> str:
-        """Train epoch after epoch; returns how it ended (finished / early_stopped)."""
+        """Train epoch after epoch; returns how it ended (finished / early_stopped / a StopTraining status)."""
         cfg, weights = self.cfg, self.run / "weights"
         while self.epoch < cfg["epochs"]:
             try:
@@ -215,6 +226,12 @@ class Trainer:
             print(f"epoch {self.epoch}/{cfg['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
                   f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s "
                   f"{row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch else ""), flush=True)
+            if self.on_epoch_end is not None:
+                try:
+                    self.on_epoch_end(row)
+                except StopTraining as e:
+                    print(f"stopped after epoch {self.epoch}: {e}")
+                    return e.status
             if cfg["patience"] and self.bad_epochs >= cfg["patience"]:
                 print(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
                 return "early_stopped"
@@ -313,15 +330,17 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 
 # ---- entry points -------------------------------------------------------------------------------------------
 
-def train(options: dict | None = None, config: str | Path | dict | None = None) -> tuple[Path, dict]:
-    """Start a new run from options (flags) over an optional config; returns ``(run_dir, summary)``."""
+def train(options: dict | None = None, config: str | Path | dict | None = None,
+          on_epoch_end: Callable[[dict], None] | None = None) -> tuple[Path, dict]:
+    """Start a new run from options (flags) over an optional config; returns ``(run_dir, summary)``.
+    ``on_epoch_end(row)`` sees each epoch's metrics row once it is saved and may raise StopTraining."""
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
     validate(cfg)
     run = new_run_dir("classify", cfg["name"], cfg["runs_dir"])
     try:
         save_yaml(cfg, run / "config.yaml")
         write_run_info(run, "classify", "train")
-        trainer = Trainer(cfg, run)
+        trainer = Trainer(cfg, run, on_epoch_end=on_epoch_end)
     except BaseException:
         _remove_if_empty(run)
         raise
