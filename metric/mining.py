@@ -4,10 +4,11 @@ Where PML's ``DistanceWeightedMiner`` (Wu et al. 2017, "Sampling matters") surpr
 
 * It draws a negative with weight ``q(d)^-1`` where ``log q(d) = (dim - 2) log d + (dim - 3)/2 log(1 - d^2/4)``,
   the density of distances between random points on the unit sphere. It subtracts the *largest* log-weight of
-  the whole batch, not of each anchor's row, and exponentiates in the embedding dtype. The spread of log-weights
-  grows with ``dim - 2``: at 64 dims it is ~45 nats, at ~128 dims it reaches ~87, where ``exp`` underflows in
-  fp32. Past that, every negative of an anchor whose nearest negative is farther than the batch's nearest
-  becomes weight 0, the row sums to 0, turns NaN after normalising, and PML silently drops that anchor.
+  the whole batch, not of each anchor's row, and exponentiates in the embedding dtype. Between the two cutoffs
+  the log-weights span about ``0.72 * dim`` nats: ~46 at 64 dims, ~92 at 128, ~140 at 192, while fp32's ``exp``
+  reaches 0 below -87 (-103 with subnormals). Past ~130 dims, every negative of an anchor whose nearest negative
+  is much farther than the batch's nearest becomes weight 0, the row sums to 0, turns NaN after normalising, and
+  PML silently drops that anchor.
   Measured on one 128-item batch with the same geometry embedded in more dims: 128 of 128 anchors get
   triplets at 16-128 dims, 98 at 192, 83 at 256, 46 at 512. Hence ``--dim 64`` by default.
 * It is defined for unit vectors only (it asserts an L2-normalised ``LpDistance``), whose distances lie in

@@ -30,7 +30,7 @@ from fashionkit.config import load_yaml, resolve, save_yaml
 from fashionkit.device import amp_dtype, autocast, select_device
 from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
-from fashionkit.metric.model import build_embedder, embedder_from_classifier, load_state, save_embedder
+from fashionkit.metric.model import embedder_from_classifier, load_state, save_embedder
 from fashionkit.runs import MetricsCSV, atomic_write_json, new_run_dir, open_run, read_json, write_run_info
 
 
@@ -122,10 +122,10 @@ class MetricTrainer:
         if self.source is not None:
             classifier, _ = load_classifier(self.source)
             torch.manual_seed(cfg["seed"])
-            return embedder_from_classifier(classifier, cfg["dim"], cfg["head_hidden"])
-        torch.manual_seed(cfg["seed"])
-        source = create_model(cfg["model"])
-        return build_embedder({"name": source.name, "options": source.options}, cfg["dim"], cfg["head_hidden"])
+        else:
+            torch.manual_seed(cfg["seed"])
+            classifier = create_model(cfg["model"])
+        return embedder_from_classifier(classifier, cfg["dim"], cfg["head_hidden"])
 
     # -- one epoch ----------------------------------------------------------------------------------------
 
