@@ -62,7 +62,39 @@ def cmd_make_video(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from fashionkit.detect.train import train
+
+    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "stage", "config")}
+    run, summary = train(opts, args.config)
+    val, test = summary.get("val") or {}, summary.get("test") or {}
+    scores = "".join(f", {split} mAP50 {m['mAP50']:.3f} mAP50-95 {m['mAP50-95']:.3f}"
+                     for split, m in (("val", val), ("test", test)) if "mAP50" in m)
+    print(f"done: {run} ({summary['status']}, {summary['epochs_done']} epochs, "
+          f"{summary['train_images_per_s']} train images/s{scores}); weights {run / (summary['best'] or '?')}")
+    return 0
+
+
+def cmd_video(args) -> int:
+    from fashionkit.detect.defaults import VIDEO_OPTIONS
+    from fashionkit.detect.video import format_summary, run_video
+
+    summary = run_video(args.input, resolve(VIDEO_OPTIONS, args))
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from fashionkit.detect.defaults import EVAL_OPTIONS
+    from fashionkit.detect.video import evaluate_run
+
+    evaluate_run(args.run, resolve(EVAL_OPTIONS, args))
+    return 0
+
+
 def register(sub, formatter) -> None:
+    from fashionkit.detect.defaults import EVAL_OPTIONS, TRAIN_OPTIONS, VIDEO_OPTIONS
+
     p = sub.add_parser("make-data", help="write a synthetic YOLO dataset of items on random backgrounds",
                        formatter_class=formatter,
                        description="Compose scenes of Fashion-MNIST items on random backgrounds into an "
@@ -81,3 +113,35 @@ def register(sub, formatter) -> None:
     p.add_argument("out", metavar="OUT.mp4", help="video file to write")
     add_options(p, MAKE_VIDEO_OPTIONS)
     p.set_defaults(func=cmd_make_video)
+
+    p = sub.add_parser("train", help="fine-tune a YOLO detector whose backbone starts from a classify run",
+                       formatter_class=formatter,
+                       description="Build an ultralytics YOLO detector whose backbone is the classifier's trunk "
+                       "(first conv adapted to RGB frames, input normalisation folded in), with new stride-16/32 "
+                       "stages, a YOLOv8 neck and Detect head, and fine-tune it with the ultralytics trainer. "
+                       "--from none gives the same shape at random init, --from yolov8n.yaml a stock model. Writes "
+                       "<runs>/detect/<name>/: config.yaml, model.yaml, summary.json, ultralytics/ (weights/best.pt, "
+                       "results.csv, plots) and test/ (test-split mAP).")
+    add_options(p, TRAIN_OPTIONS)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("video", help="detect items in a video, a folder of images or an image",
+                       formatter_class=formatter,
+                       description="Run a detector over INPUT (any video OpenCV reads, a folder of images, or one "
+                       "image) in batches. Writes to --out: annotated.mp4 (or annotated/ images), detections.jsonl "
+                       "(one line per processed frame), detections.csv and summary.json (items per class, frames/s). "
+                       "A video that ends before its header's frame count (truncated) is processed as far as it "
+                       "can be read: the outputs are kept, a warning says where it stopped, summary.json records "
+                       "complete=false, and the exit status is still 0.")
+    p.add_argument("input", metavar="INPUT", help="video file, image folder or image file")
+    add_options(p, VIDEO_OPTIONS)
+    p.set_defaults(func=cmd_video)
+
+    p = sub.add_parser("eval", help="mAP of a detect run on a dataset split; precision/recall on a make-video clip",
+                       formatter_class=formatter,
+                       description="Evaluate a detect run's best.pt: mAP50 and mAP50-95 on the test (or val) split "
+                       "with ultralytics' validator, and with --video X.mp4 precision and recall at IoU 0.5 against "
+                       "the clip's X.json ground truth plus end-to-end frames/s. Writes RUN/eval/<split>/eval.json.")
+    p.add_argument("run", metavar="RUN", help="detect run directory (or a detection .pt)")
+    add_options(p, EVAL_OPTIONS)
+    p.set_defaults(func=cmd_eval)

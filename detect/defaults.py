@@ -1,0 +1,77 @@
+"""The defaults of ``detect train``, ``detect video`` and ``detect eval`` (no heavy imports: ``--help`` stays fast).
+
+The training defaults are the recipe for a 2-core CPU: 320-px scenes, the classifier trunk behind a stride-2
+Focus stem (~3.7 GFLOPs per 320x320 frame, ~7 training images/s), batch 16, 10 epochs with the backbone frozen
+for the first. ``--minutes`` gives a wall-clock budget instead (ultralytics re-plans the epochs after the first).
+"""
+
+from fashionkit.config import Opt
+from fashionkit.device import DEVICE_HELP
+
+TRAIN_OPTIONS: dict[str, Opt] = {
+    "from": Opt(None, "initial backbone: a classify run directory (runs/classify/<run>), none (same shape, random "
+                "init) or an ultralytics model YAML such as yolov8n.yaml (stock model, random init)", type=str),
+    "data": Opt(None, "dataset from `detect make-data`: its directory or data.yaml (default: <runs>/detect/data)",
+                type=str),
+    "epochs": Opt(10, "epochs (an upper bound when --minutes is given)"),
+    "minutes": Opt(0.0, "wall-clock training budget in minutes; ultralytics re-plans the epochs to fit (0 = off)"),
+    "imgsz": Opt(320, "training and validation image size (a multiple of 32)"),
+    "batch": Opt(16, "batch size"),
+    "freeze_epochs": Opt(1, "epochs to train with the copied backbone frozen (its BatchNorm statistics too) before "
+                         "fine-tuning all of it; 0 = never frozen; ignored for stock YAML models"),
+    "stem": Opt(2, "input downscale before the copied trunk: 2 (Focus, default), 4 (avg-pool + Focus) or 1 (none)",
+                choices=(1, 2, 4)),
+    "width": Opt(1.0, "channel multiplier of the new layers (P4/P5 stages, neck; 1.0 = YOLOv8n's 64/128/256)"),
+    "classifier_model": Opt("vgg-small", "with --from none: the classifier whose trunk shape the backbone copies"),
+    "patience": Opt(5, "early stopping: epochs without validation fitness improvement (0 = off)"),
+    "close_mosaic": Opt(2, "turn mosaic augmentation off for the last N epochs"),
+    "optimizer": Opt("auto", "ultralytics optimizer: auto, SGD, AdamW, Adam, ... (auto picks AdamW for short runs)"),
+    "lr0": Opt(0.0, "initial learning rate (0 = the optimizer's default; `auto` chooses its own)"),
+    "fraction": Opt(1.0, "fraction of the training scenes to use"),
+    "cache": Opt(False, "keep the decoded training images in RAM"),
+    "workers": Opt(0, "dataloader worker processes (ultralytics uses 0 on CPU regardless)"),
+    "plots": Opt(True, "training plots: labels, batches, curves, confusion matrix, PR curves"),
+    "test": Opt(True, "evaluate best.pt on the dataset's test split at the end"),
+    "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
+    "seed": Opt(0, "random seed"),
+    "device": Opt("auto", DEVICE_HELP),
+    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "name": Opt(None, "run name (default: train, train2, ...)", type=str),
+    "runs_dir": Opt(None, "root of run directories (default: $FASHIONKIT_RUNS or ./runs)", type=str),
+}
+
+VIDEO_OPTIONS: dict[str, Opt] = {
+    "weights": Opt(None, "detector: a detect run directory (uses its best.pt) or an ultralytics detection .pt",
+                   type=str),
+    "out": Opt(None, "output directory (default: a new <runs>/detect/video-<input name>)", type=str),
+    "conf": Opt(0.25, "confidence threshold"),
+    "iou": Opt(0.7, "IoU threshold of non-maximum suppression"),
+    "imgsz": Opt(320, "inference size of the longer side (a multiple of 32)"),
+    "stride": Opt(1, "process every Nth frame"),
+    "max_frames": Opt(0, "stop after this many processed frames (0 = all)"),
+    "batch": Opt(8, "frames per forward pass"),
+    "track": Opt(False, "track items across frames (ultralytics ByteTrack) to count unique items"),
+    "tracker": Opt("bytetrack.yaml", "tracker config with --track: bytetrack.yaml or botsort.yaml"),
+    "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
+    "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5",
+              type=str),
+    "min_visible": Opt(0.5, "with --gt: items less visible than this are ignored (neither missed nor false)"),
+    "device": Opt("auto", DEVICE_HELP),
+    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+}
+
+EVAL_OPTIONS: dict[str, Opt] = {
+    "data": Opt(None, "dataset directory or data.yaml (default: the one the run trained on)", type=str),
+    "split": Opt("test", "dataset split for mAP", choices=("test", "val")),
+    "imgsz": Opt(0, "image size (0 = the run's training size)"),
+    "batch": Opt(16, "batch size"),
+    "video": Opt(None, "also run on a `detect make-video` clip and score it against its .json ground truth",
+                 type=str),
+    "video_imgsz": Opt(320, "inference size for --video"),
+    "conf": Opt(0.25, "confidence threshold for --video"),
+    "min_visible": Opt(0.5, "with --video: items less visible than this are ignored"),
+    "plots": Opt(True, "PR curves and confusion matrix of the mAP evaluation"),
+    "out": Opt(None, "output directory (default: RUN/eval/<split>)", type=str),
+    "device": Opt("auto", DEVICE_HELP),
+    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+}

@@ -1,0 +1,227 @@
+"""``detect train``: fine-tune a YOLO detector whose backbone starts from a classify run, with ultralytics' trainer.
+
+Our run directory ``<runs>/detect/<name>/`` holds ``config.yaml``, ``run.json``, ``model.yaml`` (the detector's
+ultralytics YAML), ``summary.json`` and, in ``ultralytics/``, the ultralytics run itself: ``weights/best.pt`` and
+``last.pt``, ``results.csv``, ``args.yaml`` and its plots. ``test/`` holds the test-split evaluation of best.pt.
+The trainer does the loss, augmentation, EMA, metrics, plots, early stopping and checkpoints; we only hand it the
+prepared model, freeze the copied backbone for the first epochs, and measure the training speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fashionkit.config import resolve, save_yaml
+from fashionkit.detect.defaults import TRAIN_OPTIONS
+from fashionkit.errors import UserError
+from fashionkit.runs import atomic_write_json, new_run_dir, runs_root, write_run_info
+
+ULTRALYTICS_DIR = "ultralytics"  # the ultralytics run inside ours
+
+
+def data_yaml(data: str | None) -> Path:
+    """``--data``: a make-data directory or its data.yaml (default: make-data's default output)."""
+    path = Path(data) if data else runs_root() / "detect" / "data"
+    if path.is_dir():
+        path = path / "data.yaml"
+    if not path.is_file():
+        hint = "" if data else " (no --data given)"
+        raise UserError(f"dataset not found: {path}{hint}; make one with `detect make-data --out DIR` and pass "
+                        f"--data DIR")
+    return path
+
+
+def dataset_info(path: Path) -> dict:
+    from fashionkit.config import load_yaml
+
+    info = load_yaml(path)
+    names = info.get("names")
+    if not names or "train" not in info or "val" not in info:
+        raise UserError(f"{path} is not a detection dataset YAML (needs train, val and names); make one with "
+                        f"`detect make-data`")
+    root = Path(info.get("path") or path.parent)
+    root = root if root.is_absolute() else path.parent / root
+    for split in ("train", "val"):
+        if not (root / info[split]).exists():
+            raise UserError(f"{path}: the {split} images {root / info[split]} are missing; re-run `detect make-data`")
+    return info
+
+
+def check_options(cfg: dict) -> None:
+    if not cfg["from"]:
+        raise UserError("--from is required: a classify run directory, none, or a model YAML such as yolov8n.yaml")
+    for key in ("epochs", "batch"):
+        if cfg[key] < 1:
+            raise UserError(f"--{key} must be at least 1, got {cfg[key]}")
+    if cfg["imgsz"] < 64 or cfg["imgsz"] % 32:
+        raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32, at least 64 (e.g. 320)")
+    if cfg["minutes"] < 0 or cfg["freeze_epochs"] < 0 or cfg["patience"] < 0 or cfg["close_mosaic"] < 0:
+        raise UserError("--minutes, --freeze-epochs, --patience and --close-mosaic cannot be negative")
+    if not 0 < cfg["fraction"] <= 1:
+        raise UserError(f"--fraction {cfg['fraction']}: give a fraction in (0, 1]")
+
+
+def ultralytics_device(name: str) -> str:
+    from fashionkit.device import select_device
+
+    device = select_device(name)
+    if device.type == "cuda":
+        return str(device.index or 0)
+    return device.type
+
+
+def extra_args(text: str) -> dict[str, Any]:
+    from fashionkit.classify.train import parse_model_opts
+
+    extra = parse_model_opts(text) if text else {}
+    reserved = {"model", "data", "project", "name", "exist_ok", "save_dir", "resume"}
+    bad = sorted(set(extra) & reserved)
+    if bad:
+        raise UserError(f"--extra cannot set {', '.join(bad)}: fashionkit manages them")
+    return extra
+
+
+def train(options: dict | None = None, config: str | Path | dict | None = None) -> tuple[Path, dict]:
+    """Train a detector from options (flags) over an optional config; returns ``(run_dir, summary)``."""
+    from fashionkit.detect.model import YAML_KEY, gflops, model_source, use_ultralytics
+
+    cfg = resolve(TRAIN_OPTIONS, options or {}, config)
+    check_options(cfg)
+    data = data_yaml(cfg["data"])
+    info = dataset_info(data)
+    nc = len(info["names"])
+    extra = extra_args(cfg["extra"])
+    device = ultralytics_device(cfg["device"])
+    if cfg["threads"]:
+        import torch
+
+        torch.set_num_threads(cfg["threads"])
+    use_ultralytics()
+    source = model_source(cfg["from"], nc, cfg["stem"], cfg["width"], cfg["classifier_model"])  # errors before mkdir
+    run = new_run_dir("detect", cfg["name"], cfg["runs_dir"])
+    save_yaml(cfg, run / "config.yaml")
+    write_run_info(run, "detect", "train", source=source.kind, classifier_run=source.classifier_run)
+    save_yaml(source.yaml, run / "model.yaml")
+
+    model = source.model
+    frozen = list(range(source.yaml[YAML_KEY]["trunk_end"] + 1)) if source.kind != "yaml" else []
+    freeze_epochs = cfg["freeze_epochs"] if frozen else 0
+    args = {
+        "model": str(run / "model.yaml"), "data": str(data), "epochs": cfg["epochs"], "imgsz": cfg["imgsz"],
+        "batch": cfg["batch"], "device": device, "workers": cfg["workers"], "patience": cfg["patience"],
+        "close_mosaic": cfg["close_mosaic"], "optimizer": cfg["optimizer"], "fraction": cfg["fraction"],
+        "cache": "ram" if cfg["cache"] else False, "plots": cfg["plots"], "seed": cfg["seed"],
+        # absolute project + exist_ok: ultralytics writes exactly into RUN/ultralytics (a relative project would
+        # land under its own runs_dir setting, e.g. runs/detect/runs/...)
+        "project": str(run.resolve()), "name": ULTRALYTICS_DIR, "exist_ok": True, "verbose": True,
+        **({"time": cfg["minutes"] / 60} if cfg["minutes"] else {}),
+        **({"lr0": cfg["lr0"]} if cfg["lr0"] else {}),
+        **({"freeze": frozen} if freeze_epochs else {}),
+        **extra,
+    }
+    trainer = make_trainer(args, model, frozen if freeze_epochs else [], freeze_epochs)
+    params = sum(p.numel() for p in model.parameters())
+    flops = gflops(model, (cfg["imgsz"], cfg["imgsz"]))
+    print(f"run {run}: {source.description}; {params:,} parameters, {flops:.2f} GFLOPs at {cfg['imgsz']}x"
+          f"{cfg['imgsz']}; data {data}", flush=True)
+    base = {"source": source.kind, "from": cfg["from"], "description": source.description, "params": params,
+            "gflops": round(flops, 3), "imgsz": cfg["imgsz"], "data": str(data), "device": device}
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        write_summary(run, trainer, base, "interrupted")
+        print(f"\ninterrupted: checkpoints so far are in {trainer.wdir}", file=sys.stderr)
+        raise
+    summary = write_summary(run, trainer, base, end_status(trainer))
+    if cfg["test"] and "test" in info and Path(trainer.best).is_file():
+        summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
+                                   cfg["plots"])
+        atomic_write_json(run / "summary.json", summary)
+    return run, summary
+
+
+def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
+    """An ultralytics DetectionTrainer that trains ``model`` (already built and initialised), with the layers
+    ``frozen`` frozen for the first ``freeze_epochs`` epochs, and a per-epoch training-speed record."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    trainer = DetectionTrainer(overrides=args)
+    trainer.model = model  # a ready nn.Module: setup_model() keeps it instead of building one from args.model
+    trainer.fashionkit_speed = []  # (epoch, images, seconds) of each training epoch
+
+    def epoch_start(tr) -> None:
+        tr.fashionkit_t0 = time.perf_counter()
+        if frozen and tr.epoch == freeze_epochs:
+            names = tuple(f"model.{i}." for i in frozen)
+            for name, p in tr.model.named_parameters():
+                if name.startswith(names) and p.dtype.is_floating_point:
+                    p.requires_grad_(True)
+            # _model_train() keeps the BatchNorms of these names in eval mode: from now on they adapt too
+            tr.freeze_layer_names = [n for n in tr.freeze_layer_names if n not in names]
+            print(f"epoch {tr.epoch + 1}: unfreezing the copied backbone (layers 0-{frozen[-1]})", flush=True)
+
+    def epoch_end(tr) -> None:
+        seconds = time.perf_counter() - tr.fashionkit_t0
+        images = len(tr.train_loader.dataset)
+        tr.fashionkit_speed.append((tr.epoch + 1, images, seconds))
+
+    trainer.add_callback("on_train_epoch_start", epoch_start)
+    trainer.add_callback("on_train_epoch_end", epoch_end)
+    return trainer
+
+
+def end_status(trainer) -> str:
+    """finished (all planned epochs), early_stopped (patience ran out) or time_limit (--minutes ran out)."""
+    done, stopper = trainer.epoch + 1, trainer.stopper
+    if done >= trainer.epochs:
+        return "finished"
+    return "early_stopped" if done - stopper.best_epoch >= stopper.patience else "time_limit"
+
+
+def _box_metrics(metrics: dict | None) -> dict:
+    names = {"metrics/precision(B)": "precision", "metrics/recall(B)": "recall", "metrics/mAP50(B)": "mAP50",
+             "metrics/mAP50-95(B)": "mAP50-95"}
+    return {short: round(float(metrics[key]), 5) for key, short in names.items() if metrics and key in metrics}
+
+
+def write_summary(run: Path, trainer, base: dict, status: str) -> dict:
+    speed = getattr(trainer, "fashionkit_speed", [])
+    images = sum(s[1] for s in speed)
+    seconds = sum(s[2] for s in speed)
+    best = Path(trainer.best)
+    summary = {
+        "status": status, **base,
+        "epochs_done": len(speed), "epochs_planned": trainer.epochs,
+        "best_epoch": getattr(trainer.stopper, "best_epoch", None),
+        "best": str(best.relative_to(run.resolve())) if best.is_file() else None,
+        "last": str(Path(trainer.last).relative_to(run.resolve())) if Path(trainer.last).is_file() else None,
+        "val": _box_metrics(trainer.metrics),
+        "train_images_per_s": round(images / seconds, 2) if seconds else None,
+        "train_seconds": round(seconds, 1),
+        "epoch_seconds": [round(s[2], 1) for s in speed],
+    }
+    atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
+def evaluate(weights: str | Path, data: str | Path, split: str, imgsz: int, batch: int, device: str, out: Path,
+             plots: bool = True) -> dict:
+    """mAP of a detector on a dataset split with ultralytics' validator; plots go to ``out``."""
+    from ultralytics import YOLO
+
+    out = Path(out).resolve()
+    metrics = YOLO(str(weights)).val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device,
+                                     plots=plots, project=str(out.parent), name=out.name, exist_ok=True, verbose=False)
+    box = metrics.box
+    names = metrics.names
+    per_class = {names[int(c)]: round(float(box.maps[int(c)]), 5) for c in box.ap_class_index}
+    result = {"split": split, "images": int(getattr(metrics, "seen", 0) or 0) or None,
+              "precision": round(float(box.mp), 5), "recall": round(float(box.mr), 5),
+              "mAP50": round(float(box.map50), 5), "mAP50-95": round(float(box.map), 5),
+              "mAP50-95_per_class": per_class}
+    print(f"{split}: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}  precision "
+          f"{result['precision']:.4f}  recall {result['recall']:.4f}", flush=True)
+    return result

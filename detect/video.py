@@ -1,0 +1,593 @@
+"""``detect video`` and ``detect eval``: run a detector over a video, a folder of images or one image.
+
+Frames are read with OpenCV here (not by ultralytics' loaders) so that ``--stride``, ``--max-frames`` and a video
+that ends early are under our control: skipped frames are only grabbed, not converted; grey, alpha and 16-bit
+frames become 8-bit BGR. Batches of frames go through ultralytics' ``predict`` (letterbox, inference, NMS) or
+``track`` (the same plus ByteTrack, whose state persists across batches), and each result draws itself
+(``Results.plot``: boxes, class names, confidences). Outputs in ``--out``:
+
+* ``annotated.mp4`` (video input; mp4v at the input fps / stride) or ``annotated/<name>`` (image input),
+* ``detections.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id",
+  "class_name", "conf", "box": [x1, y1, x2, y2], "track_id"}]}`` in pixels of the original frame,
+* ``detections.csv``: one row per detection,
+* ``summary.json``: frames read and processed, frames/s end to end, items seen per class (detections, frames,
+  most in one frame, unique tracks with ``--track``), and with ``--gt`` precision and recall at IoU 0.5.
+
+A truncated video is processed as far as OpenCV can decode it; ``summary.json`` then says ``complete: false``
+with the frame it stopped at, a warning is printed, and the command still succeeds (many healthy files carry a
+slightly wrong frame count, so this cannot be an error). An mp4 cut before its index (moov atom) cannot be opened
+at all and is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionkit.errors import UserError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+DEFAULT_FPS = 25.0  # for videos whose header has no usable frame rate
+IOU_MATCH = 0.5
+
+
+# ---- the detector --------------------------------------------------------------------------------------------
+
+def weights_file(weights: str | Path | None) -> Path:
+    """A detect run directory -> its best.pt (as recorded in summary.json); a .pt file as is."""
+    from fashionkit.runs import open_run, read_json
+
+    if not weights:
+        raise UserError("--weights is required: a detect run directory (runs/detect/<run>) or a detection .pt file")
+    path = Path(weights)
+    if not path.exists():
+        raise UserError(f"weights not found: {path}; pass a detect run directory or a .pt file")
+    if path.is_dir():
+        run = open_run(path, "detect", what="weights")
+        summary = read_json(run / "summary.json", missing_ok=True) or {}
+        from fashionkit.detect.train import ULTRALYTICS_DIR
+
+        candidates = [run / summary["best"]] if summary.get("best") else []
+        candidates += [run / ULTRALYTICS_DIR / "weights" / f"{w}.pt" for w in ("best", "last")]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{run} has no weights yet (no {ULTRALYTICS_DIR}/weights/best.pt); let `detect train` finish "
+                        f"an epoch, or pass a .pt file")
+    if path.suffix != ".pt":
+        raise UserError(f"--weights {path}: expected a detect run directory or a PyTorch .pt detection checkpoint")
+    return path
+
+
+def load_detector(weights: str | Path | None):
+    """``(YOLO model, weights path)``; a file that is not an ultralytics detection model is a UserError."""
+    from fashionkit.detect.model import use_ultralytics
+
+    path = weights_file(weights)
+    use_ultralytics()
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(path), task="detect")
+        task = getattr(model.model, "task", None) or model.task
+    except Exception:
+        raise UserError(_not_a_detector(path)) from None
+    if task != "detect" or type(model.model).__name__ != "DetectionModel":
+        raise UserError(f"{path} is a YOLO {task} model ({type(model.model).__name__}), not a detection model; "
+                        f"pass weights made by `detect train`")
+    return model, path
+
+
+def _not_a_detector(path: Path) -> str:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return f"{path} is not a PyTorch checkpoint (corrupted or another kind of file); pass a detection .pt"
+    from fashionkit.classify.checkpoint import FORMAT
+
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        return (f"{path} is a fashionkit classifier checkpoint, not a detector; train a detector from its run with "
+                f"`detect train --from {path.parent.parent}` and pass that run")
+    return f"{path} is not an ultralytics detection checkpoint; pass weights made by `detect train`"
+
+
+# ---- frames in ---------------------------------------------------------------------------------------------
+
+def to_bgr8(frame: np.ndarray) -> np.ndarray:
+    """Any OpenCV image (grey, BGRA, 16-bit) as 3-channel 8-bit BGR."""
+    import cv2
+
+    if frame.dtype != np.uint8:
+        scale = 255.0 / 65535 if frame.dtype == np.uint16 else 255.0 / max(float(frame.max()), 1e-6)
+        frame = np.clip(frame.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame
+
+
+@dataclass
+class Source:
+    """Frames of a video, an image folder or one image: ``(index, name, frame)`` for every ``stride``-th."""
+    path: Path
+    kind: str  # video | images
+    stride: int = 1
+    max_frames: int = 0
+    fps: float = DEFAULT_FPS
+    size: tuple[int, int] = (0, 0)  # width, height of a video
+    frame_count: int = 0  # claimed by the video header (0: unknown)
+    files: list[Path] = field(default_factory=list)
+    read: int = 0  # frames read (video) or images tried
+    unreadable: list[str] = field(default_factory=list)
+    ended_early: bool = False
+    _cap: Any = None
+
+    @classmethod
+    def open(cls, path: str | Path, stride: int = 1, max_frames: int = 0) -> Source:
+        import cv2
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"input not found: {path}")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            if not files:
+                raise UserError(f"{path} holds no images ({', '.join(IMAGE_EXTS)}); pass a video, an image or a "
+                                f"folder of images")
+            return cls(path, "images", stride, max_frames, files=files)
+        if path.suffix.lower() in IMAGE_EXTS:
+            return cls(path, "images", 1, max_frames, files=[path])
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty (0 bytes): no frames to read")
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise UserError(f"cannot open {path} as a video: it is not a video, uses a codec OpenCV cannot decode, "
+                            f"or is truncated before its index (an mp4 cut short); pass a readable video")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        source = cls(path, "video", stride, max_frames, _cap=cap,
+                     fps=float(fps) if math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS,
+                     size=(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))),
+                     frame_count=int(count) if math.isfinite(count) and 0 < count < 1e9 else 0)
+        return source
+
+    def expected(self) -> int | None:
+        """Frames that will be processed, if known."""
+        total = len(self.files) if self.kind == "images" else self.frame_count
+        if not total:
+            return self.max_frames or None
+        n = math.ceil(total / self.stride)
+        return min(n, self.max_frames) if self.max_frames else n
+
+    def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]:
+        return self._images() if self.kind == "images" else self._video()
+
+    def _images(self):
+        import cv2
+
+        done = 0
+        for i, file in enumerate(self.files[:: self.stride]):
+            if self.max_frames and done >= self.max_frames:
+                return
+            self.read += 1
+            image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                self.unreadable.append(file.name)
+                print(f"warning: cannot read {file}; skipped", file=sys.stderr)
+                continue
+            done += 1
+            yield i * self.stride, file.name, to_bgr8(image)
+
+    def _video(self):
+        cap, index, done = self._cap, 0, 0
+        try:
+            while not (self.max_frames and done >= self.max_frames):
+                if index % self.stride:
+                    ok = cap.grab()  # decode only: a skipped frame needs no colour conversion
+                    frame = None
+                else:
+                    ok, frame = cap.read()
+                if not ok:
+                    break
+                self.read += 1
+                if frame is not None:
+                    done += 1
+                    yield index, f"frame {index}", to_bgr8(frame)
+                index += 1
+            else:
+                return
+            if self.frame_count and self.read < self.frame_count - 1:  # the last frame may be miscounted
+                self.ended_early = True
+        finally:
+            cap.release()
+
+
+# ---- ground truth -----------------------------------------------------------------------------------------
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of ``[N, 4]`` and ``[M, 4]`` xyxy boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+@dataclass
+class Score:
+    """True/false positives and misses at IoU 0.5, counted both with and without the class."""
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tp_box: int = 0  # class-agnostic: the box is right, whatever the class
+    fp_box: int = 0
+    fn_box: int = 0
+
+    def add(self, dets: list[dict], gt: list[dict], min_visible: float) -> None:
+        for agnostic in (False, True):
+            tp, fp, fn = match(dets, gt, min_visible, agnostic)
+            if agnostic:
+                self.tp_box, self.fp_box, self.fn_box = self.tp_box + tp, self.fp_box + fp, self.fn_box + fn
+            else:
+                self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+
+    def result(self) -> dict:
+        def ratio(a: int, b: int) -> float | None:
+            return round(a / b, 5) if b else None
+
+        return {"iou": IOU_MATCH, "tp": self.tp, "fp": self.fp, "fn": self.fn,
+                "precision": ratio(self.tp, self.tp + self.fp), "recall": ratio(self.tp, self.tp + self.fn),
+                "box_precision": ratio(self.tp_box, self.tp_box + self.fp_box),
+                "box_recall": ratio(self.tp_box, self.tp_box + self.fn_box)}
+
+
+def match(dets: list[dict], gt: list[dict], min_visible: float, agnostic: bool = False) -> tuple[int, int, int]:
+    """Greedy matching, most confident detection first, each ground-truth box used once (as in VOC/COCO).
+    Ground truth less visible than ``min_visible`` is "ignore": a detection on it is neither right nor wrong."""
+    dets = sorted(dets, key=lambda d: -d["conf"])
+    care = [g for g in gt if g.get("visible", 1.0) >= min_visible]
+    ignore = [g for g in gt if g.get("visible", 1.0) < min_visible]
+    iou = box_iou(np.array([d["box"] for d in dets], float).reshape(-1, 4),
+                  np.array([g["box"] for g in care], float).reshape(-1, 4))
+    iou_ignore = box_iou(np.array([d["box"] for d in dets], float).reshape(-1, 4),
+                         np.array([g["box"] for g in ignore], float).reshape(-1, 4))
+    used = np.zeros(len(care), bool)
+    tp = fp = 0
+    for i, d in enumerate(dets):
+        ok = iou[i] >= IOU_MATCH
+        if not agnostic:
+            ok &= np.array([g["class_id"] == d["class_id"] for g in care], bool)
+        ok &= ~used
+        if ok.any():
+            used[np.argmax(np.where(ok, iou[i], -1))] = True
+            tp += 1
+        elif not (iou_ignore[i] >= IOU_MATCH).any():
+            fp += 1
+    return tp, fp, int((~used).sum())
+
+
+def load_gt(path: str | Path) -> list[list[dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ground truth not found: {path} (made by `detect make-video` next to the .mp4)")
+    try:
+        frames = json.loads(path.read_text())
+        ok = isinstance(frames, list) and all(isinstance(f, list) for f in frames)
+        ok = ok and all({"class_id", "box"} <= set(b) for f in frames for b in f)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path} is not a `detect make-video` ground truth (a JSON list of frames of boxes)")
+    return frames
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+
+def check_options(cfg: dict) -> None:
+    if not 0 <= cfg["conf"] <= 1 or not 0 < cfg["iou"] <= 1:
+        raise UserError(f"--conf {cfg['conf']} and --iou {cfg['iou']} must lie in [0, 1]")
+    if cfg["imgsz"] < 32 or cfg["imgsz"] % 32:
+        raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32 (e.g. 320)")
+    if cfg["stride"] < 1 or cfg["batch"] < 1 or cfg["max_frames"] < 0:
+        raise UserError("--stride and --batch must be at least 1, --max-frames at least 0")
+
+
+def output_dir(out: str | None, input_path: Path) -> Path:
+    from fashionkit.runs import ensure_dir, new_run_dir, write_run_info
+
+    if out:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path} is a file; pass a directory")
+        return ensure_dir(path)
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in input_path.stem) or "input"
+    run = new_run_dir("detect", f"video-{stem}")
+    write_run_info(run, "detect", "video", input=str(input_path))
+    return run
+
+
+class Writer:
+    """The annotated video (opened on the first frame: its size is the frame's) or annotated images."""
+
+    def __init__(self, out: Path, source: Source, enabled: bool):
+        self.out, self.source, self.enabled = out, source, enabled
+        self.video = None
+        self.path = None
+        if enabled and source.kind == "images":
+            self.path = out / "annotated"
+            self.path.mkdir(exist_ok=True)
+        elif enabled:
+            self.path = out / "annotated.mp4"
+            self.tmp = out / ".annotated.part.mp4"
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        import cv2
+
+        if not self.enabled:
+            return
+        if self.source.kind == "images":
+            if not cv2.imwrite(str(self.path / name), image):
+                raise UserError(f"cannot write {self.path / name}; check the disk and --out")
+            return
+        if self.video is None:
+            h, w = image.shape[:2]
+            fps = self.source.fps / self.source.stride
+            self.video = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            if not self.video.isOpened():
+                raise UserError(f"OpenCV cannot write an mp4v video to {self.out}; check --out and OpenCV's video "
+                                f"support, or pass --no-save-video")
+        self.video.write(image)
+
+    def close(self, keep: bool = True) -> None:
+        if self.video is not None:
+            self.video.release()
+            self.video = None
+            if keep:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
+
+
+def detections(result, track: bool) -> list[dict]:
+    """One ultralytics Results as plain dicts (boxes in original-frame pixels)."""
+    boxes = result.boxes
+    if boxes is None or len(boxes) == 0:
+        return []
+    xyxy = boxes.xyxy.cpu().numpy()
+    conf = boxes.conf.cpu().numpy()
+    cls = boxes.cls.cpu().numpy().astype(int)
+    ids = boxes.id.cpu().numpy().astype(int) if track and boxes.id is not None else None
+    names = result.names
+    out = []
+    for i in range(len(cls)):
+        d = {"class_id": int(cls[i]), "class_name": names[int(cls[i])], "conf": round(float(conf[i]), 4),
+             "box": [round(float(v), 1) for v in xyxy[i]]}
+        if track:
+            d["track_id"] = int(ids[i]) if ids is not None else None
+        out.append(d)
+    return out
+
+
+class Tally:
+    """Items seen per class: detections, frames with at least one, most in one frame, unique track ids."""
+
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+        self.detections: dict[str, int] = {}
+        self.frames: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.tracks: dict[str, set] = {}
+
+    def add(self, dets: list[dict]) -> None:
+        counts: dict[str, int] = {}
+        for d in dets:
+            counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
+            if d.get("track_id") is not None:
+                self.tracks.setdefault(d["class_name"], set()).add(d["track_id"])
+        for name, n in counts.items():
+            self.detections[name] = self.detections.get(name, 0) + n
+            self.frames[name] = self.frames.get(name, 0) + 1
+            self.most[name] = max(self.most.get(name, 0), n)
+
+    def result(self, track: bool) -> dict:
+        per_class = {}
+        for name in self.names.values():
+            if name in self.detections:
+                row = {"detections": self.detections[name], "frames": self.frames[name],
+                       "most_in_a_frame": self.most[name]}
+                if track:
+                    row["unique_tracks"] = len(self.tracks.get(name, ()))
+                per_class[name] = row
+        return per_class
+
+
+def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True) -> dict:
+    """Detect items in ``input_path`` with the resolved ``detect video`` options; returns the summary."""
+    import torch
+    from tqdm import tqdm
+
+    from fashionkit.runs import atomic_write_json
+
+    check_options(cfg)
+    input_path = Path(input_path)
+    source = Source.open(input_path, cfg["stride"], cfg["max_frames"])
+    gt = load_gt(cfg["gt"]) if cfg.get("gt") else None
+    if gt is not None and source.kind != "video":
+        raise UserError("--gt scores a video made by `detect make-video`; the input is not a video")
+    if gt is not None and source.frame_count and len(gt) != source.frame_count:
+        raise UserError(f"--gt {cfg['gt']} has {len(gt)} frames but {input_path} has {source.frame_count}; pass the "
+                        f"ground truth of this video")
+    t_load = time.perf_counter()
+    model, weights = load_detector(cfg["weights"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    from fashionkit.detect.train import ultralytics_device
+
+    device = ultralytics_device(cfg["device"])
+    out = output_dir(cfg["out"], input_path)
+    load_seconds = time.perf_counter() - t_load
+    names = model.names
+    writer = Writer(out, source, cfg["save_video"])
+    jsonl_tmp, csv_tmp = out / ".detections.jsonl.part", out / ".detections.csv.part"
+    tally, score = Tally(names), Score() if gt is not None else None
+    kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], imgsz=cfg["imgsz"], device=device, verbose=False)
+    if cfg["track"]:
+        kwargs.update(persist=True, tracker=cfg["tracker"])
+    processed, t0 = 0, time.perf_counter()
+    bar = tqdm(total=source.expected(), unit="frame", desc=input_path.name, dynamic_ncols=True,
+               disable=None if progress else True)
+    keep = False
+    try:
+        with jsonl_tmp.open("w") as jsonl, csv_tmp.open("w", newline="") as csv_file:
+            rows = csv.writer(csv_file)
+            rows.writerow(["frame", "source", "time", "class_id", "class_name", "conf", "x1", "y1", "x2", "y2",
+                           "track_id"])
+            batch: list[tuple[int, str, np.ndarray]] = []
+
+            def flush() -> None:
+                nonlocal processed
+                frames = [f for _, _, f in batch]
+                try:
+                    results = model.track(frames, **kwargs) if cfg["track"] else model.predict(frames, **kwargs)
+                except FileNotFoundError as e:
+                    raise UserError(f"--tracker {cfg['tracker']}: {e}") from None
+                for (index, name, _), result in zip(batch, results):
+                    dets = detections(result, cfg["track"])
+                    t = round(index / source.fps, 4) if source.kind == "video" else None
+                    line = {"frame": index, **({"time": t} if t is not None else {"source": name}),
+                            "detections": dets}
+                    jsonl.write(json.dumps(line) + "\n")
+                    for d in dets:
+                        rows.writerow([index, name, t, d["class_id"], d["class_name"], d["conf"], *d["box"],
+                                       d.get("track_id")])
+                    tally.add(dets)
+                    if score is not None:
+                        score.add(dets, gt[index] if index < len(gt) else [], cfg["min_visible"])
+                    writer.write(name, result.plot(line_width=2) if writer.enabled else None)
+                processed += len(batch)
+                bar.update(len(batch))
+                batch.clear()
+
+            for item in source:
+                batch.append(item)
+                if len(batch) == cfg["batch"]:
+                    flush()
+            if batch:
+                flush()
+        keep = True
+    finally:
+        bar.close()
+        writer.close(keep)
+        if keep:
+            os.replace(jsonl_tmp, out / "detections.jsonl")
+            os.replace(csv_tmp, out / "detections.csv")
+        else:
+            jsonl_tmp.unlink(missing_ok=True)
+            csv_tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    if processed == 0:
+        what = "images could be read" if source.kind == "images" else "frames could be decoded"
+        raise UserError(f"no {what} from {input_path}: it is empty or truncated; pass a readable input")
+
+    summary = {
+        "input": str(input_path), "kind": source.kind, "weights": str(weights), "out": str(out),
+        "files": {"video" if source.kind == "video" else "images": str(writer.path) if writer.enabled else None,
+                  "jsonl": str(out / "detections.jsonl"), "csv": str(out / "detections.csv")},
+        "frames_read": source.read, "frames_processed": processed, "stride": cfg["stride"],
+        "complete": not source.ended_early,
+        "seconds": round(seconds, 3), "fps": round(processed / seconds, 2) if seconds else None,
+        "model_load_seconds": round(load_seconds, 3),
+        "imgsz": cfg["imgsz"], "conf": cfg["conf"], "iou": cfg["iou"], "track": cfg["track"], "device": device,
+        "threads": torch.get_num_threads(),
+        "items": tally.result(cfg["track"]),
+    }
+    if source.kind == "video":
+        summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
+    if source.unreadable:
+        summary["unreadable"] = source.unreadable
+    if source.ended_early:
+        summary["stopped_at_frame"] = source.read
+        print(f"warning: {input_path} ended after {source.read} of the {source.frame_count} frames its header "
+              f"announces (truncated or damaged?); the outputs cover frames 0-{source.read - 1}", file=sys.stderr)
+    if score is not None:
+        summary["gt"] = {"file": str(cfg["gt"]), "min_visible": cfg["min_visible"], **score.result()}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['input']}: {s['frames_processed']} frames processed ({s['frames_read']} read, stride "
+             f"{s['stride']}) in {s['seconds']:.1f}s = {s['fps']:.1f} frames/s end to end"]
+    if not s["complete"]:
+        lines.append(f"incomplete: the input stopped at frame {s['stopped_at_frame']}")
+    for name, row in s["items"].items():
+        extra = f", {row['unique_tracks']} tracks" if "unique_tracks" in row else ""
+        lines.append(f"  {name:<12} {row['detections']:>6} detections in {row['frames']:>5} frames, at most "
+                     f"{row['most_in_a_frame']} at once{extra}")
+    if not s["items"]:
+        lines.append("  nothing detected")
+    if "gt" in s:
+        g = s["gt"]
+        lines.append(f"vs ground truth (IoU {g['iou']}): precision {g['precision']} recall {g['recall']} "
+                     f"(boxes only: precision {g['box_precision']} recall {g['box_recall']})")
+    lines.append(f"wrote {s['out']}")
+    return "\n".join(lines)
+
+
+# ---- detect eval -------------------------------------------------------------------------------------------
+
+def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
+    """mAP of a detect run's best.pt on a dataset split (and, with ``--video``, P/R on a make-video clip)."""
+    from fashionkit.detect.defaults import VIDEO_OPTIONS
+    from fashionkit.detect.model import use_ultralytics
+    from fashionkit.detect.train import data_yaml, dataset_info, evaluate, ultralytics_device
+    from fashionkit.runs import atomic_write_json, ensure_dir, read_json
+
+    run = Path(run)
+    weights = weights_file(run)
+    summary = (read_json(run / "summary.json", missing_ok=True) or {}) if run.is_dir() else {}
+    data = data_yaml(cfg["data"] or summary.get("data"))
+    info = dataset_info(data)
+    if cfg["split"] not in info:
+        raise UserError(f"{data} has no {cfg['split']} split; choose --split val or make the dataset with test scenes")
+    imgsz = cfg["imgsz"] or summary.get("imgsz") or 320
+    home = run if run.is_dir() else weights.parent
+    out = ensure_dir(Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"])
+    if cfg["threads"]:
+        import torch
+
+        torch.set_num_threads(cfg["threads"])
+    use_ultralytics()
+    load_detector(weights)  # a clear error for a non-detector before ultralytics' validator sees it
+    device = ultralytics_device(cfg["device"])
+    result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
+              cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"])}
+    if cfg["video"]:
+        video = Path(cfg["video"])
+        from fashionkit.config import resolve
+
+        vcfg = resolve(VIDEO_OPTIONS, {"weights": str(weights), "out": str(out / "video"), "imgsz": cfg["video_imgsz"],
+                                       "conf": cfg["conf"], "gt": str(video.with_suffix(".json")),
+                                       "min_visible": cfg["min_visible"], "device": cfg["device"]})
+        v = run_video(video, vcfg)
+        result["video"] = {k: v[k] for k in ("input", "frames_processed", "fps", "imgsz", "conf", "gt")}
+        print(format_summary(v))
+    atomic_write_json(out / "eval.json", result)
+    print(f"wrote {out / 'eval.json'}")
+    return result
