@@ -46,6 +46,38 @@ PREDICT_OPTIONS = {
     "device": Opt("auto", DEVICE_HELP),
 }
 
+SEARCH_OPTIONS = {
+    "space": Opt(None, "YAML search space, one line per option: `lr: {low: 0.001, high: 0.3, log: true}`, "
+                 "`dropout: {low: 0.1, high: 0.5}`, `fc_layers: {low: 1, high: 3}`, `optimizer: [sgd, adamw]` "
+                 "(see demos/search_space.yaml)", type=str),
+    "trials": Opt(None, "trials per stage (required with --space); with --grid: at most this many grid points, "
+                  "none = the whole grid", type=int),
+    "stages": Opt(2, "random-search stages: stage 1 samples the full space, each later stage the region of the "
+                  "previous stage's --top-k trials"),
+    "top_k": Opt(5, "best trials of a stage that bound the next stage's ranges and choices"),
+    "margin": Opt(0.25, "a narrowed range extends this share of the top-k's span beyond it on each side "
+                  "(on log scale for log ranges)"),
+    "budget_minutes": Opt(0.0, "wall-time cap: no trial starts after it and a running trial stops at its next "
+                          "epoch end; --resume continues later (0 = no cap)"),
+    "prune": Opt(True, "stop a trial whose validation accuracy is below the median of the stage's earlier trials "
+                 "at the same epoch (Optuna's MedianPruner)"),
+    "prune_startup": Opt(5, "trials a stage completes before it starts pruning"),
+    "prune_warmup": Opt(2, "epochs every trial trains before it can be pruned"),
+}
+
+
+def search_train_options() -> dict[str, Opt]:
+    """classify train's options as the fixed options of every search trial, with defaults suited to trials."""
+    from fashionkit.classify.defaults import TRAIN_OPTIONS
+
+    return {**TRAIN_OPTIONS,
+            "patience": Opt(3, "early stopping of each trial after this many epochs without improvement (0 = off)"),
+            "monitor": Opt("val_acc", "what early stopping and each trial's best.pt follow",
+                           choices=("val_loss", "val_acc")),
+            "test": Opt(False, "also evaluate every trial on the test split (never used for scoring)"),
+            "name": Opt(None, "search run name (default: search, search2, ...)", type=str)}
+
+
 def cmd_train(args) -> int:
     from fashionkit.classify.train import resume, train
 
@@ -126,6 +158,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from fashionkit.classify.search import resume_search, search
+    from fashionkit.errors import UserError
+
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "stage", "resume", "config", "grid")}
+    if args.resume:
+        extra = [k for k in given if k != "budget_minutes"]
+        extra += ["config"] * bool(args.config) + ["grid"] * bool(args.grid)
+        if extra:
+            raise UserError(f"--resume continues a search with its saved settings; drop the other flags "
+                            f"({', '.join('--' + k.replace('_', '-') for k in extra)}); only --budget-minutes may "
+                            f"change")
+        budget = resolve(SEARCH_OPTIONS, given, {})["budget_minutes"] if given else None
+        run, result = resume_search(args.resume, budget_minutes=budget)
+    else:
+        run, result = search(resolve(search_train_options(), given, args.config), resolve(SEARCH_OPTIONS, given, {}),
+                             grid=args.grid)
+    best = result.get("best")
+    if best:
+        print(f"best: {best['trial']} val acc {best['val_acc']:.4f} ({result['status']}); "
+              f"train it: classify train --config {run / 'best.yaml'}")
+    return 0
+
+
 def register(sub, formatter) -> None:
     from fashionkit.classify.defaults import TRAIN_OPTIONS
 
@@ -173,3 +229,28 @@ def register(sub, formatter) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     add_options(p, PREDICT_OPTIONS)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("search", help="coarse-to-fine random search or grid over classify train options (Optuna)",
+                       formatter_class=formatter,
+                       description="Hyperparameter search into runs/classify/<name>/ (default name: search). Stage 1 "
+                       "samples the --space file's full ranges at random; stage 2 narrows every numeric range to the "
+                       "span of stage 1's --top-k trials (plus --margin) and keeps only the choices they used (one "
+                       "choice left = fixed). --grid runs every combination instead. Space keys are classify train "
+                       "options (lr, weight_decay, momentum, dropout, optimizer, sam, activation, batch_size, "
+                       "augment, ...) or options of --model (fc_layers for vgg models, width, ...). Other options come "
+                       "from --config and flags and hold for every trial.\n\n"
+                       "Each trial is a classify run in <search>/classify/s<stage>-t<number>/, scored by its best "
+                       "validation accuracy (the test split is not used), with early stopping (--patience) and "
+                       "median pruning. State lives in <search>/study.db: --resume continues a killed search and "
+                       "never re-runs finished trials. Results: trials.md, trials.csv, best.yaml (for classify train "
+                       "--config), ranges.json and scores.png, history.png, ranges.png.\n\n"
+                       "example: classify search --model vgg-small --space demos/search_space.yaml --trials 8 "
+                       "--epochs 3 --subset 8000\n"
+                       "         classify search --model simple --grid activation=relu,elu,tanh optimizer=sgd,adamw")
+    p.add_argument("--grid", nargs="+", metavar="OPTION=V1,V2", default=None,
+                   help="run every combination of these values instead of a random search, e.g. "
+                   "--grid activation=relu,leaky_relu,elu,selu,tanh optimizer=adam,sgd")
+    p.add_argument("--resume", metavar="SEARCH", default=None,
+                   help="continue an interrupted search directory (optionally with a new --budget-minutes)")
+    add_options(p, {**SEARCH_OPTIONS, **search_train_options()})
+    p.set_defaults(func=cmd_search)
