@@ -19,6 +19,7 @@ import contextlib
 import csv
 import fcntl
 import math
+import sys
 import time
 import warnings
 import zlib
@@ -391,7 +392,7 @@ def _run(run: Path, cfg: dict, settings: dict, space: dict, is_grid: bool, budge
             status = "budget"
         except KeyboardInterrupt:
             write_reports(run, storage, stages, status="interrupted", plots=True)
-            print(f"search interrupted; continue with: classify search --resume {run}", flush=True)
+            print(f"search interrupted; continue with: classify search --resume {run}", file=sys.stderr, flush=True)
             raise
         result = write_reports(run, storage, stages, status=status, plots=True)
     if status == "budget":
