@@ -13,7 +13,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                 "init) or an ultralytics model YAML such as yolov8n.yaml (stock model, random init)", type=str),
     "data": Opt(None, "dataset from `detect make-data`: its directory or data.yaml (default: <runs>/detect/data)",
                 type=str),
-    "epochs": Opt(10, "epochs (an upper bound when --minutes is given)"),
+    "epochs": Opt(10, "epochs (with --minutes only a first plan: ultralytics re-plans them after the first epoch)"),
     "minutes": Opt(0.0, "wall-clock training budget in minutes; ultralytics re-plans the epochs to fit (0 = off)"),
     "imgsz": Opt(320, "training and validation image size (a multiple of 32)"),
     "batch": Opt(16, "batch size"),
@@ -35,7 +35,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
     "name": Opt(None, "run name (default: train, train2, ...)", type=str),
     "runs_dir": Opt(None, "root of run directories (default: $FASHIONKIT_RUNS or ./runs)", type=str),
 }
@@ -57,7 +57,7 @@ VIDEO_OPTIONS: dict[str, Opt] = {
               type=str),
     "min_visible": Opt(0.5, "with --gt: items less visible than this are ignored (neither missed nor false)"),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
 }
 
 EVAL_OPTIONS: dict[str, Opt] = {
@@ -73,5 +73,5 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "plots": Opt(True, "PR curves and confusion matrix of the mAP evaluation"),
     "out": Opt(None, "output directory (default: RUN/eval/<split>)", type=str),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
 }

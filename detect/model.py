@@ -55,35 +55,37 @@ def use_ultralytics():
 
     Must run before the first ``import ultralytics`` to take full effect (both variables are read at import):
     ``YOLO_OFFLINE`` skips the DNS probe, so no download or pip-install is ever tried; ``YOLO_CONFIG_DIR`` puts its
-    settings.json in a temp dir (a user's own ``YOLO_CONFIG_DIR`` is respected). Plots and label mosaics need a
-    TrueType font that ultralytics would download as Arial.ttf; matplotlib's bundled DejaVu Sans is registered
-    under that name instead (this also works when ultralytics was imported earlier).
+    settings.json in a temp dir (a user's own ``YOLO_CONFIG_DIR`` is respected, and a settings file that is not ours
+    is never changed). Plots and label mosaics need a TrueType font that ultralytics would download as Arial.ttf;
+    matplotlib's bundled DejaVu Sans is registered under that name instead (this also works when ultralytics was
+    imported earlier).
     """
-    ours = "YOLO_CONFIG_DIR" not in os.environ
+    config_dir().mkdir(mode=0o700, exist_ok=True)
     if "ultralytics" not in sys.modules:
         os.environ.setdefault("YOLO_OFFLINE", "1")
-        if ours:
-            config_dir().mkdir(mode=0o700, exist_ok=True)
-            os.environ["YOLO_CONFIG_DIR"] = str(config_dir())
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir()))
     import ultralytics
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
-    if ours or USER_CONFIG_DIR == config_dir() / "Ultralytics":
+    if USER_CONFIG_DIR == config_dir() / "Ultralytics":  # only ever change our own settings file
         # no analytics, no experiment-tracker integrations (they would write mlruns/ etc. into the cwd)
         quiet = {k: False for k in ("sync", "clearml", "comet", "dvc", "hub", "mlflow", "neptune", "raytune",
                                     "tensorboard", "wandb", "vscode_msg", "openvino_msg") if SETTINGS.get(k)}
         if quiet:
             SETTINGS.update(quiet)
-    _register_font(USER_CONFIG_DIR)
+    _register_font()
     return ultralytics
 
 
-def _register_font(user_dir: Path) -> None:
+def _register_font() -> None:
+    """DejaVu Sans as Arial.ttf in our config dir (never in a config dir ultralytics found by itself, such as
+    ~/.config/Ultralytics), added to matplotlib's font list where check_font() also looks."""
     import matplotlib
     from matplotlib import font_manager
 
-    target = Path(user_dir) / "Arial.ttf"
+    target = config_dir() / "Ultralytics" / "Arial.ttf"
     if not target.exists():
+        target.parent.mkdir(exist_ok=True)
         source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
         try:
             tmp = target.with_name(f".Arial.{os.getpid()}.ttf")

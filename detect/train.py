@@ -9,6 +9,7 @@ prepared model, freeze the copied backbone for the first epochs, and measure the
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,31 @@ def ultralytics_device(name: str) -> str:
     return device.type
 
 
+def keep_threads(owner, threads: int) -> int:
+    """Make torch use ``threads`` CPU threads in ultralytics' train/val/predict; returns the number in use.
+
+    ultralytics' device selection sets torch to ``cpu_count - 1`` threads (1 on a 2-core machine) every time a
+    trainer, validator or predictor starts, leaving a core for data loading, decoding and encoding. That is also
+    the robust choice on a shared machine: two OpenMP threads on two busy cores measured 4x slower than one
+    (threads waiting at barriers for a descheduled sibling). ``threads`` > 0 overrides it through callbacks that
+    run after each of those selections."""
+    import torch
+
+    if threads <= 0:
+        from ultralytics.utils import NUM_THREADS
+
+        return NUM_THREADS
+
+    def apply(_=None) -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    for event in ("on_pretrain_routine_end", "on_train_start", "on_val_start", "on_predict_start"):
+        owner.add_callback(event, apply)
+    apply()
+    return threads
+
+
 def extra_args(text: str) -> dict[str, Any]:
     from fashionkit.classify.train import parse_model_opts
 
@@ -95,10 +121,6 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     nc = len(info["names"])
     extra = extra_args(cfg["extra"])
     device = ultralytics_device(cfg["device"])
-    if cfg["threads"]:
-        import torch
-
-        torch.set_num_threads(cfg["threads"])
     use_ultralytics()
     source = model_source(cfg["from"], nc, cfg["stem"], cfg["width"], cfg["classifier_model"])  # errors before mkdir
     run = new_run_dir("detect", cfg["name"], cfg["runs_dir"])
@@ -122,13 +144,19 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         **({"freeze": frozen} if freeze_epochs else {}),
         **extra,
     }
-    trainer = make_trainer(args, model, frozen if freeze_epochs else [], freeze_epochs)
+    try:
+        trainer = make_trainer(args, model, frozen if freeze_epochs else [], freeze_epochs)
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)  # nothing trained yet: leave no half-made run behind
+        raise
+    threads = keep_threads(trainer, cfg["threads"])
     params = sum(p.numel() for p in model.parameters())
     flops = gflops(model, (cfg["imgsz"], cfg["imgsz"]))
     print(f"run {run}: {source.description}; {params:,} parameters, {flops:.2f} GFLOPs at {cfg['imgsz']}x"
           f"{cfg['imgsz']}; data {data}", flush=True)
     base = {"source": source.kind, "from": cfg["from"], "description": source.description, "params": params,
-            "gflops": round(flops, 3), "imgsz": cfg["imgsz"], "data": str(data), "device": device}
+            "gflops": round(flops, 3), "imgsz": cfg["imgsz"], "data": str(data), "device": device,
+            "threads": threads if device == "cpu" else None}
     try:
         trainer.train()
     except KeyboardInterrupt:
@@ -138,7 +166,7 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     summary = write_summary(run, trainer, base, end_status(trainer))
     if cfg["test"] and "test" in info and Path(trainer.best).is_file():
         summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
-                                   cfg["plots"])
+                                   cfg["plots"], cfg["threads"])
         atomic_write_json(run / "summary.json", summary)
     return run, summary
 
@@ -189,13 +217,14 @@ def _box_metrics(metrics: dict | None) -> dict:
 
 def write_summary(run: Path, trainer, base: dict, status: str) -> dict:
     speed = getattr(trainer, "fashionkit_speed", [])
+    stopper = getattr(trainer, "stopper", None)
     images = sum(s[1] for s in speed)
     seconds = sum(s[2] for s in speed)
     best = Path(trainer.best)
     summary = {
         "status": status, **base,
         "epochs_done": len(speed), "epochs_planned": trainer.epochs,
-        "best_epoch": getattr(trainer.stopper, "best_epoch", None),
+        "best_epoch": getattr(stopper, "best_epoch", None),
         "best": str(best.relative_to(run.resolve())) if best.is_file() else None,
         "last": str(Path(trainer.last).relative_to(run.resolve())) if Path(trainer.last).is_file() else None,
         "val": _box_metrics(trainer.metrics),
@@ -208,12 +237,14 @@ def write_summary(run: Path, trainer, base: dict, status: str) -> dict:
 
 
 def evaluate(weights: str | Path, data: str | Path, split: str, imgsz: int, batch: int, device: str, out: Path,
-             plots: bool = True) -> dict:
+             plots: bool = True, threads: int = 0) -> dict:
     """mAP of a detector on a dataset split with ultralytics' validator; plots go to ``out``."""
     from ultralytics import YOLO
 
     out = Path(out).resolve()
-    metrics = YOLO(str(weights)).val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device,
+    model = YOLO(str(weights))
+    keep_threads(model, threads)
+    metrics = model.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device,
                                      plots=plots, project=str(out.parent), name=out.name, exist_ok=True, verbose=False)
     box = metrics.box
     names = metrics.names

@@ -435,9 +435,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                         f"ground truth of this video")
     t_load = time.perf_counter()
     model, weights = load_detector(cfg["weights"])
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    from fashionkit.detect.train import ultralytics_device
+    from fashionkit.detect.train import keep_threads, ultralytics_device
+
+    keep_threads(model, cfg["threads"])
 
     device = ultralytics_device(cfg["device"])
     out = output_dir(cfg["out"], input_path)
@@ -569,22 +569,20 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     imgsz = cfg["imgsz"] or summary.get("imgsz") or 320
     home = run if run.is_dir() else weights.parent
     out = ensure_dir(Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"])
-    if cfg["threads"]:
-        import torch
-
-        torch.set_num_threads(cfg["threads"])
     use_ultralytics()
     load_detector(weights)  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
-              cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"])}
+              cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"],
+                                     cfg["threads"])}
     if cfg["video"]:
         video = Path(cfg["video"])
         from fashionkit.config import resolve
 
         vcfg = resolve(VIDEO_OPTIONS, {"weights": str(weights), "out": str(out / "video"), "imgsz": cfg["video_imgsz"],
                                        "conf": cfg["conf"], "gt": str(video.with_suffix(".json")),
-                                       "min_visible": cfg["min_visible"], "device": cfg["device"]})
+                                       "min_visible": cfg["min_visible"], "device": cfg["device"],
+                                       "threads": cfg["threads"]})
         v = run_video(video, vcfg)
         result["video"] = {k: v[k] for k in ("input", "frames_processed", "fps", "imgsz", "conf", "gt")}
         print(format_summary(v))

@@ -4,6 +4,7 @@ Fashion-MNIST items (tiny classify run, 16 scenes at 160 px, 1-2 epochs: seconds
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,6 @@ from fashionkit.detect.model import (
     model_source,
     transfer_weights,
     trunk_layers,
-    use_ultralytics,
 )
 from fashionkit.errors import UserError
 
@@ -165,15 +165,20 @@ def test_unsupported_classifier_is_a_user_error():
 
 
 def test_ultralytics_stays_offline_and_out_of_home():
-    import os
+    """In a fresh process, as the CLI runs: no DNS probe or download, settings and font outside the home dir."""
+    import subprocess
+    import sys
 
-    use_ultralytics()
-    from ultralytics.utils import ONLINE, USER_CONFIG_DIR
-    from ultralytics.utils.checks import check_font
-
-    assert not ONLINE and os.environ["YOLO_OFFLINE"] == "1"
-    assert not str(USER_CONFIG_DIR).startswith(str(Path.home()))
-    assert Path(check_font("Arial.ttf")).is_file()  # found locally: no download attempted
+    code = ("from fashionkit.detect.model import use_ultralytics; use_ultralytics(); import os, json; "
+            "from ultralytics.utils import ONLINE, USER_CONFIG_DIR, SETTINGS; "
+            "from ultralytics.utils.checks import check_font; "
+            "print(json.dumps([ONLINE, str(USER_CONFIG_DIR), str(check_font('Arial.ttf')), SETTINGS['sync']]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    online, config_dir, font, sync = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not online and not sync
+    assert not config_dir.startswith(str(Path.home()))
+    assert Path(font).is_file() and Path(font).parent == Path(config_dir)  # found locally: nothing downloaded
 
 
 # ---- detect train ------------------------------------------------------------------------------------------
