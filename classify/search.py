@@ -49,7 +49,6 @@ from fashionkit.runs import (
     atomic_write_json,
     atomic_write_text,
     new_run_dir,
-    open_run,
     read_json,
     write_run_info,
 )
@@ -328,9 +327,13 @@ def search(cfg: dict, settings: dict, grid: list[str] | None = None) -> tuple[Pa
 
 def resume_search(run: str | Path, budget_minutes: float | None = None) -> tuple[Path, dict]:
     """Continue a killed or budget-stopped search where it stopped; ``budget_minutes`` replaces the saved cap."""
-    run = open_run(run, "classify", what="search")
-    if read_json(run / "run.json").get("command") != "search" or not (run / "search.yaml").is_file():
-        raise UserError(f"{run} is not a classify search directory; pass runs/classify/<search>")
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"search directory not found: {run}")
+    info = read_json(run / "run.json", missing_ok=True) or {}
+    if info.get("command") != "search" or not (run / "search.yaml").is_file():
+        raise UserError(f"{run} is not a classify search directory (made by classify search, with search.yaml); "
+                        f"pass runs/classify/<search>")
     saved = load_yaml(run / "search.yaml")
     cfg = resolve(TRAIN_OPTIONS, {}, saved["train"])
     settings = resolve(SEARCH_OPTIONS, {}, saved["search"])
@@ -369,7 +372,7 @@ def _run(run: Path, cfg: dict, settings: dict, space: dict, is_grid: bool, budge
         try:
             for index, stage in enumerate(stages):
                 study, stage_space = _open_stage(storage, stage, index, stages, space, settings)
-                target = len(_grid_points(stage_space)) if is_grid else settings["trials"]
+                target = math.prod(len(d.choices) for d in stage_space.values()) if is_grid else settings["trials"]
                 if is_grid and settings["trials"]:
                     target = min(target, settings["trials"])
                 _recover(study, storage)
@@ -439,10 +442,6 @@ def _grid_points_by_name(space: dict) -> dict[str, list]:
     return {name: list(d.choices) for name, d in space.items()}
 
 
-def _grid_points(space: dict) -> list:
-    return [None] * math.prod(len(d.choices) for d in space.values())
-
-
 def _recover(study: optuna.Study, storage) -> None:
     """Trials left RUNNING were cut off by a kill: fail them (as Optuna's heartbeat check would, after its grace
     period; the lock makes them certainly stale now) and queue every failed trial once more with its parameters
@@ -491,7 +490,8 @@ class _Objective:
 
         def on_epoch_end(row: dict) -> None:
             trial.report(row["val_acc"], row["epoch"])
-            if self.deadline is not None and time.monotonic() > self.deadline:
+            # past the budget: stop at this epoch end, unless it was the last one anyway
+            if self.deadline is not None and time.monotonic() > self.deadline and row["epoch"] < cfg["epochs"]:
                 raise StopTraining("budget", "the search's --budget-minutes ran out")
             if trial.should_prune():
                 raise StopTraining("pruned", f"val acc {row['val_acc']:.4f} is below the median of this stage's "

@@ -166,22 +166,29 @@ def test_grid_runs_every_combination_once(runs_dir, cli):
     assert len(rows(search)) == 4 and json.loads((search / "summary.json").read_text())["completed"] == 4
 
 
-def test_budget_stops_and_resume_finishes(runs_dir, cli, space, capsys):
-    # 1.2 s: the first trial (6 short epochs, no early stopping) is cut at an epoch end
-    assert cli("classify", "search", *TINY, "--subset", "500", "--epochs", "6", "--patience", "0", "--space", space,
-               "--trials", "1", "--stages", "1", "--budget-minutes", "0.02", "--name", "b") == 0
-    assert "--budget-minutes ran out" in capsys.readouterr().out
+def test_budget_stops_and_resume_finishes(runs_dir, cli, space, capsys, monkeypatch):
+    import types
+
+    import fashionkit.classify.search as search_module
+
+    # The search's clock jumps a day once the first epoch is written: the budget runs out inside the first trial,
+    # however fast or busy the machine is.
     search = runs_dir / "classify" / "b"
+    clock = lambda: time.monotonic() + 86400 * any((search / "classify").glob("*/metrics.csv"))  # noqa: E731
+    monkeypatch.setattr(search_module, "time", types.SimpleNamespace(monotonic=clock))
+    assert cli("classify", "search", *TINY, "--epochs", "3", "--patience", "0", "--space", space, "--trials", "2",
+               "--stages", "1", "--budget-minutes", "5", "--name", "b") == 0
+    assert "--budget-minutes ran out" in capsys.readouterr().out
     summary = json.loads((search / "summary.json").read_text())
     assert summary["status"] == "budget" and summary["completed"] == 0
-    cut = search / "classify" / "s1-t000" / "summary.json"
-    if cut.exists():  # else the budget ran out before the first trial could start (a very busy machine)
-        assert json.loads(cut.read_text())["status"] == "budget" and json.loads(cut.read_text())["epochs_done"] < 6
-        assert rows(search)[0]["status"] == "budget"
+    cut = json.loads((search / "classify" / "s1-t000" / "summary.json").read_text())
+    assert cut["status"] == "budget" and cut["epochs_done"] == 1  # stopped at the first epoch end
+    assert [p.name for p in (search / "classify").iterdir()] == ["s1-t000"]  # and no trial started after it
+    assert rows(search)[0]["status"] == "budget"
     assert cli("classify", "search", "--resume", search, "--budget-minutes", "0") == 0
     assert json.loads((search / "summary.json").read_text())["status"] == "finished"
-    (done,) = finished_trials(search, "stage1").values()
-    assert done[0] == "COMPLETE"
+    after = finished_trials(search, "stage1")
+    assert len(after) == 2 and all(state == "COMPLETE" for state, _, _ in after.values())
 
 
 def test_on_epoch_end_hook_can_stop_a_run(runs_dir):
@@ -288,3 +295,14 @@ def test_fc_layers_is_a_searchable_option_of_vgg_models(runs_dir, cli, capsys, t
     assert dists["lr"].low == 1e-3  # PyYAML reads 1e-3 as text; it is still a number here
     assert trial_config(cfg, {"fc_layers": 2, "width": 0.75, "lr": 1e-05})["model_opts"] == \
         "convs=1,fc_layers=2,width=0.75"
+
+
+def test_resume_needs_a_search_directory_and_space_or_grid(runs_dir, tmp_path, cli, capsys, space):
+    assert cli("classify", "search", "--resume", tmp_path / "nope") == 2
+    assert "search directory not found" in capsys.readouterr().err
+    assert cli("classify", "search", "--resume", tmp_path) == 2
+    assert "is not a classify search directory" in capsys.readouterr().err
+    assert cli("classify", "search", "--space", space, "--grid", "activation=relu,elu") == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli("classify", "search", "--model", "simple") == 2
+    assert "nothing to search" in capsys.readouterr().err
