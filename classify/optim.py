@@ -85,6 +85,10 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int, st
                     step_size: int = 10, gamma: float = 0.1, plateau_patience: int = 3):
     """Returns ``(scheduler, per_batch)``: per-batch schedulers step every batch, others every epoch."""
     base = optimizer.base if isinstance(optimizer, SAM) else optimizer
+    if name == "onecycle" and epochs * steps_per_epoch < 8:
+        # OneCycleLR divides by the length of its warm-up and annealing phases, which round to zero steps on
+        # a run this short (a smoke test); train at the constant peak rate instead.
+        return None, False
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(base, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                                    pct_start=0.25), True
