@@ -37,6 +37,7 @@ import numpy as np
 from fashionkit.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # annotated images keep these
 DEFAULT_FPS = 25.0  # for videos whose header has no usable frame rate
 IOU_MATCH = 0.5
 
@@ -342,6 +343,8 @@ class Writer:
         if not self.enabled:
             return
         if self.source.kind == "images":
+            if Path(name).suffix.lower() not in WRITABLE_EXTS:  # e.g. a grey-only .pgm: keep the colours
+                name = f"{Path(name).stem}.png"
             if not cv2.imwrite(str(self.path / name), image):
                 raise UserError(f"cannot write {self.path / name}; check the disk and --out")
             return
