@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--freeze-epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: ultralytics' choice, cores - 1)")
+    p.add_argument("--extra", default="", help="extra ultralytics train arguments for every run, e.g. scale=0.75")
     p.add_argument("--runs-dir", default="runs/detect-bench", help="where the training runs go")
     p.add_argument("--out", default="benchmarks/results/detect.json")
     p.add_argument("--quick", action="store_true", help="tiny data and 1-minute budgets: checks the script works")
@@ -121,7 +122,7 @@ def main() -> None:
             start = time.perf_counter()
             run, s = train({"from": source, "data": str(data), "minutes": budget, "epochs": 100, "patience": 0,
                             "imgsz": args.imgsz, "batch": args.batch, "freeze_epochs": args.freeze_epochs,
-                            "threads": args.threads, "plots": False, "runs_dir": args.runs_dir,
+                            "threads": args.threads, "plots": False, "runs_dir": args.runs_dir, "extra": args.extra,
                             "name": f"{variant}-{budget:g}min"})
             test = s.get("test") or {}
             wall = round((time.perf_counter() - start) / 60, 1)

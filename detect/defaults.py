@@ -11,7 +11,7 @@ from fashionkit.device import DEVICE_HELP
 TRAIN_OPTIONS: dict[str, Opt] = {
     "from": Opt(None, "initial backbone: a classify run directory (runs/classify/<run>), none (same shape, random "
                 "init) or an ultralytics model YAML such as yolov8n.yaml (stock model, random init)", type=str),
-    "data": Opt(None, "dataset from `detect make-data`: its directory or data.yaml (default: <runs>/detect/data)",
+    "data": Opt(None, "dataset from `detect make-data`: its directory or data.yaml; none means <runs>/detect/data",
                 type=str),
     "epochs": Opt(10, "epochs (with --minutes only a first plan: ultralytics re-plans them after the first epoch)"),
     "minutes": Opt(0.0, "wall-clock training budget in minutes; ultralytics re-plans the epochs to fit (0 = off)"),
@@ -36,14 +36,14 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "seed": Opt(0, "random seed"),
     "device": Opt("auto", DEVICE_HELP),
     "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
-    "name": Opt(None, "run name (default: train, train2, ...)", type=str),
-    "runs_dir": Opt(None, "root of run directories (default: $FASHIONKIT_RUNS or ./runs)", type=str),
+    "name": Opt(None, "run name (none: train, train2, ...)", type=str),
+    "runs_dir": Opt(None, "root of run directories (none: $FASHIONKIT_RUNS or ./runs)", type=str),
 }
 
 VIDEO_OPTIONS: dict[str, Opt] = {
     "weights": Opt(None, "detector: a detect run directory (uses its best.pt) or an ultralytics detection .pt",
                    type=str),
-    "out": Opt(None, "output directory (default: a new <runs>/detect/video-<input name>)", type=str),
+    "out": Opt(None, "output directory; none means a new <runs>/detect/video-<input name>", type=str),
     "conf": Opt(0.25, "confidence threshold"),
     "iou": Opt(0.7, "IoU threshold of non-maximum suppression"),
     "imgsz": Opt(320, "inference size of the longer side (a multiple of 32)"),
@@ -61,7 +61,7 @@ VIDEO_OPTIONS: dict[str, Opt] = {
 }
 
 EVAL_OPTIONS: dict[str, Opt] = {
-    "data": Opt(None, "dataset directory or data.yaml (default: the one the run trained on)", type=str),
+    "data": Opt(None, "dataset directory or data.yaml; none means the one the run trained on", type=str),
     "split": Opt("test", "dataset split for mAP", choices=("test", "val")),
     "imgsz": Opt(0, "image size (0 = the run's training size)"),
     "batch": Opt(16, "batch size"),
@@ -71,7 +71,7 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "conf": Opt(0.25, "confidence threshold for --video"),
     "min_visible": Opt(0.5, "with --video: items less visible than this are ignored"),
     "plots": Opt(True, "PR curves and confusion matrix of the mAP evaluation"),
-    "out": Opt(None, "output directory (default: RUN/eval/<split>)", type=str),
+    "out": Opt(None, "output directory; none means RUN/eval/<split>", type=str),
     "device": Opt("auto", DEVICE_HELP),
     "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
 }
