@@ -8,7 +8,8 @@ frames become 8-bit BGR. Batches of frames go through ultralytics' ``predict`` (
 
 * ``annotated.mp4`` (video input; mp4v at the input fps / stride) or ``annotated/<name>`` (image input),
 * ``detections.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id",
-  "class_name", "conf", "box": [x1, y1, x2, y2], "track_id"}]}`` in pixels of the original frame,
+  "class_name", "conf", "box": [x1, y1, x2, y2], "track_id"}]}`` in pixels of the original frame (``track_id``
+  only with ``--track``; null for a detection ByteTrack has not confirmed as a track),
 * ``detections.csv``: one row per detection,
 * ``summary.json``: frames read and processed, frames/s end to end, items seen per class (detections, frames,
   most in one frame, unique tracks with ``--track``), and with ``--gt`` precision and recall at IoU 0.5.
