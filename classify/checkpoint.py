@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from fashionkit.config import load_yaml, resolve
 from fashionkit.errors import UserError
-from fashionkit.runs import atomic_save
+from fashionkit.runs import atomic_save, open_run, read_torch_checkpoint
 
 FORMAT = "fashionkit.classifier/1"
 
@@ -43,23 +44,22 @@ def weights_path(run_or_file: str | Path, which: str = "best") -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for damaged files
-        raise UserError(f"cannot read checkpoint {path}: the file is corrupted or not a PyTorch checkpoint "
-                        f"({type(e).__name__}); use another checkpoint or retrain") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a fashionkit classifier checkpoint (made by `classify train`)")
-    return ckpt
+    return read_torch_checkpoint(path, FORMAT, "classify train")
 
 
 def load_classifier(run_or_file: str | Path, device: str | torch.device = "cpu", which: str = "best"
                     ) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a classify run (or checkpoint file) with its trained weights, in eval mode."""
+    """Rebuild the model of a classify run (or checkpoint file) with its trained weights, in eval mode.
+    A run directory's checkpoint is checked against the run's config.yaml (see ``load_run_model``)."""
+    if Path(run_or_file).is_dir():
+        model, ckpt, _, _ = load_run_model(run_or_file, device, which)
+        return model, ckpt
+    return _load_file(weights_path(run_or_file, which), device)
+
+
+def _load_file(path: Path, device) -> tuple[torch.nn.Module, dict]:
     from fashionkit.classify.models import create_model
 
-    path = weights_path(run_or_file, which)
     ckpt = read_checkpoint(path)
     model = create_model(ckpt["name"], **ckpt["options"])
     load_weights(model, ckpt, path)
@@ -74,3 +74,53 @@ def load_weights(model: torch.nn.Module, ckpt: dict, path: str | Path = "checkpo
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"{path} holds weights of a {ckpt.get('name')} model {ckpt.get('options')} that do not "
                         f"fit this {_plain(model).name} model ({first}); pass a checkpoint of the same model") from None
+
+
+def run_config(run: Path) -> dict:
+    """The resolved ``classify train`` options a run was made with (defaults fill keys older configs lack)."""
+    from fashionkit.classify.defaults import TRAIN_OPTIONS
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run} has no config.yaml: it is not a complete classify run; pass a run made by "
+                        f"`classify train`")
+    return resolve(TRAIN_OPTIONS, {}, load_yaml(path))
+
+
+def _architecture(cfg: dict) -> tuple[str, dict]:
+    """``(name, options)`` of the model a run config describes, built on the meta device (no memory, no init
+    cost) and with ``weights=none`` (the checkpoint brings the weights; nothing is downloaded)."""
+    from fashionkit.classify.models import MODELS, create_model
+    from fashionkit.classify.train import parse_model_opts
+
+    opts = parse_model_opts(cfg["model_opts"])
+    for key in ("activation", "dropout"):
+        if cfg.get(key) is not None:
+            opts[key] = cfg[key]
+    if cfg["model"] in MODELS and "weights" in MODELS[cfg["model"]].option_names():
+        opts["weights"] = "none"
+    with torch.device("meta"):
+        model = create_model(cfg["model"], **opts)
+    return model.name, model.options
+
+
+def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: str = "best"
+                   ) -> tuple[torch.nn.Module, dict, dict, Path]:
+    """``(model in eval mode, checkpoint, run config, run dir)`` of a classify run.
+
+    A checkpoint rebuilds its own architecture, so a ``best.pt`` copied in from another run would load without
+    complaint and give that run's predictions under this run's name: it is checked against ``config.yaml``.
+    """
+    if which not in ("best", "last"):
+        raise UserError(f"--weights must be best or last, got {which!r}")
+    run = open_run(run, "classify")
+    cfg = run_config(run)
+    model, ckpt = _load_file(weights_path(run, which), device)
+    name, options = _architecture(cfg)
+    if (model.name, model.options) != (name, options):
+        differ = [k for k in sorted(set(options) | set(model.options)) if options.get(k) != model.options.get(k)]
+        detail = (f"it holds {model.name} weights, but config.yaml says {name}" if model.name != name
+                  else f"its {name} differs from config.yaml's in {', '.join(differ)}")
+        raise UserError(f"{run / 'weights' / (which + '.pt')} does not belong to this run: {detail}; it was copied "
+                        f"from another run: evaluate that run, or retrain this one")
+    return model, ckpt, cfg, run

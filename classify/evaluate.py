@@ -44,7 +44,8 @@ def evaluate_run(run: str | Path, split: str = "test", tta: bool = False, weight
     """Evaluate a classify run on a split; writes eval.json and the plots, returns the eval.json content."""
     from sklearn.metrics import classification_report, confusion_matrix
 
-    from fashionkit.classify.predict import load_run_model, predict_probs
+    from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.classify.predict import predict_probs
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.device import amp_dtype, select_device
 

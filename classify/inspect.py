@@ -43,7 +43,8 @@ def load_item(image: str | Path | None, index: int | None, split: str, data_dir:
 def inspect_run(run: str | Path, image: str | Path | None = None, index: int | None = None, split: str = "test",
                 out: str | Path | None = None, layers: int = 3, device: str = "auto", weights: str = "best",
                 data_dir: str | None = None) -> dict:
-    from fashionkit.classify.predict import load_run_model, predict_probs
+    from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.classify.predict import predict_probs
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.device import select_device
     from fashionkit.runs import ensure_dir

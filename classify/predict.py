@@ -1,5 +1,5 @@
-"""``classify predict``: a trained run's top-k classes for image files; and the helpers every use of a trained
-run shares (eval, inspect): loading its model checked against its config, and batched class probabilities."""
+"""``classify predict``: a trained run's top-k classes for image files; and batched class probabilities, which
+eval and inspect share."""
 
 from __future__ import annotations
 
@@ -7,61 +7,9 @@ from pathlib import Path
 
 import torch
 
-from fashionkit.classify.checkpoint import load_classifier
-from fashionkit.config import load_yaml, resolve
+from fashionkit.classify.checkpoint import load_run_model
 from fashionkit.device import autocast, select_device
 from fashionkit.errors import UserError
-from fashionkit.runs import open_run
-
-
-def run_config(run: Path) -> dict:
-    """The resolved ``classify train`` options a run was made with (defaults fill keys older configs lack)."""
-    from fashionkit.classify.defaults import TRAIN_OPTIONS
-
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run} has no config.yaml: it is not a complete classify run; pass a run made by "
-                        f"`classify train`")
-    return resolve(TRAIN_OPTIONS, {}, load_yaml(path))
-
-
-def _architecture(cfg: dict) -> tuple[str, dict]:
-    """``(name, options)`` of the model a run config describes, built on the meta device (no memory, no init
-    cost) and with ``weights=none`` (the checkpoint brings the weights; nothing is downloaded)."""
-    from fashionkit.classify.models import MODELS, create_model
-    from fashionkit.classify.train import parse_model_opts
-
-    opts = parse_model_opts(cfg["model_opts"])
-    for key in ("activation", "dropout"):
-        if cfg.get(key) is not None:
-            opts[key] = cfg[key]
-    if cfg["model"] in MODELS and "weights" in MODELS[cfg["model"]].option_names():
-        opts["weights"] = "none"
-    with torch.device("meta"):
-        model = create_model(cfg["model"], **opts)
-    return model.name, model.options
-
-
-def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: str = "best"
-                   ) -> tuple[torch.nn.Module, dict, dict, Path]:
-    """``(model in eval mode, checkpoint, run config, run dir)`` of a classify run.
-
-    A checkpoint rebuilds its own architecture, so a ``best.pt`` copied in from another run would load without
-    complaint and give that run's predictions under this run's name: it is checked against ``config.yaml``.
-    """
-    if which not in ("best", "last"):
-        raise UserError(f"--weights must be best or last, got {which!r}")
-    run = open_run(run, "classify")
-    cfg = run_config(run)
-    model, ckpt = load_classifier(run, device, which)
-    name, options = _architecture(cfg)
-    if (model.name, model.options) != (name, options):
-        differ = [k for k in sorted(set(options) | set(model.options)) if options.get(k) != model.options.get(k)]
-        detail = (f"it holds {model.name} weights, but config.yaml says {name}" if model.name != name
-                  else f"its {name} differs from config.yaml's in {', '.join(differ)}")
-        raise UserError(f"{run / 'weights' / (which + '.pt')} does not belong to this run: {detail}; it was copied "
-                        f"from another run: evaluate that run, or retrain this one")
-    return model, ckpt, cfg, run
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ all written atomically. At the end the best weights are evaluated once on the te
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,10 +21,10 @@ from torch import nn
 from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from fashionkit.classify.defaults import TRAIN_OPTIONS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
-from fashionkit.config import load_yaml, resolve, save_yaml
-from fashionkit.device import amp_dtype, autocast, select_device
+from fashionkit.config import resolve
+from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
-from fashionkit.runs import MetricsCSV, atomic_write_json, new_run_dir, open_run, read_json, write_run_info
+from fashionkit.runs import MetricsCSV, atomic_write_json, resume_point, start_run
 
 
 def parse_model_opts(text: str) -> dict:
@@ -186,7 +185,7 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, weights = self.cfg, self.run / "weights"
-        print(f"run {self.run}: {cfg['model']} on {self.device} ({_precision(self.amp)}), "
+        print(f"run {self.run}: {cfg['model']} on {self.device} ({precision_name(self.amp)}), "
               f"{self.split_sizes['train']} train / {self.split_sizes['val']} val items, {cfg['epochs']} epochs")
         try:
             stopped = self.loop()
@@ -264,7 +263,7 @@ class Trainer:
             "best_val_acc": max((float(r["val_acc"]) for r in rows), default=None),
             "best_val_loss": min((float(r["val_loss"]) for r in rows), default=None),
             "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
-            "device": str(self.device), "precision": _precision(self.amp), **self.split_sizes,
+            "device": str(self.device), "precision": precision_name(self.amp), **self.split_sizes,
         }
         summary.update(extra)
         atomic_write_json(self.run / "summary.json", summary)
@@ -292,10 +291,6 @@ def evaluate_loader(model, loader, device, amp) -> tuple[float, float]:
         seen += len(y)
     model.train(was_training)
     return total_loss / seen, correct / seen
-
-
-def _precision(amp) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 def _tensorboard(run: Path):
@@ -336,28 +331,14 @@ def train(options: dict | None = None, config: str | Path | dict | None = None,
     ``on_epoch_end(row)`` sees each epoch's metrics row once it is saved and may raise StopTraining."""
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
     validate(cfg)
-    run = new_run_dir("classify", cfg["name"], cfg["runs_dir"])
-    try:
-        save_yaml(cfg, run / "config.yaml")
-        write_run_info(run, "classify", "train")
-        trainer = Trainer(cfg, run, on_epoch_end=on_epoch_end)
-    except BaseException:
-        _remove_if_empty(run)
-        raise
+    run, trainer = start_run("classify", cfg, lambda run: Trainer(cfg, run, on_epoch_end=on_epoch_end))
     return run, trainer.fit()
 
 
 def resume(run: str | Path) -> tuple[Path, dict]:
     """Continue an interrupted run from its ``last.pt`` to the epoch count it was started with."""
-    run = open_run(run, "classify")
-    last = run / "weights" / "last.pt"
-    if not last.is_file():
-        raise UserError(f"{run} has no finished epoch to resume from (no weights/last.pt); start it again")
-    ckpt = read_checkpoint(last)
-    cfg = resolve(TRAIN_OPTIONS, {}, load_yaml(run / "config.yaml"))
-    summary = read_json(run / "summary.json", missing_ok=True) or {}
-    if ckpt["epoch"] >= cfg["epochs"] or summary.get("status") in ("finished", "early_stopped"):
-        raise UserError(f"{run} already finished ({ckpt['epoch']}/{cfg['epochs']} epochs); nothing to resume")
+    run, ckpt, config = resume_point(run, "classify", read_checkpoint)
+    cfg = resolve(TRAIN_OPTIONS, {}, config)
     print(f"resuming {run} after epoch {ckpt['epoch']}")
     return run, Trainer(cfg, run, resume=ckpt).fit()
 
@@ -375,12 +356,3 @@ def validate(cfg: dict) -> None:
     if not cfg["lr"] > 0 or not math.isfinite(cfg["lr"]):
         raise UserError(f"--lr must be a positive number, got {cfg['lr']}")
     model_from_config(cfg)  # unknown model options fail here, before a run directory is made
-
-
-def _remove_if_empty(run: Path) -> None:
-    for name in ("config.yaml", "run.json", "metrics.csv"):
-        (run / name).unlink(missing_ok=True)
-    try:
-        os.rmdir(run)
-    except OSError:
-        pass

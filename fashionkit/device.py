@@ -73,3 +73,8 @@ def autocast(device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_name(dtype) -> str:
+    """``None`` / bf16 / fp16 autocast dtype -> ``fp32`` / ``bf16`` / ``fp16`` for logs and summaries."""
+    return {None: "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[None if dtype is None else str(dtype)]

@@ -170,3 +170,57 @@ class MetricsCSV:
             return []
         with self.path.open(newline="") as f:
             return list(csv.DictReader(f))
+
+
+def start_run(stage: str, cfg: dict, make_trainer: Callable[[Path], Any], **info: Any) -> tuple[Path, Any]:
+    """Make ``runs/<stage>/<name>``, save the resolved ``config.yaml`` and ``run.json``, then build the trainer.
+
+    If building fails (bad data dir, unknown device, ...), the half-made directory is removed again, so a
+    mistake leaves nothing behind.
+    """
+    from fashionkit.config import save_yaml
+
+    run = new_run_dir(stage, cfg["name"], cfg["runs_dir"])
+    try:
+        save_yaml(cfg, run / "config.yaml")
+        write_run_info(run, stage, "train", **info)
+        return run, make_trainer(run)
+    except BaseException:
+        for name in ("config.yaml", "run.json", "metrics.csv"):
+            (run / name).unlink(missing_ok=True)
+        try:
+            os.rmdir(run)
+        except OSError:
+            pass
+        raise
+
+
+def resume_point(run: str | Path, stage: str, read_checkpoint: Callable[[Path], dict]) -> tuple[Path, dict, dict]:
+    """``(run, last checkpoint, saved config dict)`` of an interrupted run; a finished or empty run is refused."""
+    from fashionkit.config import load_yaml
+
+    run = open_run(run, stage)
+    last = run / "weights" / "last.pt"
+    if not last.is_file():
+        raise UserError(f"{run} has no finished epoch to resume from (no weights/last.pt); start it again")
+    ckpt = read_checkpoint(last)
+    config = load_yaml(run / "config.yaml")
+    summary = read_json(run / "summary.json", missing_ok=True) or {}
+    if ckpt["epoch"] >= config.get("epochs", 0) or summary.get("status") in ("finished", "early_stopped"):
+        raise UserError(f"{run} already finished ({ckpt['epoch']}/{config.get('epochs')} epochs); nothing to resume")
+    return run, ckpt, config
+
+
+def read_torch_checkpoint(path: str | Path, fmt: str, made_by: str) -> dict:
+    """``torch.load`` a checkpoint of format ``fmt``; a damaged or foreign file is a UserError."""
+    import torch
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for damaged files
+        raise UserError(f"cannot read checkpoint {path}: the file is corrupted or not a PyTorch checkpoint "
+                        f"({type(e).__name__}); use another checkpoint or run `{made_by}` again") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise UserError(f"{path} is not a fashionkit checkpoint of the right kind (made by `{made_by}`)")
+    return ckpt

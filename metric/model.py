@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionkit.errors import UserError
-from fashionkit.runs import atomic_save
+from fashionkit.runs import atomic_save, read_torch_checkpoint
 
 FORMAT = "fashionkit.embedder/1"
 
@@ -97,14 +97,7 @@ def read_embedder_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no embedding checkpoint {path}: is {path.parent.parent} a finished `metric train` run?")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for damaged files
-        raise UserError(f"cannot read checkpoint {path}: the file is corrupted or not a PyTorch checkpoint "
-                        f"({type(e).__name__}); retrain with `metric train`") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a fashionkit embedding checkpoint (made by `metric train`)")
-    return ckpt
+    return read_torch_checkpoint(path, FORMAT, "metric train")
 
 
 def load_state(net: EmbeddingNet, ckpt: dict, path: str | Path = "checkpoint") -> None:

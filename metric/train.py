@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 import warnings
@@ -26,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionkit.config import load_yaml, resolve, save_yaml
-from fashionkit.device import amp_dtype, autocast, select_device
+from fashionkit.config import resolve
+from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
 from fashionkit.metric.model import embedder_from_classifier, load_state, save_embedder
-from fashionkit.runs import MetricsCSV, atomic_write_json, new_run_dir, open_run, read_json, write_run_info
+from fashionkit.runs import MetricsCSV, atomic_write_json, open_run, resume_point, start_run
 
 
 class NoTriplets(Exception):
@@ -233,7 +232,7 @@ class MetricTrainer:
         classes = "all ten classes" if cfg["all_classes"] else ", ".join(CLASSES[c] for c in self.classes)
         return (f"run {self.run}: {cfg['dim']}-d embedding, {where}; {classes}; {cfg['miner']} miner; "
                 f"{len(self.train_idx)} train / {len(self.val_idx)} val items, {self.steps} batches of "
-                f"{cfg['batch_size']} x {cfg['epochs']} epochs on {self.device} ({_precision(self.amp)})")
+                f"{cfg['batch_size']} x {cfg['epochs']} epochs on {self.device} ({precision_name(self.amp)})")
 
     def fit(self) -> dict:
         cfg, weights = self.cfg, self.run / "weights"
@@ -329,7 +328,7 @@ class MetricTrainer:
             "triplets_per_epoch": [int(r["triplets"]) for r in rows],
             "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
             "train": len(self.train_idx), "val": len(self.val_idx), "split": self.split.as_dict(),
-            "device": str(self.device), "precision": _precision(self.amp),
+            "device": str(self.device), "precision": precision_name(self.amp),
         }
         summary.update(extra)
         atomic_write_json(self.run / "summary.json", summary)
@@ -339,10 +338,6 @@ class MetricTrainer:
 def _decayed(params: list, decayed: bool = True) -> list:
     """Weights get weight decay; biases and norm scales (1-D) do not."""
     return [p for p in params if (p.ndim > 1) == decayed]
-
-
-def _precision(amp) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
@@ -374,14 +369,7 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     """Start a new metric run from options over an optional config; returns ``(run_dir, summary)``."""
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
     validate(cfg)
-    run = new_run_dir("metric", cfg["name"], cfg["runs_dir"])
-    try:
-        save_yaml(cfg, run / "config.yaml")
-        write_run_info(run, "metric", "train", source=cfg["from"])
-        trainer = MetricTrainer(cfg, run)
-    except BaseException:
-        _remove_if_empty(run)
-        raise
+    run, trainer = start_run("metric", cfg, lambda run: MetricTrainer(cfg, run), source=cfg["from"])
     return run, trainer.fit()
 
 
@@ -389,15 +377,8 @@ def resume(run: str | Path) -> tuple[Path, dict]:
     """Continue an interrupted metric run from its ``last.pt`` to the planned epoch count."""
     from fashionkit.metric.model import read_embedder_checkpoint
 
-    run = open_run(run, "metric")
-    last = run / "weights" / "last.pt"
-    if not last.is_file():
-        raise UserError(f"{run} has no finished epoch to resume from (no weights/last.pt); start it again")
-    ckpt = read_embedder_checkpoint(last)
-    cfg = resolve(TRAIN_OPTIONS, {}, load_yaml(run / "config.yaml"))
-    summary = read_json(run / "summary.json", missing_ok=True) or {}
-    if ckpt["epoch"] >= cfg["epochs"] or summary.get("status") == "finished":
-        raise UserError(f"{run} already finished ({ckpt['epoch']}/{cfg['epochs']} epochs); nothing to resume")
+    run, ckpt, config = resume_point(run, "metric", read_embedder_checkpoint)
+    cfg = resolve(TRAIN_OPTIONS, {}, config)
     validate(cfg)
     print(f"resuming {run} after epoch {ckpt['epoch']}")
     return run, MetricTrainer(cfg, run, resume=ckpt).fit()
@@ -437,12 +418,3 @@ def validate(cfg: dict) -> None:
     if bs // m > len(classes):
         raise UserError(f"--batch-size {bs} / --m-per-class {m} = {bs // m} classes per batch, but the run has only "
                         f"{len(classes)}; use --m-per-class {-(-bs // len(classes))} or a smaller --batch-size")
-
-
-def _remove_if_empty(run: Path) -> None:
-    for name in ("config.yaml", "run.json", "metrics.csv"):
-        (run / name).unlink(missing_ok=True)
-    try:
-        os.rmdir(run)
-    except OSError:
-        pass

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fashionkit.classify.checkpoint import load_run_model
 from fashionkit.classify.evaluate import compare_runs, evaluate_run
 from fashionkit.classify.inspect import inspect_run
-from fashionkit.classify.predict import load_run_model, predict_files, predict_probs
+from fashionkit.classify.predict import predict_files, predict_probs
 from fashionkit.classify.train import evaluate_loader, train
 from fashionkit.data.fashion_mnist import CLASSES
 from fashionkit.data.images import read_item_image, read_item_images

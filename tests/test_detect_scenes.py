@@ -42,6 +42,9 @@ def dataset(tmp_path_factory):
 
 
 def test_make_data_is_an_ultralytics_dataset(dataset):
+    from fashionkit.detect.model import use_ultralytics
+
+    use_ultralytics()  # offline, settings and font in our temp dir: never the user's ~/.config/Ultralytics
     from ultralytics.data.utils import check_det_dataset, verify_image_label
 
     info = check_det_dataset(str(dataset / "data.yaml"))
