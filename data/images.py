@@ -36,7 +36,9 @@ def _open(path: Path) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             img.load()  # decoding happens here: a truncated file fails now, not later
             return _grey(img)
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: once ultralytics is imported it patches Image.open to retry unidentified files with a HEIF
+        # plugin (pi-heif) that is not installed; the file is still not an image we can read.
         raise UserError(f"{path} is not an image file Pillow can read (PNG, JPEG, BMP, GIF, TIFF, WebP ...)") from None
     except Image.DecompressionBombError as e:
         raise UserError(f"{path} is too large to read safely ({e}); scale it down first") from None
