@@ -5,7 +5,8 @@ and test accuracy after the same wall-clock training budget.
 
 Throughput: batch 128 (train) / 500 (inference) of 28x28 images, channels_last, after warm-up.
 Accuracy: `classify train` defaults except epochs/subset, which are sized from the measured bf16 training rate so
-each model gets about --budget-seconds of training; then the best weights on the 10k test split.
+each model gets about --budget-seconds of training (at most --max-epochs: tiny models would otherwise run for
+dozens of epochs whose per-epoch overhead the rate does not count); then the best weights on the 10k test split.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     p.add_argument("--budget-seconds", type=float, default=60)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-epochs", type=int, default=20)
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--out", default="benchmarks/results/models.json")
     args = p.parse_args()
@@ -81,6 +83,7 @@ def main() -> None:
         if not args.skip_train:
             items = int(args.budget_seconds * row["train_bf16"])
             epochs, subset = (max(1, round(items / TRAIN_ITEMS)), 0) if items >= TRAIN_ITEMS else (1, max(items, 500))
+            epochs = min(epochs, args.max_epochs)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 _, summary = train({"model": name, "epochs": epochs, "subset": subset, "runs_dir": tmp,
