@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from loader_bench import PerImage  # the same per-image Dataset the loader benchmark compares against
 from torch import nn
 from torchvision.transforms import v2
 
@@ -26,17 +27,6 @@ from fashionkit.config import resolve
 from fashionkit.data import load_split
 from fashionkit.data.loader import MEAN, STD
 from fashionkit.data.splits import make_splits
-
-
-class PerImage(torch.utils.data.Dataset):
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i].unsqueeze(0)), self.labels[i]
 
 
 def plain_loop(model_name: str, images, labels, epochs: int, batch_size: int) -> float:
