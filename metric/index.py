@@ -138,12 +138,17 @@ class RunIndex:
     def size(self) -> int:
         return len(self.ids)
 
+    def check_k(self, k: int) -> None:
+        """Callers check ``-k`` before embedding their queries, so a bad k fails before any work is done."""
+        if not 1 <= k <= self.size:
+            raise UserError(f"-k {k} is larger than the index ({self.size} items)" if k > self.size else
+                            f"-k must be at least 1, got {k}")
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, rows)`` of the ``k`` nearest items, nearest first. Distances are Euclidean between unit
         vectors, ``sqrt(2 - 2 cos)``, in [0, 2]; rows index the sidecar arrays, -1 where an approximate index
         found fewer than ``k``."""
-        if not 1 <= k <= self.size:
-            raise UserError(f"k = {k} but the index holds {self.size} items; use 1 <= k <= {self.size}")
+        self.check_k(k)
         sims, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         dist = np.sqrt(np.clip(2.0 - 2.0 * sims, 0.0, 4.0))
         dist[rows < 0] = np.inf

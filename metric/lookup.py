@@ -47,9 +47,7 @@ def lookup(run: str | Path, opts: dict, image: str | None = None) -> dict:
     net, ckpt = load_embedder(run, device)
     index = open_run_index(run, ckpt["model_hash"], device)
     k = opts["k"]
-    if not 1 <= k <= index.size:
-        raise UserError(f"-k {k} is larger than the index ({index.size} items)" if k > index.size else
-                        f"-k must be at least 1, got {k}")
+    index.check_k(k)
     img, query = query_image(image, opts["test_index"], opts["train_index"], opts["data_dir"])
     z = embed(net, img.unsqueeze(0), device).numpy()
     dist, rows = index.search(z, k)

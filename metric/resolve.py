@@ -119,9 +119,7 @@ def resolve_run(run: str | Path, opts: dict) -> dict:
     net, ckpt = load_embedder(run, device)
     index = open_run_index(run, ckpt["model_hash"], device)
     k = opts["k"]
-    if not 1 <= k <= index.size:
-        raise UserError(f"-k {k} is larger than the index ({index.size} items)" if k > index.size else
-                        f"-k must be at least 1, got {k}")
+    index.check_k(k)
     hard = list(ckpt["hard_classes"])
     classifier, _ = load_classifier(classifier_run, device)
 
