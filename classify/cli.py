@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fashionkit.config import Opt, add_options, resolve
+from fashionkit.config import Opt, add_options, refuse_flags_with_resume, resolve
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
 WEIGHTS = Opt("best", "which checkpoint of the run: best (best validation) or last (last epoch)",
@@ -83,11 +83,7 @@ def cmd_train(args) -> int:
 
     opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "stage", "resume", "config")}
     if args.resume:
-        if opts:
-            from fashionkit.errors import UserError
-
-            raise UserError(f"--resume continues a run with its saved config; drop the other flags "
-                            f"({', '.join('--' + k.replace('_', '-') for k in opts)})")
+        refuse_flags_with_resume(opts, args.config)
         run, summary = resume(args.resume)
     else:
         run, summary = train(opts, args.config)

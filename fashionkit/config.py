@@ -99,6 +99,14 @@ def resolve(options: dict[str, Opt], args: argparse.Namespace | dict | None = No
     return values
 
 
+def refuse_flags_with_resume(options: dict[str, Any], config: str | None) -> None:
+    """``--resume`` continues a run with its saved config.yaml: other flags or a --config would be ignored
+    silently, so they are refused."""
+    flags = [flag(k) for k in options] + (["--config"] if config else [])
+    if flags:
+        raise UserError(f"--resume continues a run with its saved config; drop the other flags ({', '.join(flags)})")
+
+
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     from fashionkit.runs import atomic_write_text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fashionkit.config import add_options, resolve
+from fashionkit.config import add_options, refuse_flags_with_resume, resolve
 
 _NOT_OPTIONS = ("func", "command", "stage", "resume", "config", "run", "image")
 
@@ -19,12 +19,7 @@ def cmd_train(args) -> int:
 
     opts = _given(args)
     if args.resume:
-        if opts or args.config:
-            from fashionkit.errors import UserError
-
-            flags = [("--" + k.replace("_", "-")) for k in opts] + (["--config"] if args.config else [])
-            raise UserError(f"--resume continues a run with its saved config; drop the other flags "
-                            f"({', '.join(flags)})")
+        refuse_flags_with_resume(opts, args.config)
         run, summary = resume(args.resume)
     else:
         run, summary = train(opts, args.config)
