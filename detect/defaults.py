@@ -35,7 +35,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
     "name": Opt(None, "run name (none: train, train2, ...)", type=str),
     "runs_dir": Opt(None, "root of run directories (none: $FASHIONKIT_RUNS or ./runs)", type=str),
 }
@@ -57,7 +57,7 @@ VIDEO_OPTIONS: dict[str, Opt] = {
               type=str),
     "min_visible": Opt(0.5, "with --gt: items less visible than this are ignored (neither missed nor false)"),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }
 
 EVAL_OPTIONS: dict[str, Opt] = {
@@ -73,5 +73,5 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "plots": Opt(True, "PR curves and confusion matrix of the mAP evaluation"),
     "out": Opt(None, "output directory; none means RUN/eval/<split>", type=str),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = ultralytics' choice: all cores but one)"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }
