@@ -60,8 +60,8 @@ def check_options(cfg: dict) -> None:
             raise UserError(f"--{key} must be at least 1, got {cfg[key]}")
     if cfg["imgsz"] < 64 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32, at least 64 (e.g. 320)")
-    if cfg["minutes"] < 0 or cfg["freeze_epochs"] < 0 or cfg["patience"] < 0 or cfg["close_mosaic"] < 0:
-        raise UserError("--minutes, --freeze-epochs, --patience and --close-mosaic cannot be negative")
+    if min(cfg["minutes"], cfg["freeze_epochs"], cfg["patience"], cfg["close_mosaic"], cfg["warmup_epochs"]) < 0:
+        raise UserError("--minutes, --freeze-epochs, --patience, --close-mosaic and --warmup-epochs cannot be negative")
     if not 0 < cfg["fraction"] <= 1:
         raise UserError(f"--fraction {cfg['fraction']}: give a fraction in (0, 1]")
 
@@ -135,7 +135,8 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     args = {
         "model": str(run / "model.yaml"), "data": str(data), "epochs": cfg["epochs"], "imgsz": cfg["imgsz"],
         "batch": cfg["batch"], "device": device, "workers": cfg["workers"], "patience": cfg["patience"],
-        "close_mosaic": cfg["close_mosaic"], "optimizer": cfg["optimizer"], "fraction": cfg["fraction"],
+        "close_mosaic": cfg["close_mosaic"], "warmup_epochs": cfg["warmup_epochs"], "optimizer": cfg["optimizer"],
+        "fraction": cfg["fraction"],
         "cache": "ram" if cfg["cache"] else False, "plots": cfg["plots"], "seed": cfg["seed"],
         # absolute project + exist_ok: ultralytics writes exactly into RUN/ultralytics (a relative project would
         # land under its own runs_dir setting, e.g. runs/detect/runs/...)

@@ -190,6 +190,7 @@ def test_train_writes_our_run_with_the_ultralytics_run_inside(trained, classify_
         assert (run / name).is_file(), name
     ul = run / "ultralytics"
     assert (ul / "results.csv").is_file() and (ul / "args.yaml").is_file()
+    assert "warmup_epochs: 1.0" in (ul / "args.yaml").read_text().splitlines()  # ours, not ultralytics' 3
     assert (ul / "results.png").is_file() and (ul / "labels.jpg").is_file()  # plots, font found offline
     assert not (run / "runs").exists() and not (ul / "runs").exists()
     assert summary["status"] == "finished" and summary["epochs_done"] == 2
@@ -227,6 +228,8 @@ def test_train_errors(cli, work, dataset, classify_run, trained, capsys):
     assert "dataset not found" in capsys.readouterr().err
     assert cli("detect", "train", "--from", "none", "--data", dataset, "--imgsz", 100) == 2
     assert "multiple of 32" in capsys.readouterr().err
+    assert cli("detect", "train", "--from", "none", "--data", dataset, "--warmup-epochs", -1) == 2
+    assert "cannot be negative" in capsys.readouterr().err
     assert not (work / "runs" / "detect" / "train").exists()  # no run directory for a failed start
 
 
