@@ -184,6 +184,7 @@ def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
 
     def epoch_start(tr) -> None:
         tr.fashionkit_t0 = time.perf_counter()
+        tr.fashionkit_batches = 0
         if frozen and tr.epoch == freeze_epochs:
             names = tuple(f"model.{i}." for i in frozen)
             for name, p in tr.model.named_parameters():
@@ -193,12 +194,18 @@ def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
             tr.freeze_layer_names = [n for n in tr.freeze_layer_names if n not in names]
             print(f"epoch {tr.epoch + 1}: unfreezing the copied backbone (layers 0-{frozen[-1]})", flush=True)
 
+    def batch_end(tr) -> None:
+        tr.fashionkit_batches += 1
+
     def epoch_end(tr) -> None:
         seconds = time.perf_counter() - tr.fashionkit_t0
-        images = len(tr.train_loader.dataset)
+        # batches, not the dataset size: --minutes cuts the last epoch short (the batch that hits the limit
+        # breaks out before on_train_batch_end, so this undercounts that epoch by one batch at most)
+        images = min(tr.fashionkit_batches * tr.batch_size, len(tr.train_loader.dataset))
         tr.fashionkit_speed.append((tr.epoch + 1, images, seconds))
 
     trainer.add_callback("on_train_epoch_start", epoch_start)
+    trainer.add_callback("on_train_batch_end", batch_end)
     trainer.add_callback("on_train_epoch_end", epoch_end)
     return trainer
 
