@@ -73,7 +73,7 @@ def model_row(variant: str, source: str, threads: int) -> dict:
     return row
 
 
-def curve_point(run: Path, budget: float, data: Path, args) -> dict:
+def curve_point(run: Path, budget: float, data: Path, device: str, args) -> dict:
     """Test mAP of the run's last epoch checkpoint that finished (validation included) within ``budget`` minutes."""
     import csv
 
@@ -87,7 +87,7 @@ def curve_point(run: Path, budget: float, data: Path, args) -> dict:
         return {"epochs": 0, "weights": None, "test": {}}  # not one epoch fitted in the budget
     epoch = within[-1]
     weights = ul / "weights" / f"epoch{epoch - 1}.pt"  # ultralytics numbers its epoch files from 0
-    test = evaluate(weights, data, "test", args.imgsz, args.batch, "cpu", Path(run) / f"test-{budget:g}min",
+    test = evaluate(weights, data, "test", args.imgsz, args.batch, device, Path(run) / f"test-{budget:g}min",
                     plots=False, threads=args.threads)
     return {"epochs": epoch, "weights": weights.name, "test": test}
 
@@ -157,7 +157,7 @@ def main() -> None:
                 test = s.get("test") or {}
                 row.update(epochs=s["epochs_done"], weights="best.pt")
             else:
-                row.update(curve_point(run, budget, data, args))
+                row.update(curve_point(run, budget, data, s["device"], args))
                 test = row.pop("test")
             row.update({"test_mAP50": test.get("mAP50"), "test_mAP50-95": test.get("mAP50-95")})
             results["training"].append(row)
