@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionkit import interrupt
 from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from fashionkit.classify.defaults import TRAIN_OPTIONS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
@@ -147,6 +148,7 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", leave=False,
                    dynamic_ncols=True, disable=None)
         for x, y in bar:
+            interrupt.check()  # a Ctrl-C that a finaliser swallowed
             loss, logits = self.loss(x, y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss became {loss.item()} in epoch {self.epoch + 1}")

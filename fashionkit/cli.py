@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from fashionkit import __version__
+from fashionkit import __version__, interrupt
 from fashionkit.errors import UserError
 
 STAGE_MODULES = {
@@ -65,6 +65,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    interrupt.install()
     try:
         result = args.func(args)
     except UserError as e:

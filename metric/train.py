@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionkit import interrupt
 from fashionkit.config import resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
@@ -168,6 +169,7 @@ class MetricTrainer:
         bar = tqdm(self.batches(), total=self.steps, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", leave=False,
                    dynamic_ncols=True, disable=None)
         for x, y in bar:
+            interrupt.check()  # a Ctrl-C that a finaliser swallowed
             with autocast(self.device, self.amp):
                 z = self.model(x)  # fp32 unit vectors; miner and loss run outside autocast
             indices, n = mine(self.miner, z, y)

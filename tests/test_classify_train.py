@@ -106,6 +106,23 @@ def test_ctrl_c_saves_and_exits_cleanly(runs_dir):
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
 
+def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_training(runs_dir, monkeypatch):
+    # Python drops a KeyboardInterrupt raised inside __del__; the SIGINT handler's flag makes the loop raise it again
+    from fashionkit import interrupt
+
+    def stop_after_epoch_1(row):
+        if row["epoch"] == 1:
+            interrupt.REQUESTED.set()  # what the handler leaves behind when its exception was swallowed
+
+    monkeypatch.setattr(interrupt, "REQUESTED", interrupt.threading.Event())
+    monkeypatch.setenv("FASHIONKIT_RUNS", str(runs_dir))
+    with pytest.raises(KeyboardInterrupt):
+        train({**TINY, "epochs": 3, "name": "swallowed"}, on_epoch_end=stop_after_epoch_1)
+    run = runs_dir / "classify" / "swallowed"
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert len(metrics(run)) == 1
+
+
 def test_sam_and_every_optimizer_and_scheduler_step():
     from fashionkit.classify.models import create_model
 

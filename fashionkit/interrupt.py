@@ -1,0 +1,31 @@
+"""Ctrl-C that is never lost.
+
+The CLI's SIGINT handler raises KeyboardInterrupt at once, as Python's own does, and also sets ``REQUESTED``.
+Python drops an exception raised while a finaliser (``__del__``, a weakref callback) runs, so now and then a
+Ctrl-C vanished and a training run went on to finish; the training loops call ``check()`` after every batch, which
+raises it again from ordinary code.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+REQUESTED = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    REQUESTED.set()
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Route SIGINT through ``_on_sigint`` (main thread only; elsewhere the default handler stays)."""
+    REQUESTED.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def check() -> None:
+    if REQUESTED.is_set():
+        raise KeyboardInterrupt
