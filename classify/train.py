@@ -216,14 +216,15 @@ class Trainer:
                     self.scheduler.step(row["val_loss"])
                 else:
                     self.scheduler.step()
-            if self.improved(row):
-                self.best, self.best_epoch, self.bad_epochs = row[cfg["monitor"]], self.epoch, 0
-                save_checkpoint(weights / "best.pt", self.model, epoch=self.epoch, metrics=row, config=cfg)
-            else:
-                self.bad_epochs += 1
-            self.metrics.append(row)
-            self.log_tensorboard(row)
-            self.save_last(row)
+            with interrupt.deferred():  # best.pt, the metrics row and last.pt: all of them or none
+                if self.improved(row):
+                    self.best, self.best_epoch, self.bad_epochs = row[cfg["monitor"]], self.epoch, 0
+                    save_checkpoint(weights / "best.pt", self.model, epoch=self.epoch, metrics=row, config=cfg)
+                else:
+                    self.bad_epochs += 1
+                self.metrics.append(row)
+                self.log_tensorboard(row)
+                self.save_last(row)
             print(f"epoch {self.epoch}/{cfg['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
                   f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s "
                   f"{row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch else ""), flush=True)

@@ -8,6 +8,7 @@ raises it again from ordinary code.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -24,6 +25,21 @@ def install() -> None:
     REQUESTED.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold a Ctrl-C until the block is done, then raise it: an epoch's checkpoint and its metrics row are saved
+    together or not at all. A no-op where ``install`` did not run (library use, other threads)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not _on_sigint:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: REQUESTED.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, _on_sigint)
+    check()
 
 
 def check() -> None:

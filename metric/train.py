@@ -264,12 +264,13 @@ class MetricTrainer:
             self.epoch += 1
             extra = dict(epoch=self.epoch, metrics=row, config=cfg, classes=self.classes, hard_classes=self.hard,
                          split=self.split.as_dict())
-            if self.improved(row):
-                self.best, self.best_epoch = row[cfg["monitor"]], self.epoch
-                save_embedder(weights / "best.pt", self.model, **extra)
-            self.metrics.append(row)
-            save_embedder(weights / "last.pt", self.model, **extra, optimizer=self.optimizer.state_dict(),
-                          scheduler=self.scheduler.state_dict(), best=self.best, best_epoch=self.best_epoch)
+            with interrupt.deferred():  # best.pt, the metrics row and last.pt: all of them or none
+                if self.improved(row):
+                    self.best, self.best_epoch = row[cfg["monitor"]], self.epoch
+                    save_embedder(weights / "best.pt", self.model, **extra)
+                self.metrics.append(row)
+                save_embedder(weights / "last.pt", self.model, **extra, optimizer=self.optimizer.state_dict(),
+                              scheduler=self.scheduler.state_dict(), best=self.best, best_epoch=self.best_epoch)
             print(f"epoch {self.epoch}/{cfg['epochs']}  loss {row['train_loss']:.4f}  triplets {row['triplets']} "
                   f"({row['empty_batches']} empty batches){'  trunk frozen' if row['frozen'] else ''}  "
                   f"val P@1 {row['val_precision_at_1']:.4f} MAP@R {row['val_map_at_r']:.4f}  "
