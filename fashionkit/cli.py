@@ -65,9 +65,9 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
-    interrupt.install()
     try:
-        result = args.func(args)
+        with interrupt.installed():
+            result = args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

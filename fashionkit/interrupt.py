@@ -20,17 +20,26 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Route SIGINT through ``_on_sigint`` (main thread only; elsewhere the default handler stays)."""
+@contextlib.contextmanager
+def installed():
+    """Route SIGINT through ``_on_sigint`` for the block (main thread only; elsewhere the default handler stays),
+    then put the previous handler back and forget the request: a CLI call made in-process leaves nothing behind."""
     REQUESTED.clear()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_sigint)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        REQUESTED.clear()
 
 
 @contextlib.contextmanager
 def deferred():
     """Hold a Ctrl-C until the block is done, then raise it: an epoch's checkpoint and its metrics row are saved
-    together or not at all. A no-op where ``install`` did not run (library use, other threads)."""
+    together or not at all. A no-op outside ``installed`` (library use, other threads)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not _on_sigint:
         yield
         return

@@ -194,3 +194,13 @@ def test_resume_refuses_missing_or_non_classify_dir(tmp_path, cli, capsys):
     assert "not a fashionkit run directory" in capsys.readouterr().err
     assert cli("classify", "train", "--resume", tmp_path, "--epochs", "3") == 2
     assert "drop the other flags (--epochs)" in capsys.readouterr().err
+
+
+def test_an_in_process_cli_call_leaves_the_sigint_handler_as_it_found_it(runs_dir, monkeypatch):
+    from fashionkit import interrupt
+    from fashionkit.cli import main
+
+    monkeypatch.setenv("FASHIONKIT_RUNS", str(runs_dir))
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["classify", "train", "--model", "no-such-model"]) == 2
+    assert signal.getsignal(signal.SIGINT) is before and not interrupt.REQUESTED.is_set()
