@@ -1,0 +1,25 @@
+"""The benchmark scripts run (tiny sizes) and measure what they say: a broken benchmark would go unnoticed until
+someone needed its figures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_faiss_bench_sweeps_nprobe_and_exact_search_has_full_recall(tmp_path):
+    out = tmp_path / "faiss.json"
+    # 2,000 vectors -> 51 ivf lists: probing all of them is exact search, probing one is not.
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/faiss_bench.py"), "--real-size", "2000", "--vectors", "0",
+                    "--queries", "300", "--single", "20", "--methods", "flat,ivf,sklearn", "--nprobe", "1,51",
+                    "--clusters", "20", "--out", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    rows = {(r["method"], r["params"]): r for r in result["rows"]}
+    assert rows[("faiss flat", "exact")]["recall"] == 1.0
+    assert rows[("sklearn brute", "euclidean")]["recall"] > 0.99  # same order on unit vectors, up to float ties
+    assert rows[("faiss ivf", "nlist 51, nprobe 51")]["recall"] == 1.0
+    assert rows[("faiss ivf", "nlist 51, nprobe 1")]["recall"] < 1.0
+    assert "cpus)" in result["machine"]["cpu"]  # the CPU model, not just "x86_64" (Linux, as CI)
+    assert "| faiss ivf | nlist 51, nprobe 1 |" in result["markdown"]
