@@ -80,6 +80,7 @@ def search_train_options() -> dict[str, Opt]:
 
 def cmd_train(args) -> int:
     from fashionkit.classify.train import resume, train
+    from fashionkit.distributed import is_main
 
     opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "stage", "resume", "config")}
     if args.resume:
@@ -87,6 +88,8 @@ def cmd_train(args) -> int:
         run, summary = resume(args.resume)
     else:
         run, summary = train(opts, args.config)
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     test = f", test acc {summary['test_acc']:.4f}" if "test_acc" in summary else ""
     print(f"done: {run} ({summary['status']}, best epoch {summary['best_epoch']}{test})")
     return 0

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashionkit import interrupt
+from fashionkit import distributed, interrupt
 from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from fashionkit.classify.defaults import TRAIN_OPTIONS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
@@ -88,10 +88,11 @@ class Trainer:
         from fashionkit.data.splits import make_splits
 
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
+        self.main = distributed.is_main()  # under torchrun only rank 0 writes files and prints
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
-        self.device = select_device(cfg["device"])
+        self.device = distributed.init(select_device(cfg["device"]))
         self.amp = amp_dtype(self.device, cfg["amp"])
         augment = build_augment(cfg["augment"])
 
@@ -100,7 +101,8 @@ class Trainer:
         self.split_sizes = {"train": len(train_idx), "val": len(val_idx)}
         self.train_loader = BatchLoader(images, labels, cfg["batch_size"], shuffle=True, augment=augment,
                                         device=self.device, seed=cfg["seed"], drop_last=len(train_idx) >= 2 * cfg[
-                                            "batch_size"], channels_last=cfg["channels_last"], indices=train_idx)
+                                            "batch_size"], channels_last=cfg["channels_last"], indices=train_idx,
+                                        rank=distributed.rank(), world_size=distributed.world_size())
         self.val_loader = BatchLoader(images, labels, 500, device=self.device, channels_last=cfg["channels_last"],
                                       indices=val_idx)
 
@@ -115,7 +117,9 @@ class Trainer:
                                                          len(self.train_loader), cfg["lr"], cfg["step_size"],
                                                          cfg["gamma"])
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-        self.forward = torch.compile(self.model) if cfg["compile"] else self.model
+        self.forward = distributed.wrap(self.model, self.device)
+        if cfg["compile"]:
+            self.forward = torch.compile(self.forward)
 
         self.epoch, self.best, self.bad_epochs, self.best_epoch = 0, None, 0, 0
         if resume is not None:
@@ -126,8 +130,8 @@ class Trainer:
             self.epoch, self.best = resume["epoch"], resume["best"]
             self.bad_epochs, self.best_epoch = resume["bad_epochs"], resume["best_epoch"]
             torch.set_rng_state(resume["rng"])
-        self.metrics = MetricsCSV(run / "metrics.csv", keep_until=self.epoch)
-        self.tb = _tensorboard(run) if cfg["tensorboard"] else None
+        self.metrics = MetricsCSV(run / "metrics.csv", keep_until=self.epoch if self.main else None)
+        self.tb = _tensorboard(run) if cfg["tensorboard"] and self.main else None
 
     # -- one epoch ----------------------------------------------------------------------------------------
 
@@ -146,11 +150,11 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", leave=False,
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=None if self.main else True)
         for x, y in bar:
             interrupt.check()  # a Ctrl-C that a finaliser swallowed
             loss, logits = self.loss(x, y)
-            if not torch.isfinite(loss):
+            if distributed.any_true(not torch.isfinite(loss), self.device):  # any rank's NaN stops all ranks
                 raise NonFiniteLoss(f"loss became {loss.item()} in epoch {self.epoch + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -170,12 +174,21 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
                             ips=f"{seen / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
+        total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen], self.device)
         return {"train_loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
                 "img_per_s": seen / seconds}
 
     def validate(self) -> dict:
-        loss, acc = evaluate_loader(self.forward, self.val_loader, self.device, self.amp)
-        return {"val_loss": loss, "val_acc": acc}
+        """Validation figures; under torchrun rank 0 measures them (on its plain model: the DDP wrapper would
+        wait for the other ranks) and every rank gets the same numbers, so all take the same decisions."""
+        if not distributed.active():
+            loss, acc = evaluate_loader(self.forward, self.val_loader, self.device, self.amp)
+            return {"val_loss": loss, "val_acc": acc}
+        row = None
+        if self.main:
+            loss, acc = evaluate_loader(self.model, self.val_loader, self.device, self.amp)
+            row = {"val_loss": loss, "val_acc": acc}
+        return distributed.share(row)
 
     def improved(self, row: dict) -> bool:
         value = row[self.cfg["monitor"]]
@@ -187,17 +200,26 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, weights = self.cfg, self.run / "weights"
-        print(f"run {self.run}: {cfg['model']} on {self.device} ({precision_name(self.amp)}), "
-              f"{self.split_sizes['train']} train / {self.split_sizes['val']} val items, {cfg['epochs']} epochs")
+        world = distributed.world_size()
+        if self.main:
+            print(f"run {self.run}: {cfg['model']} on {self.device} ({precision_name(self.amp)}), "
+                  f"{self.split_sizes['train']} train / {self.split_sizes['val']} val items, {cfg['epochs']} epochs"
+                  + (f", {world} processes x batch {cfg['batch_size']}" if world > 1 else ""))
         try:
             stopped = self.loop()
         except KeyboardInterrupt:
-            self.write_summary("interrupted")
-            print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch is "
-                  f"discarded); continue with: classify train --resume {self.run}", file=sys.stderr)
+            if self.main:
+                self.write_summary("interrupted")
+                print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch "
+                      f"is discarded); continue with: classify train --resume {self.run}", file=sys.stderr)
             raise
-        plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
-        return self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
+        summary = None
+        if self.main:
+            plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
+            summary = self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
+        summary = distributed.share(summary)
+        distributed.finish()
+        return summary
 
     def loop(self) -> str:
         """Train epoch after epoch; returns how it ended (finished / early_stopped / a StopTraining status)."""
@@ -207,7 +229,8 @@ class Trainer:
                 row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate(),
                        "lr": self.optimizer.param_groups[0]["lr"]}
             except NonFiniteLoss as e:
-                self.write_summary("nan")
+                if self.main:
+                    self.write_summary("nan")
                 kept = f"the last good checkpoint is {weights / 'last.pt'}" if self.epoch else "no epoch finished"
                 raise UserError(f"{e}: training diverged ({kept}); lower --lr or use --amp off, then retrain") from None
             self.epoch += 1
@@ -219,15 +242,19 @@ class Trainer:
             with interrupt.deferred():  # best.pt, the metrics row and last.pt: all of them or none
                 if self.improved(row):
                     self.best, self.best_epoch, self.bad_epochs = row[cfg["monitor"]], self.epoch, 0
-                    save_checkpoint(weights / "best.pt", self.model, epoch=self.epoch, metrics=row, config=cfg)
+                    if self.main:
+                        save_checkpoint(weights / "best.pt", self.model, epoch=self.epoch, metrics=row, config=cfg)
                 else:
                     self.bad_epochs += 1
-                self.metrics.append(row)
-                self.log_tensorboard(row)
-                self.save_last(row)
-            print(f"epoch {self.epoch}/{cfg['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
-                  f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s "
-                  f"{row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch else ""), flush=True)
+                if self.main:
+                    self.metrics.append(row)
+                    self.log_tensorboard(row)
+                    self.save_last(row)
+            if self.main:
+                print(f"epoch {self.epoch}/{cfg['epochs']}  train loss {row['train_loss']:.4f} "
+                      f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
+                      f"{row['seconds']:.1f}s {row['img_per_s']:.0f} img/s"
+                      + ("  *" if self.best_epoch == self.epoch else ""), flush=True)
             if self.on_epoch_end is not None:
                 try:
                     self.on_epoch_end(row)
@@ -235,7 +262,8 @@ class Trainer:
                     print(f"stopped after epoch {self.epoch}: {e}")
                     return e.status
             if cfg["patience"] and self.bad_epochs >= cfg["patience"]:
-                print(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
+                if self.main:
+                    print(f"early stopping: no {cfg['monitor']} improvement for {cfg['patience']} epochs")
                 return "early_stopped"
         return "finished"
 
@@ -267,6 +295,7 @@ class Trainer:
             "best_val_loss": min((float(r["val_loss"]) for r in rows), default=None),
             "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
             "device": str(self.device), "precision": precision_name(self.amp), **self.split_sizes,
+            "processes": distributed.world_size(),
         }
         summary.update(extra)
         atomic_write_json(self.run / "summary.json", summary)
@@ -334,7 +363,13 @@ def train(options: dict | None = None, config: str | Path | dict | None = None,
     ``on_epoch_end(row)`` sees each epoch's metrics row once it is saved and may raise StopTraining."""
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
     validate(cfg)
-    run, trainer = start_run("classify", cfg, lambda run: Trainer(cfg, run, on_epoch_end=on_epoch_end))
+    distributed.init(select_device(cfg["device"]))  # under torchrun: rank 0 makes the run, the others join it
+    if distributed.is_main():
+        run, trainer = start_run("classify", cfg, lambda run: Trainer(cfg, distributed.share(run),
+                                                                      on_epoch_end=on_epoch_end))
+    else:
+        run = distributed.share(None)
+        trainer = Trainer(cfg, run, on_epoch_end=on_epoch_end)
     return run, trainer.fit()
 
 
@@ -342,7 +377,8 @@ def resume(run: str | Path) -> tuple[Path, dict]:
     """Continue an interrupted run from its ``last.pt`` to the epoch count it was started with."""
     run, ckpt, config = resume_point(run, "classify", read_checkpoint)
     cfg = resolve(TRAIN_OPTIONS, {}, config)
-    print(f"resuming {run} after epoch {ckpt['epoch']}")
+    if distributed.is_main():
+        print(f"resuming {run} after epoch {ckpt['epoch']}")
     return run, Trainer(cfg, run, resume=ckpt).fit()
 
 

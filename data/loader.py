@@ -65,7 +65,8 @@ class BatchLoader:
 
     def __iter__(self):
         order = self._order()
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7)
+        # augmentation draws differ per rank (the shuffle above must not: the ranks shard one order)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7 + 1_000_003 * self.rank)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = to_float(self.images[idx])

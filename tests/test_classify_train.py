@@ -204,3 +204,33 @@ def test_an_in_process_cli_call_leaves_the_sigint_handler_as_it_found_it(runs_di
     before = signal.getsignal(signal.SIGINT)
     assert main(["classify", "train", "--model", "no-such-model"]) == 2
     assert signal.getsignal(signal.SIGINT) is before and not interrupt.REQUESTED.is_set()
+
+
+def test_two_process_ddp_matches_one_process_with_the_global_batch(runs_dir, tmp_path):
+    """``torchrun --nproc_per_node 2`` with batch 128 per process = one process with batch 256: the ranks shard one
+    shuffled order and DDP averages their gradients, so (no dropout, no augmentation, plain SGD) the weights must
+    come out the same. Rank 0 alone makes the one run directory and writes every file."""
+    opts = ["--model", "mlp", "--dropout", "0", "--augment", "none", "--subset", "2000", "--epochs", "2",
+            "--lr", "0.05", "--device", "cpu", "--no-test", "--momentum", "0", "--no-nesterov"]
+    env = {**os.environ, "FASHIONKIT_RUNS": str(runs_dir)}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "fashionkit", "classify", "train", *opts, "--batch-size", "128", "--name", "ddp"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("done: ") == 1 and "2 processes x batch 128" in two.stdout
+    one, _ = train({"model": "mlp", "dropout": 0.0, "augment": "none", "subset": 2000, "epochs": 2, "lr": 0.05,
+                    "device": "cpu", "test": False, "momentum": 0.0, "nesterov": False, "batch_size": 256,
+                    "name": "single"})
+    assert sorted(p.name for p in (runs_dir / "classify").iterdir()) == ["ddp", "single"]
+    ddp = runs_dir / "classify" / "ddp"
+    assert json.loads((ddp / "summary.json").read_text())["processes"] == 2
+    assert len(metrics(ddp)) == 2
+    a = load_classifier(ddp, which="last")[0].state_dict()
+    b = load_classifier(one, which="last")[0].state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # and the reported training figures are over both shards, not rank 0's half
+    for x, y in zip(metrics(ddp), metrics(one)):
+        assert abs(float(x["train_loss"]) - float(y["train_loss"])) < 1e-4
+        assert float(x["val_acc"]) == float(y["val_acc"])
