@@ -181,12 +181,10 @@ class Trainer:
     def validate(self) -> dict:
         """Validation figures; under torchrun rank 0 measures them (on its plain model: the DDP wrapper would
         wait for the other ranks) and every rank gets the same numbers, so all take the same decisions."""
-        if not distributed.active():
-            loss, acc = evaluate_loader(self.forward, self.val_loader, self.device, self.amp)
-            return {"val_loss": loss, "val_acc": acc}
         row = None
         if self.main:
-            loss, acc = evaluate_loader(self.model, self.val_loader, self.device, self.amp)
+            model = self.model if distributed.active() else self.forward
+            loss, acc = evaluate_loader(model, self.val_loader, self.device, self.amp)
             row = {"val_loss": loss, "val_acc": acc}
         return distributed.share(row)
 
