@@ -115,10 +115,10 @@ def bench_faiss(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndar
                 gpu: bool = False) -> list[dict]:
     """One row per search setting: ivf is built once and searched at every ``--nprobe`` value (the sweep shows the
     recall each probe buys); flat and hnsw give one row."""
-    from fashionkit.metric.index import default_nlist, make_index, set_search_params, to_gpu
+    from fashionkit.metric.index import DEFAULT_NPROBE, default_nlist, make_index, set_search_params, to_gpu
 
     nlist = args.nlist or default_nlist(len(base))
-    nprobes = args.nprobe if kind == "ivf" else args.nprobe[:1]
+    nprobes = [p or min(DEFAULT_NPROBE, nlist) for p in args.nprobe] if kind == "ivf" else [0]
     start = time.perf_counter()
     index = make_index(kind, base, nlist=nlist, nprobe=nprobes[0], hnsw_m=args.hnsw_m,
                        ef_construction=args.ef_construction, ef_search=args.ef_search, gpu=gpu,
@@ -131,7 +131,7 @@ def bench_faiss(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndar
         set_search_params(index, nprobe=nprobe, ef_search=args.ef_search)
         got = time_queries(lambda q: index.search(q, args.k)[1], queries, args.single)
         recall = recall_at_k(got.pop("found"), truth)
-        params = {"flat": "exact", "ivf": f"nlist {nlist}, nprobe {min(nprobe, nlist)}",
+        params = {"flat": "exact", "ivf": f"nlist {nlist}, nprobe {nprobe}",
                   "hnsw": f"M {args.hnsw_m}, efC {args.ef_construction}, efS {args.ef_search}"}[kind]
         rows.append({"method": f"faiss {kind}" + (" (gpu)" if gpu else ""), "params": params, "build_s": build,
                      **got, "recall": recall})
@@ -194,8 +194,9 @@ def main() -> None:
     p.add_argument("--methods", default="flat,ivf,hnsw,sklearn")
     p.add_argument("--nlist", type=int, default=0, help="ivf lists (0: 4*sqrt(N), at most N/39)")
     p.add_argument("--ivf-train", type=int, default=100_000, help="vectors the ivf k-means trains on (0: all)")
-    p.add_argument("--nprobe", type=lambda v: [int(x) for x in v.split(",")], default=[8],
-                   help="ivf lists probed per query; a comma list (8,32,128) sweeps them on one built index")
+    p.add_argument("--nprobe", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                   help="ivf lists probed per query (0: metric index's default); a comma list (8,32,128) sweeps "
+                        "them on one built index")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=80)
     p.add_argument("--ef-search", type=int, default=64)

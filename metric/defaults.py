@@ -56,7 +56,7 @@ INDEX_OPTIONS: dict[str, Opt] = {
     "index": Opt("flat", "flat: exact inner product; ivf: inverted lists (IVFFlat); hnsw: graph (HNSWFlat)",
                  choices=INDEX_KINDS),
     "nlist": Opt(0, "ivf: number of inverted lists (0: 4*sqrt(N), at most N/39)"),
-    "nprobe": Opt(8, "ivf: lists searched per query (recall vs speed)"),
+    "nprobe": Opt(0, "ivf: lists searched per query, recall vs speed (0: 32, or all lists if fewer)"),
     "ivf_train": Opt(100_000, "ivf: vectors its k-means learns the lists from (a random sample; 0 = all)"),
     "hnsw_m": Opt(32, "hnsw: neighbours per node"),
     "ef_construction": Opt(80, "hnsw: candidate list size while building"),

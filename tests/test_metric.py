@@ -221,6 +221,20 @@ def test_faiss_index_kinds_agree_with_exact_search():
         make_index("ivf", x, nlist=5000)
 
 
+def test_ivf_probes_32_lists_by_default_or_all_when_fewer():
+    import faiss
+
+    from fashionkit.metric.index import make_index
+
+    x = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    nprobe = {n: faiss.downcast_index(make_index("ivf", x[:n])).nprobe for n in (2000, 500)}
+    assert nprobe == {2000: 32, 500: 12}  # 500 vectors -> 12 lists (N/39): all of them, and no error
+    assert faiss.downcast_index(make_index("ivf", x, nprobe=4)).nprobe == 4
+    with pytest.raises(UserError, match="--nprobe 99"):
+        make_index("ivf", x, nlist=20, nprobe=99)
+
+
 def test_resolve_sweeps_on_validation_and_reports_test(indexed, classify_run, cli, capsys):
     run, _ = indexed
     assert cli("metric", "resolve", run, "--classifier", classify_run, "-k", 5, "--sweep-step", 0.1) == 0
