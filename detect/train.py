@@ -113,7 +113,7 @@ def extra_args(text: str) -> dict[str, Any]:
 
 def train(options: dict | None = None, config: str | Path | dict | None = None) -> tuple[Path, dict]:
     """Train a detector from options (flags) over an optional config; returns ``(run_dir, summary)``."""
-    from fashionkit.detect.model import YAML_KEY, gflops, model_source, use_ultralytics
+    from fashionkit.detect.model import gflops, model_source, use_ultralytics
 
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
     check_options(cfg)
@@ -130,7 +130,7 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     save_yaml(source.yaml, run / "model.yaml")
 
     model = source.model
-    frozen = list(range(source.yaml[YAML_KEY]["trunk_end"] + 1)) if source.kind != "yaml" else []
+    frozen = copied_layers(source)
     freeze_epochs = cfg["freeze_epochs"] if frozen else 0
     args = {
         "model": str(run / "model.yaml"), "data": str(data), "epochs": cfg["epochs"], "imgsz": cfg["imgsz"],
@@ -171,6 +171,14 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
                                    cfg["plots"], cfg["threads"])
         atomic_write_json(run / "summary.json", summary)
     return run, summary
+
+
+def copied_layers(source) -> list[int]:
+    """Indices of the layers copied from a classifier: the ones --freeze-epochs freezes. None for --from none
+    (freezing a random trunk would only handicap the comparison it exists for) or a stock YAML."""
+    from fashionkit.detect.model import YAML_KEY
+
+    return list(range(source.yaml[YAML_KEY]["trunk_end"] + 1)) if source.kind == "classifier" else []
 
 
 def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
