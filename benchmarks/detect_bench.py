@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/detect_bench.py --classifier runs/classify/train \\
         [--data runs/detect/bench-data] [--budgets 15,30,60] [--variants classifier,none,yolov8n] [--threads 0]
+    .venv/bin/python benchmarks/detect_bench.py --variants yolov8n       # the baselines need no classify run
     .venv/bin/python benchmarks/detect_bench.py --classifier runs/classify/train --quick   # smoke test, a few minutes
 
 1. Data: ``detect make-data`` (3,000 train / 300 val / 300 test scenes of 320x320 with 1-5 items; made once,
@@ -94,7 +95,8 @@ def curve_point(run: Path, budget: float, data: Path, device: str, args) -> dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classifier", required=True, help="classify run whose trunk the detector starts from")
+    p.add_argument("--classifier", default=None,
+                   help="classify run whose trunk the detector starts from (needed for the classifier variant)")
     p.add_argument("--data", default="runs/detect/bench-data", help="make-data directory (made if missing)")
     p.add_argument("--video", default=None, help="make-video clip (default: DATA/../bench-video.mp4, made if missing)")
     p.add_argument("--budgets", default="15,30,60", help="training budgets in wall-clock minutes")
@@ -119,6 +121,8 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if "classifier" in variants and not args.classifier:
+        raise SystemExit("the classifier variant needs --classifier runs/classify/<run>; or leave it out of --variants")
     data = make_data(Path(args.data), args.quick)
     clip = make_clip(Path(args.video) if args.video else Path(args.data).parent / "bench-video.mp4", args.quick)
     sources = {v: VARIANTS[v] or args.classifier for v in variants}
