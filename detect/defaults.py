@@ -18,9 +18,9 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "minutes": Opt(0.0, "wall-clock training budget in minutes; ultralytics re-plans the epochs to fit (0 = off)"),
     "imgsz": Opt(320, "training and validation image size (a multiple of 32)"),
     "batch": Opt(16, "batch size"),
-    "freeze_epochs": Opt(1, "epochs to train with the copied backbone frozen (its BatchNorm statistics too) before "
-                         "fine-tuning all of it; 0 = never frozen; ignored with --from none or a stock YAML "
-                         "(nothing copied)"),
+    "freeze_epochs": Opt(1, "epochs to train with the backbone (copied, or its random twin with --from none) frozen, "
+                         "BatchNorm statistics too, before fine-tuning all of it; 0 = never frozen; ignored for "
+                         "stock YAML models"),
     "stem": Opt(2, "input downscale before the copied trunk: 2 (Focus, default), 4 (avg-pool + Focus) or 1 (none)",
                 choices=(1, 2, 4)),
     "width": Opt(1.0, "channel multiplier of the new layers (P4/P5 stages, neck; 1.0 = YOLOv8n's 64/128/256)"),
