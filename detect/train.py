@@ -176,7 +176,7 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
 def frozen_layers(source) -> list[int]:
     """The backbone layers --freeze-epochs freezes: the classifier's trunk, or with --from none its random-init
     twin. Both variants get the same schedule so that the benchmark's comparison differs in the weights only: a
-    frozen first epoch is also a fast one (280 s against 506 s trained, quiet Zen 3), which alone decided much of
+    frozen first epoch is also a fast one (280 s against 506 s trained, quiet Zen 3), which decided much of
     the 15-minute figures when only one variant had it. A stock YAML has no such trunk."""
     from fashionkit.detect.model import YAML_KEY
 
@@ -202,7 +202,7 @@ def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
                     p.requires_grad_(True)
             # _model_train() keeps the BatchNorms of these names in eval mode: from now on they adapt too
             tr.freeze_layer_names = [n for n in tr.freeze_layer_names if n not in names]
-            print(f"epoch {tr.epoch + 1}: unfreezing the copied backbone (layers 0-{frozen[-1]})", flush=True)
+            print(f"epoch {tr.epoch + 1}: unfreezing the backbone (layers 0-{frozen[-1]})", flush=True)
 
     def batch_end(tr) -> None:
         tr.fashionkit_batches += 1
