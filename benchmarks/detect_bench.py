@@ -174,6 +174,7 @@ def main() -> None:
                                       "threads": args.threads})
         s = run_video(clip, cfg)
         results["video_runs"].append({"variant": variant, "run": str(run), "fps": s["fps"], "threads": s["threads"],
+                                      "backend": s["backend"],
                                       "precision": s["gt"]["precision"], "recall": s["gt"]["recall"],
                                       "box_precision": s["gt"]["box_precision"], "box_recall": s["gt"]["box_recall"]})
         save()

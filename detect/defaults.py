@@ -46,7 +46,8 @@ TRAIN_OPTIONS: dict[str, Opt] = {
 }
 
 VIDEO_OPTIONS: dict[str, Opt] = {
-    "weights": Opt(None, "detector: a detect run directory (uses its best.pt) or an ultralytics detection .pt",
+    "weights": Opt(None, "detector: a detect run directory (uses its best.pt), an ultralytics detection .pt or its "
+                   ".onnx export",
                    type=str),
     "out": Opt(None, "output directory; none means a new <runs>/detect/video-<input name>", type=str),
     "conf": Opt(0.25, "confidence threshold"),
@@ -62,7 +63,10 @@ VIDEO_OPTIONS: dict[str, Opt] = {
               type=str),
     "min_visible": Opt(0.5, "with --gt: items less visible than this are ignored (neither missed nor false)"),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
+    "backend": Opt("auto", "inference engine: torch, onnx (ONNX Runtime on the CPU; a .pt is exported once to the "
+                   ".onnx beside it) or auto (onnx on a CPU where onnxruntime is installed, torch on a GPU)",
+                   choices=("auto", "torch", "onnx")),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores); ONNX Runtime uses all cores"),
 }
 
 EVAL_OPTIONS: dict[str, Opt] = {

@@ -4,7 +4,9 @@ Frames are read with OpenCV here (not by ultralytics' loaders) so that ``--strid
 that ends early are under our control: skipped frames are only grabbed, not converted; grey, alpha and 16-bit
 frames become 8-bit BGR. Batches of frames go through ultralytics' ``predict`` (letterbox, inference, NMS) or
 ``track`` (the same plus ByteTrack, whose state persists across batches), and each result draws itself
-(``Results.plot``: boxes, class names, confidences). Outputs in ``--out``:
+(``Results.plot``: boxes, class names, confidences). On a CPU the network runs in ONNX Runtime (``--backend auto``):
+best.pt is exported once to best.onnx beside it, which ran the default detector twice as fast as PyTorch on a
+2-core Zen 3. Outputs in ``--out``:
 
 * ``annotated.mp4`` (video input; mp4v at the input fps / stride) or ``annotated/<name>`` (image input),
 * ``detections.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id",
@@ -29,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +44,13 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm",
 WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # annotated images keep these
 DEFAULT_FPS = 25.0  # for videos whose header has no usable frame rate
 IOU_MATCH = 0.5
+ENGINES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 
 
 # ---- the detector --------------------------------------------------------------------------------------------
 
 def weights_file(weights: str | Path | None) -> Path:
-    """A detect run directory -> its best.pt (as recorded in summary.json); a .pt file as is."""
+    """A detect run directory -> its best.pt (as recorded in summary.json); a .pt or .onnx file as is."""
     from fashionkit.runs import open_run, read_json
 
     if not weights:
@@ -66,19 +70,84 @@ def weights_file(weights: str | Path | None) -> Path:
                 return candidate
         raise UserError(f"{run} has no weights yet (no {ULTRALYTICS_DIR}/weights/best.pt); let `detect train` finish "
                         f"an epoch, or pass a .pt file")
-    if path.suffix != ".pt":
-        raise UserError(f"--weights {path}: expected a detect run directory or a PyTorch .pt detection checkpoint")
+    if path.suffix not in (".pt", ".onnx"):
+        raise UserError(f"--weights {path}: expected a detect run directory, a PyTorch .pt detection checkpoint or "
+                        f"its .onnx export")
     return path
 
 
-def load_detector(weights: str | Path | None):
-    """``(YOLO model, weights path)``; a file that is not an ultralytics detection model is a UserError."""
+def onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def choose_backend(backend: str, device: str, path: Path) -> str:
+    """torch or onnx. auto: ONNX Runtime on a CPU where it is installed (the 3.7-GFLOPs detector ran 2x faster
+    through it than through PyTorch on a 2-core Zen 3: 44 vs 22 frames/s, predict only), PyTorch on a GPU."""
+    if path.suffix == ".onnx":
+        backend = "onnx"
+    elif backend == "auto":
+        return "onnx" if device == "cpu" and onnx_available() else "torch"
+    if backend == "onnx" and device != "cpu":
+        raise UserError(f"--backend onnx runs on the CPU; use --device cpu, or --backend torch for device {device}")
+    if backend == "onnx" and not onnx_available():
+        raise UserError("--backend onnx needs the onnx and onnxruntime packages (pip install onnx onnxruntime); "
+                        "or use --backend torch")
+    return backend
+
+
+@contextmanager
+def quiet_ultralytics():
+    """ultralytics logs every export and ONNX load at INFO; our own line says what happened."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def onnx_file(pt: Path) -> Path:
+    """The ONNX export of ``pt`` beside it (best.pt -> best.onnx): made on first use and again whenever the .pt
+    is newer, exported in a temporary folder and moved into place, so a killed export leaves no half file."""
+    import shutil
+    import tempfile
+
+    from ultralytics import YOLO
+
+    target = pt.with_suffix(".onnx")
+    if target.is_file() and target.stat().st_mtime >= pt.stat().st_mtime:
+        return target
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=pt.parent, prefix=".onnx-export-") as tmp:
+        copy = Path(tmp) / pt.name
+        shutil.copyfile(pt, copy)
+        with quiet_ultralytics():  # dynamic: any batch and frame size; simplify would need onnxslim, for no gain
+            exported = YOLO(str(copy), task="detect").export(format="onnx", dynamic=True, simplify=False,
+                                                              imgsz=320, device="cpu")
+        os.replace(exported, target)
+    print(f"exported {target} for ONNX Runtime in {time.perf_counter() - start:.1f} s (reused until {pt.name} "
+          f"changes)", file=sys.stderr)
+    return target
+
+
+def load_detector(weights: str | Path | None, backend: str = "torch", device: str = "cpu"):
+    """``(YOLO model, weights path, backend)``: a file that is not an ultralytics detection model is a UserError.
+    With backend onnx a .pt is exported once to the .onnx beside it; auto falls back to torch if that fails."""
     from fashionkit.detect.model import use_ultralytics
 
     path = weights_file(weights)
+    chosen = choose_backend(backend, device, path)
     use_ultralytics()
     from ultralytics import YOLO
 
+    if path.suffix == ".onnx":
+        return _load_onnx(path), path, "onnx"
     try:
         model = YOLO(str(path), task="detect")
         task = getattr(model.model, "task", None) or model.task
@@ -87,7 +156,37 @@ def load_detector(weights: str | Path | None):
     if task != "detect" or type(model.model).__name__ != "DetectionModel":
         raise UserError(f"{path} is a YOLO {task} model ({type(model.model).__name__}), not a detection model; "
                         f"pass weights made by `detect train`")
-    return model, path
+    if chosen == "onnx":
+        try:
+            return _load_onnx(onnx_file(path)), path, "onnx"
+        except Exception as e:
+            if backend == "onnx":
+                raise UserError(f"could not export {path} to ONNX ({type(e).__name__}: {e}); use --backend torch") \
+                    from None
+            print(f"warning: ONNX export of {path} failed ({type(e).__name__}: {e}); running on PyTorch",
+                  file=sys.stderr)
+    return model, path, "torch"
+
+
+def _load_onnx(path: Path):
+    from ultralytics import YOLO
+
+    try:
+        import onnxruntime
+
+        meta = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        task = meta.custom_metadata_map.get("task")
+    except Exception:
+        raise UserError(f"{path} is not a loadable ONNX model (corrupted or another kind of file); pass a detect run "
+                        f"or a detection .pt") from None
+    if task != "detect":
+        raise UserError(f"{path} is not an ultralytics detection export (task {task!r}); pass a detect run, or the "
+                        f".onnx that `detect video` exported beside its best.pt")
+    with quiet_ultralytics():
+        model = YOLO(str(path), task="detect")
+        # the first predict loads the session; on the CPU, as run_video asks (another device makes a new predictor)
+        model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False)
+    return model
 
 
 def _not_a_detector(path: Path) -> str:
@@ -438,12 +537,11 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         raise UserError(f"--gt {cfg['gt']} has {len(gt)} frames but {input_path} has {source.frame_count}; pass the "
                         f"ground truth of this video")
     t_load = time.perf_counter()
-    model, weights = load_detector(cfg["weights"])
     from fashionkit.detect.train import keep_threads, ultralytics_device
 
-    keep_threads(model, cfg["threads"])
-
     device = ultralytics_device(cfg["device"])
+    model, weights, backend = load_detector(cfg["weights"], cfg.get("backend", "torch"), device)
+    keep_threads(model, cfg["threads"])
     out = output_dir(cfg["out"], input_path)
     load_seconds = time.perf_counter() - t_load
     names = model.names
@@ -518,6 +616,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         "seconds": round(seconds, 3), "fps": round(processed / seconds, 2) if seconds else None,
         "model_load_seconds": round(load_seconds, 3),
         "imgsz": cfg["imgsz"], "conf": cfg["conf"], "iou": cfg["iou"], "track": cfg["track"], "device": device,
+        "backend": backend,
         "threads": torch.get_num_threads(),
         "items": tally.result(cfg["track"]),
     }
@@ -537,7 +636,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
 
 def format_summary(s: dict) -> str:
     lines = [f"{s['input']}: {s['frames_processed']} frames processed ({s['frames_read']} read, stride "
-             f"{s['stride']}) in {s['seconds']:.1f}s = {s['fps']:.1f} frames/s end to end"]
+             f"{s['stride']}) in {s['seconds']:.1f}s = {s['fps']:.1f} frames/s end to end "
+             f"({ENGINES.get(s.get('backend'), s.get('backend'))})"]
     if not s["complete"]:
         lines.append(f"incomplete: the input stopped at frame {s['stopped_at_frame']}")
     for name, row in s["items"].items():

@@ -277,6 +277,55 @@ def test_video_writes_annotated_video_jsonl_csv_summary(trained, clip, work):
     assert len(lines) == 3 and all("track_id" in d for ln in lines for d in ln["detections"])
 
 
+def test_onnx_backend_is_exported_once_and_computes_what_torch_computes(trained, clip, work):
+    from fashionkit.detect.video import load_detector, run_video
+
+    path, _ = clip
+    best = trained[0] / "ultralytics" / "weights" / "best.pt"
+    onnx = best.with_suffix(".onnx")
+    onnx.unlink(missing_ok=True)
+
+    def frames(backend: str, name: str, weights=trained[0]) -> list[list[dict]]:
+        s = run_video(path, video_cfg(weights=str(weights), out=str(work / name), backend=backend, max_frames=6,
+                                      save_video=False), progress=False)
+        assert s["backend"] == ("onnx" if backend == "auto" else backend)  # auto on a CPU: ONNX Runtime
+        return [json.loads(line)["detections"] for line in (work / name / "detections.jsonl").read_text().splitlines()]
+
+    by_torch = frames("torch", "torch")
+    assert not onnx.exists()  # torch never exports
+    by_onnx = frames("onnx", "onnx")
+    assert onnx.is_file() and not list(best.parent.glob(".onnx-export-*"))  # moved into place, no leftovers
+    assert len(by_onnx) == len(by_torch) == 6 and sum(map(len, by_torch)) > 0
+    # The same function: raw predictions (boxes and class scores before NMS) agree. (The detections themselves
+    # cannot be compared one to one: a 2-epoch model's scores all sit near the threshold, where rounding decides.)
+    x = torch.rand(2, 3, 160, 224)
+    by_torch_model, by_onnx_model = load_detector(trained[0], "torch")[0], load_detector(trained[0], "onnx")[0]
+    with torch.inference_mode():
+        raw_torch = by_torch_model.model.float().eval()(x)[0]
+        raw_onnx = torch.as_tensor(by_onnx_model.predictor.model(x))
+    assert raw_onnx.shape == raw_torch.shape
+    assert (raw_onnx - raw_torch).abs().max() <= 1e-4 * raw_torch.abs().max() + 1e-4
+
+    stamp = onnx.stat().st_mtime_ns
+    frames("auto", "again")
+    assert onnx.stat().st_mtime_ns == stamp  # reused while best.pt is unchanged
+    os.utime(best, ns=(stamp + 10**9, stamp + 10**9))  # best.pt newer: a later training epoch
+    frames("onnx", "newer")
+    assert onnx.stat().st_mtime_ns != stamp
+    assert frames("auto", "direct", weights=onnx) == by_onnx  # the .onnx file itself is a valid --weights
+
+
+def test_onnx_weights_that_are_not_a_detector_are_refused(cli, clip, work, capsys):
+    path, _ = clip
+    plain = work / "plain.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(plain), dynamo=False)
+    junk = work / "junk.onnx"
+    junk.write_text("not a model")
+    for weights, message in ((plain, "not an ultralytics detection export"), (junk, "not a loadable ONNX model")):
+        assert cli("detect", "video", path, "--weights", weights, "--out", work / "e") == 2
+        assert message in capsys.readouterr().err
+
+
 def test_gt_scoring_counts_hits_misses_and_ignores(clip):
     from fashionkit.detect.video import Score
 
