@@ -53,12 +53,12 @@ def make_clip(path: Path, quick: bool) -> Path:
     return path
 
 
-def model_row(variant: str, source: str, threads: int) -> dict:
+def model_row(variant: str, source: str, threads: int, stem: int = 2) -> dict:
     import torch
 
     from fashionkit.detect.model import gflops, model_source
 
-    model = model_source(source, nc=10).model.eval().fuse(verbose=False)
+    model = model_source(source, nc=10, stem=stem).model.eval().fuse(verbose=False)
     x = torch.rand(8, 3, 256, 320)
     row = {"variant": variant, "params": sum(p.numel() for p in model.parameters()),
            "gflops_320": round(gflops(model, (320, 320)), 2)}
@@ -104,6 +104,8 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--freeze-epochs", type=int, default=1)
+    p.add_argument("--stem", type=int, default=2, choices=(1, 2, 4),
+                   help="detect train --stem of the classifier and none variants (4: half the GFLOPs)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores, as detect train)")
     p.add_argument("--extra", default="", help="extra ultralytics train arguments for every run, e.g. scale=0.75")
     p.add_argument("--runs-dir", default="runs/detect-bench", help="where the training runs go")
@@ -127,6 +129,7 @@ def main() -> None:
     clip = make_clip(Path(args.video) if args.video else Path(args.data).parent / "bench-video.mp4", args.quick)
     sources = {v: VARIANTS[v] or args.classifier for v in variants}
     results: dict = {"classifier": args.classifier, "data": str(data), "video": str(clip), "imgsz": args.imgsz,
+                     "stem": args.stem,
                      "models": [], "training": [], "video_runs": []}
 
     def save() -> None:
@@ -135,7 +138,7 @@ def main() -> None:
 
     print("\n| variant | params | GFLOPs 320x320 | ms/frame (batch 8, 320x256) by threads |\n|---|---:|---:|---|")
     for variant, source in sources.items():
-        row = model_row(variant, source, args.threads)
+        row = model_row(variant, source, args.threads, args.stem)
         results["models"].append(row)
         speeds = ", ".join(f"{k.split('_')[-1]}: {v}" for k, v in row.items() if k.startswith("ms_per_frame"))
         print(f"| {variant} | {row['params']:,} | {row['gflops_320']} | {speeds} |", flush=True)
@@ -148,10 +151,11 @@ def main() -> None:
     for variant, source in sources.items():
         start = time.perf_counter()
         extra = ",".join(filter(None, ["save_period=1", args.extra]))
+        stem = f"-stem{args.stem}" if args.stem != 2 and variant != "yolov8n" else ""
         run, s = train({"from": source, "data": str(data), "minutes": longest, "epochs": 100, "patience": 0,
                         "imgsz": args.imgsz, "batch": args.batch, "freeze_epochs": args.freeze_epochs,
-                        "threads": args.threads, "plots": False, "runs_dir": args.runs_dir, "extra": extra,
-                        "name": f"{variant}-{longest:g}min"})
+                        "stem": args.stem, "threads": args.threads, "plots": False, "runs_dir": args.runs_dir,
+                        "extra": extra, "name": f"{variant}{stem}-{longest:g}min"})
         wall = round((time.perf_counter() - start) / 60, 1)
         best[variant] = run
         for budget in budgets:
