@@ -104,8 +104,8 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--freeze-epochs", type=int, default=1)
-    p.add_argument("--stem", type=int, default=2, choices=(1, 2, 4),
-                   help="detect train --stem of the classifier and none variants (4: half the GFLOPs)")
+    p.add_argument("--stem", type=int, default=None, choices=(1, 2, 4),
+                   help="detect train --stem of the classifier and none variants (default: detect train's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores, as detect train)")
     p.add_argument("--extra", default="", help="extra ultralytics train arguments for every run, e.g. scale=0.75")
     p.add_argument("--runs-dir", default="runs/detect-bench", help="where the training runs go")
@@ -114,7 +114,9 @@ def main() -> None:
     args = p.parse_args()
 
     from fashionkit.config import resolve
-    from fashionkit.detect.defaults import VIDEO_OPTIONS
+    from fashionkit.detect.defaults import TRAIN_OPTIONS, VIDEO_OPTIONS
+
+    args.stem = args.stem or TRAIN_OPTIONS["stem"].default
     from fashionkit.detect.train import train
     from fashionkit.detect.video import run_video
 
@@ -151,7 +153,7 @@ def main() -> None:
     for variant, source in sources.items():
         start = time.perf_counter()
         extra = ",".join(filter(None, ["save_period=1", args.extra]))
-        stem = f"-stem{args.stem}" if args.stem != 2 and variant != "yolov8n" else ""
+        stem = f"-stem{args.stem}" if variant != "yolov8n" else ""
         run, s = train({"from": source, "data": str(data), "minutes": longest, "epochs": 100, "patience": 0,
                         "imgsz": args.imgsz, "batch": args.batch, "freeze_epochs": args.freeze_epochs,
                         "stem": args.stem, "threads": args.threads, "plots": False, "runs_dir": args.runs_dir,

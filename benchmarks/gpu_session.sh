@@ -76,7 +76,7 @@ detect_chain() {
     fk detect make-video "$FASHIONKIT_RUNS/detect/bench-video.mp4" --seconds $SECONDS_ >/dev/null 2>&1 || echo "make-video failed"
     stamp "detect train --minutes $MINUTES"
     "$PY" -m fashionkit detect train --from "$FASHIONKIT_RUNS/classify/backbone" \
-        --data "$FASHIONKIT_RUNS/detect/bench-data" --minutes "$MINUTES" --epochs 100 --patience 0 --batch 64 \
+        --data "$FASHIONKIT_RUNS/detect/bench-data" --stem 2 --minutes "$MINUTES" --epochs 100 --patience 0 --batch 64 \
         --workers 8 --cache --close-mosaic 10 --warmup-epochs 3 --no-plots --device "$DEV" --name gpu \
         --extra save_period=1
     stamp "detect video"

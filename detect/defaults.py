@@ -1,9 +1,12 @@
 """The defaults of ``detect train``, ``detect video`` and ``detect eval`` (no heavy imports: ``--help`` stays fast).
 
-The training defaults are the recipe for a 2-core CPU: 320-px scenes, the classifier trunk behind a stride-2
-Focus stem (~3.7 GFLOPs per 320x320 frame, ~7 training images/s), batch 16, 10 epochs with the backbone frozen
-for the first and a 1-epoch warm-up. ``--minutes`` gives a wall-clock budget instead (ultralytics re-plans the
-epochs after the first).
+The training defaults are the recipe for a 2-core CPU: 320-px scenes, the classifier trunk behind a stride-4 stem
+(an average-pool and a Focus stem: ~1.9 GFLOPs per 320x320 frame, ~12.7 training images/s on a Zen 3), batch 16,
+10 epochs with the backbone frozen for the first and a 1-epoch warm-up. Stride 4 against 2 on the same CPU
+budgets (BENCHMARKS.md, "Detector"): test mAP50 0.563 / 0.719 / 0.803 after 15 / 30 / 60 minutes against 0.388 /
+0.635 / 0.785, and the video runs ~1.5x faster; the smallest items reach the trunk at 10 px instead of 21, so on a
+GPU, where epochs are cheap, ``--stem 2`` is the one measured (test mAP50 0.923 in 3 minutes on an H200).
+``--minutes`` gives a wall-clock budget instead (ultralytics re-plans the epochs after the first).
 """
 
 from fashionkit.config import Opt
@@ -21,7 +24,8 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "freeze_epochs": Opt(1, "epochs to train with the backbone (copied, or its random twin with --from none) frozen, "
                          "BatchNorm statistics too, before fine-tuning all of it; 0 = never frozen; ignored for "
                          "stock YAML models"),
-    "stem": Opt(2, "input downscale before the copied trunk: 2 (Focus, default), 4 (avg-pool + Focus) or 1 (none)",
+    "stem": Opt(4, "input downscale before the copied trunk: 4 (avg-pool + Focus, default; half the GFLOPs of 2), "
+                "2 (Focus; sharper for small items, for long or GPU runs) or 1 (none)",
                 choices=(1, 2, 4)),
     "width": Opt(1.0, "channel multiplier of the new layers (P4/P5 stages, neck; 1.0 = YOLOv8n's 64/128/256)"),
     "classifier_model": Opt("vgg-small", "with --from none: the classifier whose trunk shape the backbone copies"),

@@ -5,12 +5,14 @@ The classifier (a VGG-family ``classify`` run) saw normalised grey 28x28 items; 
 classifier's trunk layer for layer (Conv = Conv2d + BN + act with the same shapes, the same max-pools, the
 classifier's activation for the whole net) behind a stem that shrinks the frame first:
 
-* ``stem=2`` (default): the trunk's first convolution becomes a ``Focus`` layer (2x2 space-to-depth, then the
+* ``stem=2``: the trunk's first convolution becomes a ``Focus`` layer (2x2 space-to-depth, then the
   conv on 12 channels). Spreading the classifier's 1-channel kernel evenly over the 12 channels makes it, at
   initialisation, exactly the classifier's conv on the 2x2-average-pooled grey image: the trunk sees items at
   0.75-3x its training scale instead of 1.5-6x, and it costs a quarter of the FLOPs. Fine-tuning may then use
   the colour and the sub-pixel detail the average threw away.
-* ``stem=4``: a 2x2 average pool before that Focus layer (16x fewer FLOPs; for fast video at small item sizes).
+* ``stem=4`` (``detect train``'s default): a 2x2 average pool before that Focus layer (a sixteenth of stem 1's
+  trunk FLOPs; 1.93 GFLOPs for the whole vgg-small detector at 320x320 against 3.7 with stem 2). Items reach the
+  trunk at 0.375-1.5x its training scale; on 15-60 CPU-minute budgets it beat stem 2 (BENCHMARKS.md).
 * ``stem=1``: no stem; the first conv's kernel is spread over the 3 colour channels.
 
 The classifier's input normalisation ``(x - MEAN) / STD`` is folded into the weights: the spread kernel is divided
