@@ -53,7 +53,7 @@ def make_clip(path: Path, quick: bool) -> Path:
     return path
 
 
-def model_row(variant: str, source: str, threads: int, stem: int = 2) -> dict:
+def model_row(variant: str, source: str, threads: int, stem: int) -> dict:
     import torch
 
     from fashionkit.detect.model import gflops, model_source
@@ -94,6 +94,8 @@ def curve_point(run: Path, budget: float, data: Path, device: str, args) -> dict
 
 
 def main() -> None:
+    from fashionkit.detect.defaults import TRAIN_OPTIONS  # light: no torch, no ultralytics
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classifier", default=None,
                    help="classify run whose trunk the detector starts from (needed for the classifier variant)")
@@ -104,7 +106,7 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--freeze-epochs", type=int, default=1)
-    p.add_argument("--stem", type=int, default=None, choices=(1, 2, 4),
+    p.add_argument("--stem", type=int, default=TRAIN_OPTIONS["stem"].default, choices=(1, 2, 4),
                    help="detect train --stem of the classifier and none variants (default: detect train's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores, as detect train)")
     p.add_argument("--extra", default="", help="extra ultralytics train arguments for every run, e.g. scale=0.75")
@@ -114,9 +116,7 @@ def main() -> None:
     args = p.parse_args()
 
     from fashionkit.config import resolve
-    from fashionkit.detect.defaults import TRAIN_OPTIONS, VIDEO_OPTIONS
-
-    args.stem = args.stem or TRAIN_OPTIONS["stem"].default
+    from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.train import train
     from fashionkit.detect.video import run_video
 

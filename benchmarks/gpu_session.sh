@@ -75,7 +75,7 @@ detect_chain() {
     fk detect make-data --out "$FASHIONKIT_RUNS/detect/bench-data" --workers 12 $SCENES >/dev/null 2>&1 || echo "make-data failed"
     fk detect make-video "$FASHIONKIT_RUNS/detect/bench-video.mp4" --seconds $SECONDS_ >/dev/null 2>&1 || echo "make-video failed"
     stamp "detect train --minutes $MINUTES"
-    "$PY" -m fashionkit detect train --from "$FASHIONKIT_RUNS/classify/backbone" \
+    fk detect train --from "$FASHIONKIT_RUNS/classify/backbone" \
         --data "$FASHIONKIT_RUNS/detect/bench-data" --stem 2 --minutes "$MINUTES" --epochs 100 --patience 0 --batch 64 \
         --workers 8 --cache --close-mosaic 10 --warmup-epochs 3 --no-plots --device "$DEV" --name gpu \
         --extra save_period=1
