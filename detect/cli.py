@@ -5,11 +5,21 @@ from __future__ import annotations
 from fashionkit.config import Opt, add_options, resolve
 
 BACKGROUND_KINDS = "flat,gradient,noise,texture"
+SCENE_PRESETS = ("realistic", "procedural")  # their settings: detect/scenes.py PRESETS
 
-# Options both data makers share: where the items come from.
+# Options both data makers share: where the items come from, what they are drawn on.
 SOURCE_OPTIONS = {
+    "preset": Opt("realistic", "scene mix: realistic (photographs from Debian wallpaper packages, everyday-object "
+                  "distractors, occlusion, truncation at the edges, rotation, blur, noise, lighting, JPEG) or "
+                  "procedural (flat/gradient/noise/texture backgrounds, clean items); recorded in config.yaml",
+                  choices=SCENE_PRESETS),
+    "photos": Opt(None, "folder of background photographs for the realistic preset (none: those of the Debian "
+                  "packages plasma-workspace-wallpapers, mate-backgrounds and lomiri-wallpapers-16.04); split "
+                  "train/val/test by file",
+                  type=str),
     "seed": Opt(0, "random seed; the same seed gives identical files"),
-    "backgrounds": Opt(BACKGROUND_KINDS, "comma-separated background kinds to draw from"),
+    "backgrounds": Opt(None, "comma-separated procedural background kinds (none: the preset's: "
+                       f"{BACKGROUND_KINDS}; the realistic preset draws 15%% of its scenes on them)", type=str),
     "val_size": Opt(5000, "validation part of the 60k training set (as in `make_splits`)"),
     "split_seed": Opt(0, "seed of the train/val split of the 60k training set (as in `make_splits`)"),
     "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
@@ -23,9 +33,12 @@ MAKE_DATA_OPTIONS = {
     "test": Opt(300, "test scenes (items from the official test set)"),
     "min_items": Opt(1, "fewest items a scene tries to place (0 allows empty scenes)"),
     "max_items": Opt(5, "most items per scene"),
-    "min_scale": Opt(1.5, "smallest item size as a multiple of the 28-px original"),
-    "max_scale": Opt(6.0, "largest item size as a multiple of the 28-px original"),
-    "max_overlap": Opt(0.1, "largest IoU between two items' boxes (placements are redrawn until it holds)"),
+    "min_scale": Opt(None, "smallest item size as a multiple of the 28-px original (none: the preset's, "
+                     "realistic 0.75 = 21 px, procedural 1.5)", type=float),
+    "max_scale": Opt(None, "largest item size as a multiple of the 28-px original (none: the preset's, "
+                     "realistic 9 = 252 px, procedural 6)", type=float),
+    "max_overlap": Opt(None, "largest IoU between two items' boxes (placements are redrawn until it holds; "
+                       "none: the preset's, realistic 0.3, procedural 0.1)", type=float),
     "format": Opt("jpg", "image file format", choices=("jpg", "png")),
     "workers": Opt(2, "processes composing scenes (1: this process only)"),
     **SOURCE_OPTIONS,
@@ -37,10 +50,12 @@ MAKE_VIDEO_OPTIONS = {
     "width": Opt(640, "frame width in pixels"),
     "height": Opt(480, "frame height in pixels"),
     "items": Opt(4, "items in view at once (new ones enter as others leave)"),
-    # 3-7x: `detect video` at its default imgsz 320 halves a 640-px frame, so the items reach the detector at 42-98
-    # px, inside the 42-168 px that make-data's 1.5-6x trains it on (2-5x put most of them below that range)
-    "min_scale": Opt(3.0, "smallest item size as a multiple of the 28-px original"),
-    "max_scale": Opt(7.0, "largest item size as a multiple of the 28-px original"),
+    # `detect video` at its default imgsz 320 halves a 640-px frame: realistic 1.5-12x reaches the detector at
+    # 21-168 px, inside make-data's realistic 21-252 px; procedural 3-7x at 42-98 px, inside its 42-168 px
+    "min_scale": Opt(None, "smallest item size as a multiple of the 28-px original (none: the preset's, "
+                     "realistic 1.5, procedural 3)", type=float),
+    "max_scale": Opt(None, "largest item size as a multiple of the 28-px original (none: the preset's, "
+                     "realistic 12, procedural 7)", type=float),
     "split": Opt("test", "where the items come from", choices=("train", "val", "test")),
     **SOURCE_OPTIONS,
 }

@@ -38,6 +38,51 @@ MASK_LEVEL = 0.1  # normalised grey above which a scaled pixel belongs to the it
 ALPHA_RAMP = 0.1  # grey from MASK_LEVEL to MASK_LEVEL + ALPHA_RAMP fades alpha in, for soft edges ...
 MIN_ALPHA = 0.3  # ... from this opacity, so the pixels at a box's edge are visibly drawn, not near-transparent
 MARKER = ".fashionkit-scenes"  # marks a directory make-data may overwrite
+MIN_VISIBLE = 0.3  # realistic scenes label an item only if this share of it is in the frame and not covered
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """A named scene mix (``--preset``): what make-data and make-video draw, recorded in their config.yaml."""
+    name: str
+    photos: bool  # photographs behind the items (else procedural backgrounds only)
+    photo_share: float  # share of scenes on a photograph; the rest on procedural backgrounds
+    scales: tuple[float, float]  # make-data item sizes, multiples of 28 px
+    video_scales: tuple[float, float]  # make-video item sizes
+    max_overlap: float
+    distractors: int  # at most this many non-fashion objects behind the items ...
+    occluders: int  # ... and in front of them
+    truncate: float  # share of items placed partly outside the frame (at most 40% of their width/height)
+    rotate: float  # items turn by up to this many degrees (half of them)
+    contrast: tuple[float, float]  # item vs ground brightness difference (choose_look)
+    blur_p: float  # share of scenes with motion blur or defocus
+
+
+PRESETS = {
+    "procedural": SceneStyle("procedural", False, 0.0, (1.5, 6.0), (3.0, 7.0), 0.1, 0, 0, 0.0, 0.0,
+                             (60, 110), 0.0),
+    "realistic": SceneStyle("realistic", True, 0.85, (0.75, 9.0), (1.5, 12.0), 0.3, 4, 2, 0.3, 25.0,
+                            (35, 110), 0.4),
+}
+
+
+def apply_preset(cfg: dict[str, Any], video: bool = False) -> dict[str, Any]:
+    """Fill the options left unset (None) from ``cfg["preset"]``."""
+    style = PRESETS[cfg.get("preset") or "procedural"]
+    scales = style.video_scales if video else style.scales
+    defaults = {"min_scale": scales[0], "max_scale": scales[1], "backgrounds": ",".join(BACKGROUNDS)}
+    if not video:
+        defaults["max_overlap"] = style.max_overlap
+    return cfg | {k: v for k, v in defaults.items() if cfg.get(k) is None}
+
+
+def scene_photos(cfg: dict[str, Any], split: str) -> list[Path]:
+    """The background photographs one split may use (none for the procedural preset)."""
+    from fashionkit.detect.realism import photo_files, split_photos
+
+    if not PRESETS[cfg.get("preset") or "procedural"].photos:
+        return []
+    return [str(p) for p in split_photos(photo_files(cfg.get("photos")))[split]]
 
 
 # ---- source items ------------------------------------------------------------------------------------------
@@ -256,6 +301,86 @@ def compose_scene(rng: np.random.Generator, items: Sequence[np.ndarray], labels:
     return Scene(image, boxes, masks, [p[0] for p in placed])
 
 
+def styled_sprite(rng: np.random.Generator, grey: np.ndarray, w: int, h: int, style: SceneStyle) -> Sprite | None:
+    """``item_sprite`` (mirrored half the time), turned by up to ``style.rotate`` degrees half the time."""
+    from fashionkit.detect.realism import rotate
+
+    sprite = item_sprite(grey, w, h, flip=bool(rng.random() < 0.5))
+    if sprite is None or not style.rotate or rng.random() < 0.5:
+        return sprite
+    shade, alpha, _, _ = rotate(sprite.shade, sprite.alpha, rng.uniform(-style.rotate, style.rotate))
+    alpha[alpha < 0.05] = 0  # interpolation leaves a faint fringe; the mask is what is really drawn
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    if rows.size == 0:
+        return None
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return Sprite(np.ascontiguousarray(shade[y0:y1, x0:x1]), np.ascontiguousarray(alpha[y0:y1, x0:x1]), 0, 0)
+
+
+def compose_realistic_scene(rng: np.random.Generator, items: Sequence[np.ndarray], labels: Sequence[int],
+                            imgsz: int, min_scale: float, max_scale: float, max_overlap: float,
+                            backgrounds: Sequence[str], style: SceneStyle, photos: Sequence[str],
+                            tries: int = 30) -> Scene:
+    """A scene as real footage shows items: on a photograph (or, for ``1 - photo_share`` of scenes, a procedural
+    background) among distractors, partly outside the frame, turned, overlapping and partly covered, then seen
+    through a camera (lighting, blur, noise, JPEG).
+
+    A box is the tight box of the item's pixels that remain visible (in the frame, not covered by a later item or
+    an occluder); an item with less than ``MIN_VISIBLE`` of its pixels visible gets no label. Camera effects come
+    after the boxes and move nothing."""
+    from fashionkit.detect.realism import camera, paste_distractor, photo_crop
+
+    photo_paths = [Path(p) for p in photos]
+    if photo_paths and rng.random() < style.photo_share:
+        canvas = photo_crop(rng, photo_paths, imgsz, imgsz)
+    else:
+        canvas = make_background(rng, imgsz, imgsz, backgrounds).copy()
+    for _ in range(int(rng.integers(0, style.distractors + 1))):
+        paste_distractor(rng, canvas, photo_paths, (max(4, imgsz // 16), imgsz // 3))
+    placed: list[tuple[int, Sprite, int, int]] = []
+    taken = np.zeros((0, 4), np.float32)
+    for k, grey in enumerate(items):
+        w, h = _item_size(rng, min_scale, max_scale, imgsz)
+        sprite = styled_sprite(rng, grey, w, h, style)
+        if sprite is None:
+            continue
+        h, w = sprite.alpha.shape
+        out_x = int(0.4 * w) if rng.random() < style.truncate else 0  # how far it may stick out of the frame
+        out_y = int(0.4 * h) if rng.random() < style.truncate else 0
+        for _ in range(tries):
+            x = int(rng.integers(-out_x, imgsz - w + out_x + 1))
+            y = int(rng.integers(-out_y, imgsz - h + out_y + 1))
+            box = np.clip(np.array([x, y, x + w, y + h], np.float32), 0, imgsz)
+            if not len(taken) or _iou(box, taken).max() <= max_overlap:
+                placed.append((k, sprite, x, y))
+                taken = np.vstack([taken, box])
+                break
+    owner = np.full((imgsz, imgsz), -1, np.int32)  # which item is on top at each pixel (-2: an occluder)
+    order = sorted(range(len(placed)), key=lambda i: -placed[i][1].alpha.size)  # large first: small stay on top
+    for i in order:
+        _, sprite, x, y = placed[i]
+        h, w = sprite.alpha.shape
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, imgsz), min(y + h, imgsz)
+        look = choose_look(rng, float(canvas[y0:y1, x0:x1].mean()), style.contrast)
+        drawn = paste(canvas, sprite, look, x, y)
+        if drawn is not None:
+            (bx1, by1, bx2, by2), mask = drawn
+            owner[by1:by2, bx1:bx2][mask] = i
+    for _ in range(int(rng.integers(0, style.occluders + 1))):
+        owner[paste_distractor(rng, canvas, photo_paths, (max(4, imgsz // 12), imgsz // 5))] = -2
+    boxes, masks, used = [], [], []
+    for i, (k, sprite, _, _) in enumerate(placed):
+        visible = owner == i
+        if visible.sum() < MIN_VISIBLE * np.count_nonzero(sprite.alpha):
+            continue
+        rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
+        boxes.append((int(labels[k]), int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
+        masks.append(visible)
+        used.append(k)
+    image = np.rint(camera(rng, canvas, style.blur_p)).astype(np.uint8)
+    return Scene(image, boxes, masks, used)
+
+
 def yolo_lines(boxes: Sequence[tuple[int, int, int, int, int]], width: int, height: int) -> str:
     """YOLO label text: one ``class cx cy w h`` line per box, normalised to [0, 1]."""
     lines = [f"{c} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
@@ -316,8 +441,14 @@ def _scene_task(task: tuple) -> tuple[str, int, list[int]]:
     """Compose one scene and write its image and label file (runs in a worker process)."""
     folder, split, index, items, labels, sources, cfg = task
     rng = scene_rngs(cfg["seed"], split, index)[1]
-    scene = compose_scene(rng, items, labels, cfg["imgsz"], cfg["min_scale"], cfg["max_scale"],
-                          cfg["max_overlap"], parse_backgrounds(cfg["backgrounds"]))
+    style = PRESETS[cfg["preset"]]
+    if style.photos:
+        scene = compose_realistic_scene(rng, items, labels, cfg["imgsz"], cfg["min_scale"], cfg["max_scale"],
+                                        cfg["max_overlap"], parse_backgrounds(cfg["backgrounds"]), style,
+                                        cfg["photos_by_split"][split])
+    else:
+        scene = compose_scene(rng, items, labels, cfg["imgsz"], cfg["min_scale"], cfg["max_scale"],
+                              cfg["max_overlap"], parse_backgrounds(cfg["backgrounds"]))
     name = f"{index:06d}"
     ext = cfg["format"]
     params = [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -361,7 +492,9 @@ def make_dataset(cfg: dict[str, Any], progress: bool = True) -> Path:
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.runs import atomic_write_json, atomic_write_text, runs_root
 
+    cfg = apply_preset(cfg)
     check_data_options(cfg)
+    photos = {split: scene_photos(cfg, split) for split in SPLITS}  # before any file is written: errors first
     out = Path(cfg["out"] or runs_root() / "detect" / "data")
     _prepare_out(out)
     for split in SPLITS:
@@ -370,7 +503,7 @@ def make_dataset(cfg: dict[str, Any], progress: bool = True) -> Path:
     pools = {split: item_pool(split, cfg["data_dir"], cfg["val_size"], cfg["split_seed"])
              for split in SPLITS if cfg[split]}
     task_cfg = {k: cfg[k] for k in ("seed", "imgsz", "min_scale", "max_scale", "max_overlap", "backgrounds",
-                                     "format")}
+                                     "format", "preset")} | {"photos_by_split": photos}
 
     def tasks() -> Iterator[tuple]:
         for split, (images, labels, indices) in pools.items():
@@ -384,7 +517,9 @@ def make_dataset(cfg: dict[str, Any], progress: bool = True) -> Path:
     workers = min(cfg["workers"], os.cpu_count() or 1)
     with tqdm(total=total, unit="img", desc="scenes", disable=not progress) as bar:
         if workers > 1 and total >= 8 * workers:
-            with multiprocessing.get_context().Pool(workers, initializer=_worker_init) as pool:
+            # spawn, not fork: a forked child inherits OpenCV's thread pool in whatever state the parent left it
+            # (after the parent composed scenes itself, the child's first cv2.resize waits forever)
+            with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
                 for split, index, used in pool.imap_unordered(_scene_task, tasks(), chunksize=16):
                     sources[split][f"{index:06d}"] = used
                     bar.update()
@@ -399,6 +534,8 @@ def make_dataset(cfg: dict[str, Any], progress: bool = True) -> Path:
         "splits": {split: {"source_split": SOURCE_SPLIT[split], "scenes": dict(sorted(scenes.items()))}
                    for split, scenes in sources.items()}})
     save_yaml(cfg | {"out": str(out)}, out / "config.yaml")
+    if any(photos.values()):  # which photograph lies behind which split: the evaluation must not have seen it
+        atomic_write_json(out / "photos.json", photos)
     data = {"path": str(out.resolve())} | {split: f"images/{split}" for split in pools}
     data["names"] = dict(enumerate(CLASSES))
     atomic_write_text(out / "data.yaml", yaml.safe_dump(data, sort_keys=False))
@@ -420,10 +557,13 @@ class Track:
     velocity: np.ndarray  # px per second
     t0: float
     entered: bool = False
+    angle: float = 0.0  # degrees at t0 (realistic preset: items turn as they move)
+    spin: float = 0.0  # degrees per second
 
 
 def _new_track(rng: np.random.Generator, track_id: int, t0: float, pool: tuple, width: int, height: int,
-               look_ground: float, min_scale: float, max_scale: float, inside: bool) -> Track:
+               look_ground: float, min_scale: float, max_scale: float, inside: bool,
+               style: SceneStyle | None = None) -> Track:
     """A track entering through a random edge towards the middle area, or (``inside``) already in view."""
     images, labels, _ = pool
     k = int(rng.integers(len(labels)))
@@ -442,8 +582,12 @@ def _new_track(rng: np.random.Generator, track_id: int, t0: float, pool: tuple, 
         target = rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height])
         direction = (target - centre) / np.linalg.norm(target - centre)
     look = choose_look(rng, look_ground, contrast=(80, 120))
-    return Track(track_id, images[k], int(labels[k]), look, bool(rng.random() < 0.5), size,
-                 rng.uniform(-0.1, 0.1), centre, direction * speed, t0)
+    track = Track(track_id, images[k], int(labels[k]), look, bool(rng.random() < 0.5), size,
+                  rng.uniform(-0.1, 0.1), centre, direction * speed, t0)
+    if style is not None and style.rotate:  # drawn after the draws above: the procedural clip stays as it was
+        track.angle = rng.uniform(-style.rotate, style.rotate) if rng.random() < 0.5 else 0.0
+        track.spin = rng.uniform(-10, 10) if rng.random() < 0.5 else 0.0
+    return track
 
 
 def _draw_track(canvas: np.ndarray, track: Track, t: float, min_side: int = 4):
@@ -453,8 +597,28 @@ def _draw_track(canvas: np.ndarray, track: Track, t: float, min_side: int = 4):
     cx, cy = track.centre + track.velocity * (t - track.t0)
     x, y = round(cx - w / 2), round(cy - h / 2)
     sprite = item_sprite(track.grey, w, h, track.flip)
+    angle = track.angle + track.spin * (t - track.t0)
+    if sprite is not None and angle:
+        from fashionkit.detect.realism import rotate
+
+        # turn the whole resized item about its centre, so the track's centre stays where it moves
+        full = Sprite(*(np.pad(a, ((sprite.dy, h - sprite.dy - a.shape[0]), (sprite.dx, w - sprite.dx - a.shape[1])))
+                        for a in (sprite.shade, sprite.alpha)), 0, 0)
+        shade, alpha, gx, gy = rotate(full.shade, full.alpha, angle)
+        alpha[alpha < 0.05] = 0
+        sprite = Sprite(shade, alpha, -gx, -gy)
     shown = None if sprite is None else paste(canvas, sprite, track.look, x + sprite.dx, y + sprite.dy)
     return shown, (x, y, x + w, y + h)
+
+
+def _film(rng: np.random.Generator, frame: np.ndarray, index: int, fps: float, shake: set[int]) -> np.ndarray:
+    """What the camera adds to one frame of a realistic clip: motion blur through the seconds in ``shake``, sensor
+    noise and JPEG-like compression in every frame (the mp4v encoder compresses once more)."""
+    from fashionkit.detect.realism import blur, jpeg, noise
+
+    if int(index / fps) in shake:
+        frame = blur(rng, frame, 0.7)
+    return np.clip(jpeg(rng, noise(rng, frame, 5.0), (45, 85)), 0, 255)
 
 
 def check_video_options(cfg: dict[str, Any]) -> int:
@@ -484,20 +648,38 @@ def make_video(out: str | Path, cfg: dict[str, Any], progress: bool = True) -> l
     from fashionkit.runs import atomic_save, atomic_write_text, ensure_dir
 
     out = Path(out)
+    cfg = apply_preset(cfg, video=True)
     n_frames = check_video_options(cfg)
+    style = PRESETS[cfg["preset"]]
+    photos = [Path(p) for p in scene_photos(cfg, cfg["split"])]
     if out.suffix.lower() != ".mp4":
         raise UserError(f"{out}: the video name must end in .mp4")
     ensure_dir(out.parent)
     W, H, fps = cfg["width"], cfg["height"], cfg["fps"]
     pool = item_pool(cfg["split"], cfg["data_dir"], cfg["val_size"], cfg["split_seed"])
     rng = np.random.default_rng([cfg["seed"], 7])
-    # A calm background (small brightness span) so one look per item stays visible wherever it goes.
-    background = make_background(rng, H, W, parse_backgrounds(cfg["backgrounds"]), span=(15, 50))
-    ground = float(background.mean())
+    if photos:
+        # A photograph larger than the frame, the camera panning across it; its distractors move with it.
+        from fashionkit.detect.realism import lighting, paste_distractor, photo_crop
+
+        pad = np.array([W // 4, H // 4])
+        scenery = photo_crop(rng, photos, H + pad[1], W + pad[0], zoom=(0.5, 1.0))
+        for _ in range(int(rng.integers(2, 2 * style.distractors + 1))):
+            paste_distractor(rng, scenery, photos, (H // 16, H // 4))
+        scenery = lighting(rng, scenery)
+        pan_from, pan_to = rng.integers(0, pad + 1), rng.integers(0, pad + 1)
+        ground = float(scenery.mean())
+    else:
+        # A calm background (small brightness span) so one look per item stays visible wherever it goes.
+        background = make_background(rng, H, W, parse_backgrounds(cfg["backgrounds"]), span=(15, 50))
+        ground = float(background.mean())
     scales = cfg["min_scale"], cfg["max_scale"]
-    tracks = [_new_track(rng, i, 0.0, pool, W, H, ground, *scales, inside=True) for i in range(cfg["items"])]
+    video_style = style if photos else None
+    tracks = [_new_track(rng, i, 0.0, pool, W, H, ground, *scales, inside=True, style=video_style)
+              for i in range(cfg["items"])]
     next_id = len(tracks)
     frames: list[list[dict[str, Any]]] = []
+    shake = {int(s) for s in rng.choice(max(1, int(cfg["seconds"])), size=max(1, int(cfg["seconds"]) // 4))}
     tmp = out.with_name(f".{out.stem}.part.mp4")
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (W, H))
     if not writer.isOpened():
@@ -507,9 +689,14 @@ def make_video(out: str | Path, cfg: dict[str, Any], progress: bool = True) -> l
             t = f / fps
             # Top up to --items in view: at most one newcomer per frame, about 2 a second, so they come staggered.
             if len(tracks) < cfg["items"] and rng.random() < min(1.0, 2.0 / fps):
-                tracks.append(_new_track(rng, next_id, t, pool, W, H, ground, *scales, inside=False))
+                tracks.append(_new_track(rng, next_id, t, pool, W, H, ground, *scales, inside=False,
+                                         style=video_style))
                 next_id += 1
-            canvas = background.copy()
+            if photos:
+                ox, oy = np.rint(pan_from + (pan_to - pan_from) * f / max(n_frames - 1, 1)).astype(int)
+                canvas = scenery[oy:oy + H, ox:ox + W].copy()
+            else:
+                canvas = background.copy()
             owner = np.full((H, W), -1, np.int32)  # which shown item is on top at each pixel
             shown, keep = [], []
             for track in tracks:
@@ -529,6 +716,8 @@ def make_video(out: str | Path, cfg: dict[str, Any], progress: bool = True) -> l
                 {"track_id": tr.track_id, "class_id": tr.class_id, "class_name": CLASSES[tr.class_id],
                  "box": list(box), "visible": round(float(on_top[i]) / area, 3)}
                 for i, (tr, box, area) in enumerate(shown) if on_top[i] > 0])
+            if photos:
+                canvas = _film(rng, canvas, f, fps, shake)
             writer.write(np.rint(canvas).astype(np.uint8))
         writer.release()
         os.replace(tmp, out)

@@ -12,8 +12,7 @@ import pytest
 
 from fashionkit.config import resolve
 from fashionkit.data.fashion_mnist import CLASSES
-from fashionkit.detect.cli import MAKE_DATA_OPTIONS, MAKE_VIDEO_OPTIONS
-from fashionkit.detect.defaults import VIDEO_OPTIONS
+from fashionkit.detect.cli import MAKE_DATA_OPTIONS
 from fashionkit.detect.scenes import (
     Look,
     compose_scene,
@@ -211,12 +210,3 @@ def test_rerun_replaces_its_own_dataset(tmp_path, cli):
     assert cli("detect", "make-data", "--out", out, *SMALL, "--train", 4, "--test", 0) == 0  # last flag wins
     assert len(list((out / "images/train").iterdir())) == 4 and not any((out / "images/test").iterdir())
     assert "test:" not in (out / "data.yaml").read_text()
-
-
-def test_default_video_items_reach_the_detector_at_the_sizes_it_trained_on():
-    # detect video letterboxes the frame's longer side to --imgsz: the default clip's items, so shrunk, must fall
-    # inside the item sizes of the default training scenes, or the demo measures a scale the model never saw
-    video, scenes = MAKE_VIDEO_OPTIONS, MAKE_DATA_OPTIONS
-    shrink = VIDEO_OPTIONS["imgsz"].default / max(video["width"].default, video["height"].default)
-    assert scenes["min_scale"].default <= video["min_scale"].default * shrink
-    assert video["max_scale"].default * shrink <= scenes["max_scale"].default
