@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/detect_bench.py --variants yolov8n       # the baselines need no classify run
     .venv/bin/python benchmarks/detect_bench.py --classifier runs/classify/train --quick   # smoke test, a few minutes
 
-1. Data: ``detect make-data`` (3,000 train / 300 val / 300 test scenes of 320x320 with 1-5 items; made once,
-   reused when --data exists) and ``detect make-video`` (10 s of 640x480 at 25 fps, items from the test split).
+1. Data: ``detect make-data --preset PRESET`` (3,000 train / 300 val / 300 test scenes of 320x320 with 1-5 items;
+   made once, reused when --data exists) and ``detect make-video`` (10 s of 640x480 at 25 fps, items and
+   photographs from the test split).
 2. Models: parameters, GFLOPs at 320x320, inference ms/frame (batch 8 at 320x256, the letterboxed 640x480 video
    frame) for each variant.
 3. Training: for every variant one ``detect train --minutes LONGEST`` (ultralytics re-plans the epochs to fit the
@@ -31,7 +32,7 @@ from pathlib import Path
 VARIANTS = {"classifier": None, "none": "none", "yolov8n": "yolov8n.yaml"}  # --from of each (None: the classify run)
 
 
-def make_data(out: Path, quick: bool) -> Path:
+def make_data(out: Path, quick: bool, preset: str) -> Path:
     from fashionkit.config import resolve
     from fashionkit.detect.cli import MAKE_DATA_OPTIONS
     from fashionkit.detect.scenes import make_dataset
@@ -40,16 +41,16 @@ def make_data(out: Path, quick: bool) -> Path:
         print(f"data: reusing {out}")
         return out / "data.yaml"
     sizes = {"train": 64, "val": 16, "test": 16} if quick else {"train": 3000, "val": 300, "test": 300}
-    return make_dataset(resolve(MAKE_DATA_OPTIONS, {"out": str(out), "imgsz": 320, **sizes}))
+    return make_dataset(resolve(MAKE_DATA_OPTIONS, {"out": str(out), "imgsz": 320, "preset": preset, **sizes}))
 
 
-def make_clip(path: Path, quick: bool) -> Path:
+def make_clip(path: Path, quick: bool, preset: str) -> Path:
     from fashionkit.config import resolve
     from fashionkit.detect.cli import MAKE_VIDEO_OPTIONS
     from fashionkit.detect.scenes import make_video
 
     if not path.is_file():
-        make_video(path, resolve(MAKE_VIDEO_OPTIONS, {"seconds": 2.0 if quick else 10.0}))
+        make_video(path, resolve(MAKE_VIDEO_OPTIONS, {"seconds": 2.0 if quick else 10.0, "preset": preset}))
     return path
 
 
@@ -101,6 +102,8 @@ def main() -> None:
                    help="classify run whose trunk the detector starts from (needed for the classifier variant)")
     p.add_argument("--data", default="runs/detect/bench-data", help="make-data directory (made if missing)")
     p.add_argument("--video", default=None, help="make-video clip (default: DATA/../bench-video.mp4, made if missing)")
+    p.add_argument("--preset", default="realistic", choices=("realistic", "procedural"),
+                   help="scene preset of the data and clip the script makes when they are missing")
     p.add_argument("--budgets", default="15,30,60", help="training budgets in wall-clock minutes")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     p.add_argument("--imgsz", type=int, default=320)
@@ -127,8 +130,9 @@ def main() -> None:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if "classifier" in variants and not args.classifier:
         raise SystemExit("the classifier variant needs --classifier runs/classify/<run>; or leave it out of --variants")
-    data = make_data(Path(args.data), args.quick)
-    clip = make_clip(Path(args.video) if args.video else Path(args.data).parent / "bench-video.mp4", args.quick)
+    data = make_data(Path(args.data), args.quick, args.preset)
+    clip = make_clip(Path(args.video) if args.video else Path(args.data).parent / "bench-video.mp4", args.quick,
+                     args.preset)
     sources = {v: VARIANTS[v] or args.classifier for v in variants}
     results: dict = {"classifier": args.classifier, "data": str(data), "video": str(clip), "imgsz": args.imgsz,
                      "stem": args.stem,
