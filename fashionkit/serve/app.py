@@ -127,13 +127,23 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
             raise UserError(f"{run_id} is a {run.kind} run, not a {kind} run")
         return run
 
-    def choose(classifier: str | None, metric: str | None) -> tuple[Run | None, Run | None]:
-        """The runs named, or the newest classify run and the metric run made from it (else the newest)."""
+    def choose(classifier: str | None, metric: str | None, check: bool = True) -> tuple[Run | None, Run | None]:
+        """The runs named, or else the newest classify run that loads and the metric run made from it (else the
+        newest metric run with an index that loads). ``check``: try loading defaults (cached), so a broken run
+        is passed over rather than chosen."""
+        def usable(run: Run, load) -> bool:
+            if not check:
+                return True
+            try:
+                load(run)
+                return True
+            except BrokenRun:
+                return False
+
         if classifier:
             clf = run_or_404(classifier, "classify")
         else:
-            found = catalog.of_kind("classify")
-            clf = found[0] if found else None
+            clf = next((r for r in catalog.of_kind("classify") if usable(r, lookups.classifier)), None)
         if metric == "none":
             return clf, None
         if metric:
@@ -143,8 +153,8 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
             made_from = [m for m in metrics if _same_path(m.summary.get("from"), clf, m)
                          or _same_path((m.extra.get("resolve") or {}).get("classifier"), clf, m)
                          or (m.bundled and clf.bundled)]
-            metrics = made_from or metrics
-        return clf, metrics[0] if metrics else None
+            metrics = made_from + [m for m in metrics if m not in made_from]
+        return clf, next((m for m in metrics if usable(m, lookups.embedding)), None)
 
     def need_classifier(clf: Run | None) -> Run:
         if clf is None:
@@ -379,7 +389,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
 
     def video_page(request: Request, group: str, name: str):
         data = video_payload(group, name)
-        clf, met = choose(None, None)
+        clf, met = choose(None, None, check=False)
         return page(request, "video.html", data=data, run=run_or_404(f"{group}/{name}"),
                     query=_query(classifier=clf.id if clf else None, metric=met.id if met else None))
 

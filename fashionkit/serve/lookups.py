@@ -34,7 +34,9 @@ class BrokenRun(UserError):
 
 
 class KeyedCache:
-    """``get(key, build)``: ``build()`` once per key, under a per-key lock; a failed build is not remembered."""
+    """``get(key, build)``: ``build()`` once per key, under a per-key lock. A failure is remembered too (a broken
+    run is not re-read on every request): keys carry the files' modification times, so a repaired run gets a new
+    key and is loaded afresh."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -42,20 +44,29 @@ class KeyedCache:
         self._values: dict[Any, Any] = {}
 
     def get(self, key, build):
-        value = self._values.get(key)
-        if value is not None:
-            return value
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self._values:
-                value = build()
-                with self._lock:
-                    # an older version of the same run (another mtime) is dropped: one copy per run in memory
-                    for old in [k for k in self._values if k[:2] == key[:2]]:
-                        del self._values[old]
-                    self._values[key] = value
-            return self._values[key]
+        if key not in self._values:
+            with self._lock:
+                lock = self._locks.setdefault(key, threading.Lock())
+            with lock:
+                if key not in self._values:
+                    try:
+                        value = build()
+                    except UserError as e:
+                        value = _Failed(e)
+                    with self._lock:
+                        # an older version of the same run (other mtimes) is dropped: one copy per run in memory
+                        for old in [k for k in self._values if k[:2] == key[:2]]:
+                            del self._values[old]
+                        self._values[key] = value
+        value = self._values[key]
+        if isinstance(value, _Failed):
+            raise type(value.error)(*value.error.args)
+        return value
+
+
+@dataclass
+class _Failed:
+    error: UserError
 
 
 def _mtime(*paths: Path) -> tuple:
