@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashionkit.errors import UserError
@@ -229,13 +230,10 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
             result["next"] = int(r.order[position + 1]) if position + 1 < len(r.order) else None
         return result
 
-    async def read_upload(file: UploadFile | None) -> tuple[Any, dict]:
-        """The uploaded image as a Fashion-MNIST-framed uint8 [28, 28] item (``read_item_image``, as
-        ``classify predict``), and how it looked. The bytes stay in memory; Pillow reads them from a temporary file
-        in the system's temp directory, never a run directory, deleted at once."""
+    async def read_upload(file: UploadFile | None) -> tuple[bytes, dict]:
+        """The uploaded bytes (kept in memory), checked: present, within the size limit, an image format Pillow
+        reads, within the pixel limit."""
         from PIL import Image
-
-        from fashionkit.data.images import read_item_image
 
         if file is None or not file.filename:
             raise UserError("no image uploaded: send one as the multipart field 'file'")
@@ -245,7 +243,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
         if not data:
             raise UserError(f"{file.filename} is empty")
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
                 fmt, size = img.format, img.size
         except Exception:
             raise Unsupported(f"{file.filename} is not an image (PNG, JPEG, GIF, BMP, TIFF or WebP)") from None
@@ -254,30 +252,28 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
         if size[0] * size[1] > MAX_UPLOAD_PIXELS:
             raise TooLarge(f"{file.filename} has {size[0]}x{size[1]} pixels, more than {MAX_UPLOAD_PIXELS:,}; "
                            f"scale it down")
-        with tempfile.NamedTemporaryFile(prefix="fashionkit-upload-", suffix=Path(file.filename).suffix[:8]) as tmp:
-            tmp.write(data)
-            tmp.flush()
-            try:
-                item = read_item_image(tmp.name)
-            except UserError as e:
-                raise UserError(str(e).replace(tmp.name, file.filename)) from None
-        return item, {"filename": file.filename, "format": fmt, "size": list(size), "bytes": len(data)}
+        return data, {"filename": file.filename, "format": fmt, "size": list(size), "bytes": len(data)}
+
+    def upload_lookup(data: bytes, meta: dict, classifier, metric, k, with_images: bool) -> dict:
+        """Runs in the thread pool (decoding and inference would otherwise hold up the event loop)."""
+        k = _int_param("k", k, DEFAULT_K, 1, 100)
+        clf, met = choose(classifier, metric)
+        if clf is None and met is None:
+            need_classifier(None)
+        item = _item_from_bytes(data, meta["filename"])
+        result = lookups.look_up(item, clf, met, k)
+        result["upload"] = meta
+        if with_images:
+            result["item"] = {"split": "upload", "image": _png_data_uri(item.numpy()),
+                              "original": _thumbnail_data_uri(data)}
+        return result
 
     async def upload_payload(request: Request, file, classifier, metric, k, with_images: bool) -> dict:
         if request.headers.get("content-length", "").isdigit() and \
                 int(request.headers["content-length"]) > MAX_UPLOAD_BYTES + 64 * 1024:
             raise TooLarge(f"the upload is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB; scale it down")
-        item, meta = await read_upload(file)
-        k = _int_param("k", k, DEFAULT_K, 1, 100)
-        clf, met = choose(classifier, metric)
-        if clf is None and met is None:
-            need_classifier(None)
-        result = lookups.look_up(item, clf, met, k)
-        result["upload"] = meta
-        if with_images:
-            result["item"] = {"split": "upload", "image": _png_data_uri(item.numpy()),
-                              "original": await _thumbnail_data_uri(file)}
-        return result
+        data, meta = await read_upload(file)
+        return await run_in_threadpool(upload_lookup, data, meta, classifier, metric, k, with_images)
 
     def video_payload(group: str, name: str) -> dict:
         run = run_or_404(f"{group}/{name}", "video")
@@ -476,12 +472,24 @@ def _png_data_uri(pixels) -> str:
     return "data:image/png;base64," + base64.b64encode(_png(pixels)).decode()
 
 
-async def _thumbnail_data_uri(file: UploadFile) -> str | None:
+def _item_from_bytes(data: bytes, filename: str):
+    """``read_item_image`` (the preprocessing of ``classify predict``) on uploaded bytes: Pillow reads them from a
+    temporary file in the system's temp directory, never a run directory, deleted at once."""
+    from fashionkit.data.images import read_item_image
+
+    with tempfile.NamedTemporaryFile(prefix="fashionkit-upload-", suffix=Path(filename).suffix[:8]) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            return read_item_image(tmp.name)
+        except UserError as e:
+            raise UserError(str(e).replace(tmp.name, filename)) from None
+
+
+def _thumbnail_data_uri(data: bytes) -> str | None:
     """The uploaded picture, at most 320 px on its longer side, for the item page (kept in the page only)."""
     from PIL import Image, ImageOps
 
-    await file.seek(0)
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.exif_transpose(img)

@@ -13,6 +13,8 @@ OPTIONS: dict[str, Opt] = {
     "host": Opt("127.0.0.1", "address to bind; anything but a loopback address makes the page reachable from "
                 "other machines (it has no login)"),
     "port": Opt(8000, "TCP port"),
+    "threads": Opt(1, "CPU threads per model call (torch, FAISS). Look-ups are one image each: requests run side by "
+                   "side in uvicorn's thread pool instead, and OpenMP thread teams contending for busy cores stall"),
     "bundled": Opt(True, "also list the bundled models (fashionkit/models/) where installed"),
     "data_dir": Opt(None, "directory holding the Fashion-MNIST files (default: searched)", type=str),
 }
@@ -61,7 +63,14 @@ def cmd_serve(args) -> int:
         print(f"warning: binding {opts['host']} makes the page and its API reachable from other machines; it has no "
               f"login and shows everything under {root}. Use the default 127.0.0.1 unless you mean that.",
               file=sys.stderr)
+    if opts["threads"] < 1:
+        raise UserError(f"--threads must be at least 1, got {opts['threads']}")
     check_bind(opts["host"], opts["port"])
+    import faiss
+    import torch
+
+    torch.set_num_threads(opts["threads"])
+    faiss.omp_set_num_threads(opts["threads"])
     app = create_app(root, opts["data_dir"], opts["bundled"])
     shown = f"[{opts['host']}]" if ":" in opts["host"] else opts["host"]
     print(f"fashionkit serve: runs from {root.resolve()} on http://{shown}:{opts['port']}/  (Ctrl+C stops)")
