@@ -200,6 +200,25 @@ def test_no_path_outside_the_runs_dir_is_reachable(client, url):
     assert b"model: simple" not in r.content and b"Traceback" not in r.content
 
 
+def test_bundled_models_are_listed_after_the_runs(served, monkeypatch, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fashionkit.serve.app import create_app
+
+    models = tmp_path / "models"
+    shutil.copytree(served["clf"], models / "classifier")
+    (models / "detector").mkdir()  # not a run: left out
+    monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(models))
+    client = TestClient(create_app(served["root"]))
+    runs = client.get("/api/runs").json()["runs"]
+    assert runs[-1]["id"] == "bundled/classifier" and runs[-1]["bundled"] and runs[-1]["error"] is None
+    assert "bundled/detector" not in [r["id"] for r in runs]
+    assert client.get("/runs/bundled/classifier/files/curves.png").content[:4] == b"\x89PNG"
+    assert 'class="badge">bundled' in client.get("/").text
+    assert "bundled/classifier" not in [r["id"] for r in TestClient(create_app(served["root"], include_bundled=False))
+                                        .get("/api/runs").json()["runs"]]
+
+
 def test_symlinked_plot_is_left_off_the_page(client):
     run = client.get("/api/runs/classify/linked").json()
     assert run["error"] is None and run["plots"] == []
