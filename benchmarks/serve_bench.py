@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def make_runs(root: Path, quick: bool) -> None:
-    """A vgg-small classify run, a default metric run from it, its flat index: the architectures serve loads."""
+    """A vgg-small classify run, a default metric run from it, its flat index: the architectures serve loads
+    (``quick``: the small 'simple' model instead, named quick)."""
     from fashionkit.classify.train import train as classify_train
     from fashionkit.metric.defaults import INDEX_OPTIONS
     from fashionkit.metric.index import build_run_index
@@ -53,9 +54,9 @@ def make_runs(root: Path, quick: bool) -> None:
 
     model = "simple" if quick else "vgg-small"
     clf, _ = classify_train({"model": model, "subset": 2000, "epochs": 1, "batch_size": 100, "test": False,
-                             "runs_dir": str(root), "name": "bench"})
+                             "runs_dir": str(root), "name": "quick" if quick else "bench"})
     emb, _ = metric_train({"from": str(clf), "subset": 2000, "epochs": 1, "steps_per_epoch": 5, "eval": False,
-                           "runs_dir": str(root), "name": "bench"})
+                           "runs_dir": str(root), "name": "quick" if quick else "bench"})
     build_run_index(emb, {n: o.default for n, o in INDEX_OPTIONS.items()})
 
 
@@ -128,17 +129,29 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default=None, help="serve these runs (default: make them in runs-serve-bench/)")
-    p.add_argument("--requests", type=int, default=400, help="look-up requests per image kind")
+    p.add_argument("--requests", type=int, default=200, help="look-up requests per image kind")
     p.add_argument("--concurrency", type=int, default=4, help="look-up requests in flight")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--page-requests", type=int, default=40, help="ambiguous-page requests (one at a time)")
     p.add_argument("--quick", action="store_true", help="make runs of the small 'simple' model (smoke test)")
+    p.add_argument("--lookup-runs", default=None, metavar="CLASSIFIER,METRIC",
+                   help="run ids the look-ups use (default: the server's choice)")
+    p.add_argument("--page-runs", default=None, metavar="CLASSIFIER,METRIC",
+                   help="run ids the ambiguous page uses (default: the server's choice). Its render time does not "
+                   "depend on the model (the ranking is computed once), its first request does")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/serve_bench.json"))
     args = p.parse_args()
 
     root = Path(args.runs_dir or ROOT / "runs-serve-bench")
-    if args.runs_dir is None and not (root / "metric" / "bench" / "index" / "index.json").is_file():
+    name = "quick" if args.quick else "bench"
+    if args.runs_dir is None and not (root / "metric" / name / "index" / "index.json").is_file():
         make_runs(root, args.quick)
+
+    def runs_params(given: str | None) -> dict:
+        if not given:
+            return {}
+        classifier, metric = given.split(",")
+        return {"classifier": classifier, "metric": metric}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "fashionkit", "serve", "--runs-dir", str(root), "--port",
@@ -156,49 +169,51 @@ def main() -> None:
                     raise RuntimeError(f"the server did not start: {server.stdout.read()}") from None
                 time.sleep(0.2)
         names = [r["id"] for r in runs["runs"]]
-        start = time.perf_counter()
-        first = httpx.get(url + "/api/ambiguous", timeout=600)
-        first.raise_for_status()
-        cold_s = time.perf_counter() - start
-        chosen = first.json()
-        print(f"serving {', '.join(names)}; classifier {chosen['classifier']}, metric {chosen['metric']}; "
-              f"first ambiguous request (ranking {chosen['total']} items) {cold_s:.1f}s")
-
+        look_params, page_params = runs_params(args.lookup_runs), runs_params(args.page_runs)
         rows = []
         for kind, data in images().items():
             async def lookup(client, data=data):
-                return await client.post("/api/lookup", files={"file": ("item", data)})
+                return await client.post("/api/lookup", params=look_params, files={"file": ("item", data)})
             result = asyncio.run(load(url, lookup, args.requests, args.concurrency, args.warmup, server.pid))
-            check = httpx.post(url + "/api/lookup", files={"file": ("item", data)}).json()
+            check = httpx.post(url + "/api/lookup", params=look_params, files={"file": ("item", data)}).json()
             assert len(check["neighbours"]) == 10 and len(check["probabilities"]) == 10
-            rows.append({"what": f"POST /api/lookup, {kind}", **result})
-            print(rows[-1])
+            rows.append({"what": f"POST /api/lookup, {kind}", **result, "runs": [check["classifier"],
+                                                                                 check["metric"]]})
+            print(rows[-1], flush=True)
 
+        start = time.perf_counter()
+        first = httpx.get(url + "/api/ambiguous", params=page_params, timeout=3600)
+        first.raise_for_status()
+        cold_s = time.perf_counter() - start
+        chosen = first.json()
+        print(f"ambiguous page runs: classifier {chosen['classifier']}, metric {chosen['metric']}; first request "
+              f"(ranking {chosen['total']} items) {cold_s:.1f}s", flush=True)
         pages = [{}, {"true": "shirt"}, {"pred": "coat"}, {"show": "wrong"}, {"show": "changed"},
                  {"true": "0", "pred": "6"}, {"page": "20"}, {"page": "200"}]
         latencies, cpu = [], cpu_seconds(server.pid)
         with httpx.Client(base_url=url, timeout=60) as client:
             for i in range(args.page_requests):
                 start = time.perf_counter()
-                r = client.get("/ambiguous", params=pages[i % len(pages)])
+                r = client.get("/ambiguous", params={**page_params, **pages[i % len(pages)]})
                 latencies.append((time.perf_counter() - start) * 1000)
                 r.raise_for_status()
                 assert "tile" in r.text or "No test item" in r.text
         rows.append({"what": f"GET /ambiguous ({chosen['total']:,} test items, 48 per page, ranking cached)",
                      **percentiles(latencies), "concurrency": 1,
-                     "server_cpu_ms_per_request": round(1000 * (cpu_seconds(server.pid) - cpu) / len(latencies), 2)})
-        print(rows[-1])
+                     "server_cpu_ms_per_request": round(1000 * (cpu_seconds(server.pid) - cpu) / len(latencies), 2),
+                     "runs": [chosen["classifier"], chosen["metric"]]})
+        print(rows[-1], flush=True)
     finally:
         server.terminate()
         server.wait(30)
 
     import torch
 
-    result = {"machine": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
+    result = {"machine": {"cpu": cpu_name(), "client_torch_threads": torch.get_num_threads(),
                           "load_average_at_end": os.getloadavg()},
+              "server_threads": "1 (fashionkit serve --threads default)",
               "server": "fashionkit serve (uvicorn, 1 worker process)", "client": "httpx.AsyncClient in one process",
-              "runs": names, "classifier": chosen["classifier"], "metric": chosen["metric"],
-              "ranking_first_request_s": round(cold_s, 2), "rows": rows,
+              "runs": names, "ranking_first_request_s": round(cold_s, 2), "rows": rows,
               "args": vars(args)}
     lines = ["| request | concurrency | p50 ms | p95 ms | max ms | requests/s | server CPU ms/request |",
              "|---|---|---|---|---|---|---|"]
