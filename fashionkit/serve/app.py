@@ -331,11 +331,13 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
                     filters=_query(classifier=data["classifier"], metric=data["metric"] or "none",
                                    true=true, pred=pred, show=show, per_page=per_page))
 
+    # the payloads hold plain Python values: JSONResponse skips FastAPI's slower generic encoder
     @app.get("/api/ambiguous")
     def api_ambiguous(request: Request, classifier: str | None = None, metric: str | None = None,
                       true: str | None = None, pred: str | None = None, show: str | None = None,
                       per_page: str | None = None):
-        return ambiguous_payload(classifier, metric, true, pred, show, request.query_params.get("page"), per_page)
+        return JSONResponse(ambiguous_payload(classifier, metric, true, pred, show, request.query_params.get("page"),
+                                              per_page))
 
     @app.get("/items/{split}/{index}", response_class=HTMLResponse)
     def item_page(request: Request, split: str, index: str, classifier: str | None = None,
@@ -347,7 +349,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
     @app.get("/api/items/{split}/{index}")
     def api_item(split: str, index: str, classifier: str | None = None, metric: str | None = None,
                  k: str | None = None):
-        return item_payload(split, index, classifier, metric, k)
+        return JSONResponse(item_payload(split, index, classifier, metric, k))
 
     @app.get("/img/{split}/{name}")
     def dataset_image(split: str, name: str):
@@ -379,7 +381,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
     @app.post("/api/lookup")
     async def api_lookup(request: Request, file: UploadFile | None = None, classifier: str | None = None,
                          metric: str | None = None, k: str | None = None):
-        return await upload_payload(request, file, classifier, metric, k, with_images=False)
+        return JSONResponse(await upload_payload(request, file, classifier, metric, k, with_images=False))
 
     # ---- routes: video results ------------------------------------------------------------------------------------
 
