@@ -164,7 +164,7 @@ def test_runs_page_lists_runs_and_error_cards(client, served):
     assert "no run.json" in runs["classify/halfway"]["error"]
     assert "classify/elsewhere" not in runs  # a run directory whose real place is outside --runs-dir
     html = client.get("/")
-    assert html.status_code == 200
+    assert html.status_code == 200 and html.headers["server-timing"].startswith("app;dur=")
     assert html.text.count('class="card error"') == 2 and "corrupted or half-written" in html.text
     assert 'href="/ambiguous?classifier=classify/clf"' in html.text
     page = client.get("/runs/metric/emb")

@@ -79,6 +79,10 @@ def models_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
 
 
+def bundled_available() -> bool:
+    return any((models_root() / kind / "run.json").is_file() for kind in BUNDLED)
+
+
 def inside(path: Path, root: Path) -> bool:
     """Whether ``path``'s real location (symlinks followed) lies inside the real ``root``."""
     try:
@@ -148,7 +152,7 @@ class Catalog:
                 if run is not None:
                     found[run.id] = run
                 if stage == "detect":  # `detect video --out` / `detect eval --video` outputs inside a run
-                    for sub in _video_dirs(child, depth=2):
+                    for sub in _video_dirs(child, depth=3):  # e.g. RUN/eval/test/video of `detect eval --video`
                         if inside(sub, self.root):
                             rel = sub.relative_to(child).as_posix().replace("/", "~")
                             video = self._load(stage, f"{child.name}~{rel}", sub, self.root)

@@ -49,10 +49,14 @@ def cmd_serve(args) -> int:
     opts = resolve(OPTIONS, {k: v for k, v in vars(args).items() if k in OPTIONS}, args.config)
     if not 1 <= opts["port"] <= 65535:
         raise UserError(f"--port must lie between 1 and 65535, got {opts['port']}")
+    from fashionkit.serve.catalog import bundled_available
+
     root = runs_root(opts["runs_dir"])
     if not root.is_dir():
-        raise UserError(f"runs directory not found: {root}; pass --runs-dir DIR (the folder holding classify/, "
-                        f"metric/, detect/)")
+        if opts["runs_dir"] is not None or not (opts["bundled"] and bundled_available()):
+            raise UserError(f"runs directory not found: {root}; pass --runs-dir DIR (the folder holding classify/, "
+                            f"metric/, detect/)")
+        print(f"note: no runs directory {root} yet: showing the bundled models only", file=sys.stderr)
     try:
         import uvicorn
 
