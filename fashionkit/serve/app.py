@@ -182,6 +182,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
         page_no, per_page = _int_param("page", page_no, 1, 1, 10**6), _int_param("per_page", per_page, PER_PAGE, 1,
                                                                                   500)
         r = lookups.ranking(clf, met)
+        changed = r.changed
         keep = r.order
         if true_c is not None:
             keep = keep[r.labels[keep] == true_c]
@@ -190,7 +191,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
         if show == "wrong":
             keep = keep[r.resolved[keep] != r.labels[keep]]
         elif show == "changed":
-            keep = keep[r.changed[keep]]
+            keep = keep[changed[keep]]
         pages = max(1, math.ceil(len(keep) / per_page))
         page_no = min(page_no, pages)
         items = []
@@ -203,7 +204,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
                 "margin": float(r.margin[i]),
                 "vote": CLASSES[r.votes[i]] if r.votes is not None and r.votes[i] >= 0 else None,
                 "resolved": int(r.resolved[i]), "resolved_name": CLASSES[r.resolved[i]],
-                "changed": bool(r.changed[i]), "correct": bool(r.resolved[i] == r.labels[i]),
+                "changed": bool(changed[i]), "correct": bool(r.resolved[i] == r.labels[i]),
                 "image": f"/img/test/{i}.png"})
         resolver = lookups.resolver(clf, met) if met is not None else None
         return {
@@ -214,7 +215,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | None = None, inclu
             "total": int(len(r.order)), "matching": int(len(keep)), "page": page_no, "pages": pages,
             "per_page": per_page, "ranking_seconds": round(r.seconds, 3),
             "accuracy": float((r.top1 == r.labels).mean()), "resolved_accuracy": float((r.resolved == r.labels).mean()),
-            "changed": int(r.changed.sum()), "items": items}
+            "changed": int(changed.sum()), "items": items}
 
     def item_payload(split: str, index: str, classifier, metric, k) -> dict:
         if split not in SPLITS:
