@@ -60,7 +60,17 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
         stage_parser = sub.add_parser(name, help=STAGE_MODULES[name][1], description=STAGE_MODULES[name][1],
                                       formatter_class=HelpFormatter)
         add_stage_commands(stage_parser, module)
+    add_serve_command(sub)
     return parser
+
+
+def add_serve_command(sub) -> None:
+    """``fashionkit serve``: one command, not a stage (it reads every stage's runs)."""
+    from fashionkit.serve import cli as serve_cli  # light: fastapi is imported when the command runs
+
+    p = sub.add_parser("serve", help="a local web page over the runs: ambiguous items, look-ups, video results",
+                       description=serve_cli.DESCRIPTION, formatter_class=HelpFormatter)
+    serve_cli.add_arguments(p)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

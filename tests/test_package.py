@@ -22,6 +22,8 @@ def test_wheel_installs_one_import_package(tmp_path):
     for stage in ("data", "classify", "metric", "detect"):
         assert f"fashionkit/{stage}/__init__.py" in names
     assert "fashionkit/classify/defaults.py" in names
+    for asset in ("serve/app.py", "serve/templates/item.html", "serve/static/style.css", "serve/static/app.js"):
+        assert f"fashionkit/{asset}" in names  # fashionkit serve's pages work from a non-editable install
 
 
 @pytest.mark.parametrize("argv", [
