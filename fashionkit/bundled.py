@@ -27,11 +27,11 @@ ENV = "FASHIONKIT_MODELS_DIR"
 REBUILD = "python benchmarks/build_models.py"
 CARD_JSON, CARD_MD = "card.json", "card.md"
 
-# kind -> (stage of its run directory, how a user names their own instead)
+# kind -> (stage of its run directory, how a user names their own instead, what it is called in messages)
 KINDS = {
-    "classifier": ("classify", "pass a run (runs/classify/<run>) for your own"),
-    "metric": ("metric", "pass a run (runs/metric/<run>) for your own"),
-    "detector": ("detect", "pass --weights runs/detect/<run> for your own"),
+    "classifier": ("classify", "pass a run (runs/classify/<run>) for your own", "classifier"),
+    "metric": ("metric", "pass a run (runs/metric/<run>) for your own", "embedding"),
+    "detector": ("detect", "pass --weights runs/detect/<run> for your own", "detector"),
 }
 
 
@@ -83,7 +83,7 @@ def card(kind: str) -> dict:
     path = bundled_dir(kind) / CARD_JSON
     if not path.is_file():
         if not bundled_dir(kind).exists():
-            raise UserError(f"no bundled {kind} in {models_root()} ({path} is missing); "
+            raise UserError(f"no bundled {KINDS[kind][2]} in {models_root()} ({path} is missing); "
                             f"{KINDS[kind][1].replace(' for your own', '')}, or build the bundled models with "
                             f"`{REBUILD}`")
         raise _broken(path, "missing")
@@ -122,7 +122,7 @@ def headline(kind: str) -> str:
 
 def message(kind: str) -> str:
     _check_kind(kind)
-    return f"using the bundled {kind}: {headline(kind)}; {KINDS[kind][1]}"
+    return f"using the bundled {KINDS[kind][2]}: {headline(kind)}; {KINDS[kind][1]}"
 
 
 def announce(kind: str) -> Path:
