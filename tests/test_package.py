@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,10 @@ def test_wheel_installs_one_import_package(tmp_path):
     for stage in ("data", "classify", "metric", "detect"):
         assert f"fashionkit/{stage}/__init__.py" in names
     assert "fashionkit/classify/defaults.py" in names
+    # the bundled models travel as package data, every file their cards list (where this checkout has them)
+    for card in (ROOT / "fashionkit" / "models").glob("*/card.json"):
+        listed = [*json.loads(card.read_text())["files"], "card.json", "card.md"]
+        assert {f"fashionkit/models/{card.parent.name}/{rel}" for rel in listed} <= set(names)
 
 
 @pytest.mark.parametrize("argv", [
