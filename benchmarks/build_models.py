@@ -73,6 +73,7 @@ class Step:
     argv: list[str]
     done: bool  # its output exists and finished (what --reuse skips)
     seconds: float | None = None
+    cpu_seconds: float | None = None  # of this process, all threads (the commands run in it)
     reused: bool = False
     load: dict = field(default_factory=dict)
 
@@ -80,8 +81,8 @@ class Step:
         return f"FASHIONKIT_RUNS={shlex.quote(str(runs))} {shlex.join(self.argv)}"
 
     def record(self, runs: Path) -> dict:
-        out = {"step": self.key, "command": self.command(runs), "wall_seconds": self.seconds, "reused": self.reused,
-               **self.load}
+        out = {"step": self.key, "command": self.command(runs), "wall_seconds": self.seconds,
+               "cpu_seconds": self.cpu_seconds, "reused": self.reused, **self.load}
         if self.reused:  # made earlier (by hand): the time the run recorded itself, where it records one
             out["recorded_seconds"] = recorded_seconds(self.key, runs)
         return out
@@ -164,9 +165,10 @@ def run_steps(steps: list[Step], runs: Path, reuse: bool, package_only: bool) ->
             raise SystemExit(f"error: {target} exists ({'finished' if step.done else 'unfinished'}); pass --reuse "
                              f"to package what is finished, or remove it / choose another --runs-dir")
         print(f"[build] {step.command(runs)}", flush=True)
-        before, start = load(), time.perf_counter()
+        before, start, cpu = load(), time.perf_counter(), time.process_time()
         code = fashionkit(step.argv)
         step.seconds = round(time.perf_counter() - start, 1)
+        step.cpu_seconds = round(time.process_time() - cpu, 1)
         step.load = {"load_before": before, "load_after": load()}
         if code:
             raise SystemExit(f"error: step failed (exit {code}): {step.command(runs)}")
@@ -244,7 +246,7 @@ def card_markdown(card: dict) -> str:
              f"- data: {card['data']}", "", "## Commands (in this order; wall time on the machine above)", ""]
     for s in card["commands"]:
         took = (f"made earlier and reused (training time it recorded: {s.get('recorded_seconds')} s)" if s["reused"]
-                else f"{s['wall_seconds']} s")
+                else f"{s['wall_seconds']} s wall, {s.get('cpu_seconds')} s CPU")
         load = f", load average {s['load_before']} -> {s['load_after']}" if "load_before" in s else ""
         lines.append(f"    {s['command']}")
         lines.append(f"      {took}{load}")

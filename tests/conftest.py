@@ -62,7 +62,15 @@ def load_script(rel: str):
 def tiny_bundle(tmp_path_factory):
     """Small real stand-ins of the bundled models, made by the rebuild script's --tiny mode (a quarter-width
     vgg-small on 500 items, a 32-d embedding with its 24,000-item index, a one-epoch detector on 16 scenes): the
-    tests of the commands that use bundled models point FASHIONKIT_MODELS_DIR here, never at the package's own."""
+    tests of the commands that use bundled models point FASHIONKIT_MODELS_DIR here, never at the package's own.
+    FASHIONKIT_TEST_TINY_BUNDLE=DIR reuses the output of an earlier `build_models.py --tiny --out DIR` instead."""
+    import json
+
+    reuse = os.environ.get("FASHIONKIT_TEST_TINY_BUNDLE")
+    if reuse:  # a developer's shortcut: a folder an earlier `build_models.py --tiny --out DIR` made
+        from pathlib import Path
+
+        return Path(reuse), json.loads((Path(reuse) / "build_models.json").read_text())
     build_models = load_script("benchmarks/build_models.py")
     out = tmp_path_factory.mktemp("bundle")
     saved = os.environ.get("FASHIONKIT_RUNS")
