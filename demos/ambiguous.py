@@ -59,6 +59,9 @@ def ambiguous_items(classifier_run: str | Path, metric_run: str | Path, n: int =
     top1, margin = top2(probs)
     ranked = np.where(np.isin(top1, hard) | all_classes, margin, np.inf)
     order = np.argsort(ranked, kind="stable")[:min(n, int(np.isfinite(ranked).sum()))]
+    if len(order) == 0:
+        raise UserError(f"the classifier predicts none of the {len(rows)} test items as a hard class "
+                        f"({', '.join(CLASSES[c] for c in hard)}); pass --all-classes to rank every item")
     picked = images[torch.as_tensor(rows[order])]
     votes = knn_votes(net, index, picked, hard, k, "cpu", 1000)
     from fashionkit.metric.data import embed
@@ -164,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-classes", action="store_true", help="rank every test item, not only those predicted as "
                    "a hard class")
     p.add_argument("--out", default="demo-ambiguous", help="output directory (default: ./demo-ambiguous)")
-    p.add_argument("--tiny", action="store_true", help="CI: 2,000 test items, 6 shown, 5 neighbours")
+    p.add_argument("--tiny", action="store_true", help="CI: 2,000 test items (all classes ranked: a tiny "
+                   "classifier may predict no hard class), 6 shown, 5 neighbours")
     args = p.parse_args(argv)
     n, k, subset = (6, 5, 2000) if args.tiny else (args.n, args.k, 0)
     try:
-        result = run(args.classifier, args.metric, args.out, n, k, args.threshold, subset, args.all_classes)
+        result = run(args.classifier, args.metric, args.out, n, k, args.threshold, subset,
+                     args.all_classes or args.tiny)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

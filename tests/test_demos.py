@@ -68,6 +68,17 @@ def test_ambiguous_tiny_on_the_bundled_models(bundled, tmp_path, capsys):
     assert (out / "ambiguous.png").stat().st_size > 10_000
     assert (out / "ambiguous.md").read_text().count("\n") == 2 + 6
 
+    # by default only items predicted as a hard class are ranked (the tiny classifier, near chance, may predict
+    # none: then one error line says so)
+    code = ambiguous.main(["--out", str(out / "hard"), "-n", "3", "-k", "2"])
+    if code == 2:
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: the classifier predicts none of the 10000 test items as a hard class")
+    else:
+        result = json.loads((out / "hard" / "ambiguous.json").read_text())
+        assert code == 0 and result["items"] and {i["classifier"] for i in result["items"]} <= set(
+            result["hard_classes"])
+
 
 def test_video_tiny_with_the_bundled_detector(bundled, tmp_path, capsys):
     video = load_script("demos/video.py")
