@@ -95,8 +95,10 @@ class Pipeline:
                                 "demo-metric", *o["metric"]])
         self.step("embedding", ["metric", "index", str(met)])
         self.step("embedding", ["metric", "resolve", str(met), "--classifier", str(cls)])
+        # --tiny: every class ranked, as its near-chance classifier may predict no hard class at all
         amb = self.timed("ambiguous items", "demos/ambiguous.py", lambda: ambiguous_demo.run(
-            str(cls), str(met), self.out / "ambiguous", *((6, 5, None, 2000) if self.tiny else (10, 8, None, 0))))
+            str(cls), str(met), self.out / "ambiguous", *((6, 5, None, 2000) if self.tiny else (10, 8, None, 0)),
+            all_classes=self.tiny))
         preset = ["--preset", "realistic"] if "preset" in MAKE_DATA_OPTIONS else []
         self.step("detector", ["detect", "make-data", *preset, "--out", str(data), *o["scenes"]])
         budget = [] if self.tiny else ["--minutes", f"{self.detector_minutes:g}"]
@@ -122,6 +124,7 @@ def embed_png(path: Path | None, caption: str) -> str:
 
 def table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    rows = rows or [["none"] + [""] * (len(header) - 1)]
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
