@@ -148,11 +148,16 @@ def cmd_compare(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
+    from fashionkit.bundled import split_run
     from fashionkit.classify.predict import format_predictions, predict_files
+    from fashionkit.errors import UserError
 
     cfg = resolve(PREDICT_OPTIONS, args)
     as_json = cfg.pop("json")
-    results = predict_files(args.run, args.images, **cfg)
+    run, images = split_run(args.inputs, args.run, "classifier")
+    if not images:
+        raise UserError(f"no image given: classify predict [RUN] IMAGE... (got only the run {run})")
+    results = predict_files(run, images, **cfg)
     print(json.dumps(results, indent=2) if as_json else format_predictions(results))
     return 0
 
@@ -221,11 +226,18 @@ def register(sub, formatter) -> None:
     add_options(p, COMPARE_OPTIONS)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("predict", help="classify image files with a trained run", formatter_class=formatter,
+    p = sub.add_parser("predict", help="classify image files with a trained run (or the bundled classifier)",
+                       formatter_class=formatter,
                        description="Top-k classes with probabilities for each image file (PNG, JPEG, ...; colour "
-                       "or grey, light or dark background: each is framed like a Fashion-MNIST item first).")
-    p.add_argument("run", metavar="RUN", help="classify run directory")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+                       "or grey, light or dark background: each is framed like a Fashion-MNIST item first). "
+                       "Without a run, the classifier bundled with fashionkit is used, and a line on stderr says "
+                       "so.\n\n"
+                       "  classify predict photo.jpg\n"
+                       "  classify predict runs/classify/train photo.jpg shirt.png")
+    p.add_argument("inputs", metavar="[RUN] IMAGE", nargs="+",
+                   help="a classify run directory (optional; none: the bundled classifier), then image files")
+    p.add_argument("--run", metavar="RUN", default=None, help="classify run directory (same as a first RUN "
+                   "argument)")
     add_options(p, PREDICT_OPTIONS)
     p.set_defaults(func=cmd_predict)
 

@@ -145,7 +145,8 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("video", help="detect items in a video, a folder of images or an image",
                        formatter_class=formatter,
                        description="Run a detector over INPUT (any video OpenCV reads, a folder of images, or one "
-                       "image) in batches. Writes to --out: annotated.mp4 (or annotated/ images), detections.jsonl "
+                       "image) in batches; without --weights, the detector bundled with fashionkit (a line on stderr "
+                       "says so). Writes to --out: annotated.mp4 (or annotated/ images), detections.jsonl "
                        "(one line per processed frame), detections.csv and summary.json (items per class, frames/s). "
                        "A video that ends before its header's frame count (truncated) is processed as far as it "
                        "can be read: the outputs are kept, a warning says where it stopped, summary.json records "

@@ -51,7 +51,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
 
 VIDEO_OPTIONS: dict[str, Opt] = {
     "weights": Opt(None, "detector: a detect run directory (uses its best.pt), an ultralytics detection .pt or its "
-                   ".onnx export",
+                   ".onnx export; none: the detector bundled with fashionkit",
                    type=str),
     "out": Opt(None, "output directory; none means a new <runs>/detect/video-<input name>", type=str),
     "conf": Opt(0.25, "confidence threshold"),

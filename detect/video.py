@@ -50,11 +50,14 @@ ENGINES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 # ---- the detector --------------------------------------------------------------------------------------------
 
 def weights_file(weights: str | Path | None) -> Path:
-    """A detect run directory -> its best.pt (as recorded in summary.json); a .pt or .onnx file as is."""
+    """A detect run directory -> its best.pt (as recorded in summary.json); a .pt or .onnx file as is; none -> the
+    bundled detector's, said in one line (a named one always wins)."""
     from fashionkit.runs import open_run, read_json
 
     if not weights:
-        raise UserError("--weights is required: a detect run directory (runs/detect/<run>) or a detection .pt file")
+        from fashionkit.bundled import announce
+
+        weights = announce("detector")
     path = Path(weights)
     if not path.exists():
         raise UserError(f"weights not found: {path}; pass a detect run directory or a .pt file")
@@ -139,6 +142,7 @@ def onnx_file(pt: Path) -> Path:
 def load_detector(weights: str | Path | None, backend: str = "torch", device: str = "cpu"):
     """``(YOLO model, weights path, backend)``: a file that is not an ultralytics detection model is a UserError.
     With backend onnx a .pt is exported once to the .onnx beside it; auto falls back to torch if that fails."""
+    from fashionkit.bundled import is_bundled
     from fashionkit.detect.model import use_ultralytics
 
     path = weights_file(weights)
@@ -156,6 +160,12 @@ def load_detector(weights: str | Path | None, backend: str = "torch", device: st
     if task != "detect" or type(model.model).__name__ != "DetectionModel":
         raise UserError(f"{path} is a YOLO {task} model ({type(model.model).__name__}), not a detection model; "
                         f"pass weights made by `detect train`")
+    if chosen == "onnx" and is_bundled(path):
+        # the package is never written to: its export ships beside best.pt (an install's file times say nothing
+        # about which is newer; the card's SHA-256 ties the two), and without one the detector runs on PyTorch
+        if path.with_suffix(".onnx").is_file():
+            return _load_onnx(path.with_suffix(".onnx")), path, "onnx"
+        chosen = "torch"
     if chosen == "onnx":
         try:
             return _load_onnx(onnx_file(path)), path, "onnx"

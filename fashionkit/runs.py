@@ -224,3 +224,22 @@ def read_torch_checkpoint(path: str | Path, fmt: str, made_by: str) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise UserError(f"{path} is not a fashionkit checkpoint of the right kind (made by `{made_by}`)")
     return ckpt
+
+
+def newest_run(stage: str, runs_dir: str | Path | None = None, command: str = "train",
+               statuses: tuple[str, ...] = ("finished", "early_stopped")) -> Path | None:
+    """The most recently finished ``<stage> <command>`` run under the runs root (by its summary.json's time), or
+    None: what a later stage builds on when the user names no run."""
+    root = runs_root(runs_dir) / stage
+    found = []
+    for run in root.glob("*/"):
+        try:
+            info = read_json(run / "run.json", missing_ok=True)
+            summary = read_json(run / "summary.json", missing_ok=True)
+        except UserError:
+            continue  # a damaged run is no candidate
+        if (isinstance(info, dict) and info.get("stage") == stage and info.get("command") == command
+                and isinstance(summary, dict) and summary.get("status") in statuses
+                and (run / "weights" / "best.pt").is_file()):
+            found.append(((run / "summary.json").stat().st_mtime, run))
+    return max(found)[1] if found else None

@@ -7,7 +7,7 @@ import json
 
 from fashionkit.config import add_options, refuse_flags_with_resume, resolve
 
-_NOT_OPTIONS = ("func", "command", "stage", "resume", "config", "run", "image")
+_NOT_OPTIONS = ("func", "command", "stage", "resume", "config", "run", "image", "inputs")
 
 
 def _given(args) -> dict:
@@ -22,12 +22,41 @@ def cmd_train(args) -> int:
         refuse_flags_with_resume(opts, args.config)
         run, summary = resume(args.resume)
     else:
+        if "from" not in opts and not _config_sets_from(args.config):
+            opts["from"] = str(default_source(opts.get("runs_dir")))
         run, summary = train(opts, args.config)
     after = summary.get("test", {}).get("after")
     test = (f", test P@1 {summary['test']['before']['precision_at_1']:.4f} -> {after['precision_at_1']:.4f}"
             if after else "")
     print(f"done: {run} ({summary['status']}, best epoch {summary['best_epoch']}{test})")
     return 0
+
+
+def _config_sets_from(config: str | None) -> bool:
+    from fashionkit.config import load_yaml
+
+    return bool(config) and "from" in load_yaml(config)
+
+
+def default_source(runs_dir: str | None):
+    """What ``metric train`` builds on when no --from is given: the newest finished classify run under the runs
+    root, else the bundled classifier; one line says which (the pipeline is classifier first, embedding second)."""
+    import sys
+
+    from fashionkit import bundled
+    from fashionkit.runs import newest_run, read_json, runs_root
+
+    how = "pass --from RUN for another, or --from none to train from scratch"
+    run = newest_run("classify", runs_dir)
+    if run is not None:
+        acc = (read_json(run / "summary.json", missing_ok=True) or {}).get("test_acc")
+        figure = f" (test accuracy {acc:.4f})" if isinstance(acc, float) else ""
+        print(f"building on the newest classify run {run}{figure}; {how}", file=sys.stderr, flush=True)
+        return run
+    run = bundled.bundled_run("classifier")
+    print(f"building on the bundled classifier ({bundled.headline('classifier')}): no finished classify run in "
+          f"{runs_root(runs_dir) / 'classify'}; {how}", file=sys.stderr, flush=True)
+    return run
 
 
 def cmd_index(args) -> int:
@@ -43,20 +72,29 @@ def cmd_index(args) -> int:
 
 
 def cmd_lookup(args) -> int:
+    from fashionkit.bundled import split_run
     from fashionkit.metric.defaults import LOOKUP_OPTIONS
     from fashionkit.metric.lookup import format_table, lookup
 
     opts = resolve(LOOKUP_OPTIONS, args)
-    result = lookup(args.run, opts, args.image)
+    run, rest = split_run(args.inputs, args.run, "metric", most=1)
+    result = lookup(run, opts, rest[0] if rest else None)
     print(json.dumps(result, indent=2) if opts["json"] else format_table(result))
     return 0
 
 
 def cmd_resolve(args) -> int:
+    from fashionkit.bundled import announce
     from fashionkit.metric.defaults import RESOLVE_OPTIONS
     from fashionkit.metric.resolve import format_report, resolve_run
 
-    print(format_report(resolve_run(args.run, resolve(RESOLVE_OPTIONS, args))))
+    opts = resolve(RESOLVE_OPTIONS, args)
+    run = args.run
+    if run is None:  # the bundled embedding; and the classifier it was built on unless one is named
+        run = announce("metric")
+        if opts["classifier"] is None:
+            opts["classifier"] = str(announce("classifier"))
+    print(format_report(resolve_run(run, opts)))
     return 0
 
 
@@ -78,6 +116,9 @@ def register(sub, formatter) -> None:
                        "runs/metric/<name>/: config.yaml, weights/{best,last}.pt, metrics.csv (with mined triplets "
                        "per epoch), curves.png, tsne.png, summary.json (test precision@1, R-precision, MAP@R of the "
                        "classifier's features and of the embedding).\n\n"
+                       "Without --from it builds on the newest finished classify run under the runs root, else on "
+                       "the classifier bundled with fashionkit, and says which; --from none trains from scratch.\n\n"
+                       "  metric train --hard-classes 0,2,4,6\n"
                        "  metric train --from runs/classify/train --hard-classes 0,2,4,6")
     add_options(p, TRAIN_OPTIONS)
     p.add_argument("--resume", metavar="RUN", default=None,
@@ -96,11 +137,16 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("lookup", help="the k nearest reference items of an image or dataset item",
                        formatter_class=formatter,
                        description="Print the k nearest reference items (class, distance, dataset index) and write "
-                       "a PNG strip of the query and its neighbours.\n\n"
+                       "a PNG strip of the query and its neighbours. Without a run, the embedding and index "
+                       "bundled with fashionkit are used (a line on stderr says so) and the strip goes to "
+                       "<runs>/bundled/metric/lookups/.\n\n"
+                       "  metric lookup photo.png\n"
                        "  metric lookup runs/metric/train --test-index 17 -k 10\n"
                        "  metric lookup runs/metric/train photo.png --json")
-    p.add_argument("run", metavar="RUN", help="metric run directory (with an index)")
-    p.add_argument("image", metavar="IMAGE", nargs="?", default=None, help="image file to query with")
+    p.add_argument("inputs", metavar="[RUN] [IMAGE]", nargs="*", default=[],
+                   help="a metric run directory with an index (optional; none: the bundled one), then the image "
+                   "file to query with (or use --test-index / --train-index)")
+    p.add_argument("--run", metavar="RUN", default=None, help="metric run directory (same as a first RUN argument)")
     _add_options_with_k(p, LOOKUP_OPTIONS)
     p.set_defaults(func=cmd_lookup)
 
@@ -109,7 +155,13 @@ def register(sub, formatter) -> None:
                        description="For test items whose top prediction is a hard class with a top1-top2 "
                        "probability margin under a threshold (swept on the validation split), re-decide among the "
                        "hard classes by a distance-weighted kNN vote. Writes resolve.json and confusion PNGs.\n\n"
+                       "Without RUN this is the ambiguous-items look-up of the bundled models: the bundled embedding "
+                       "and index re-decide the bundled classifier's unsure items (or those of --classifier), and "
+                       "the outputs go to <runs>/bundled/metric/. demos/ambiguous.py shows the items themselves "
+                       "with their neighbours.\n\n"
+                       "  metric resolve\n"
                        "  metric resolve runs/metric/train --classifier runs/classify/train")
-    p.add_argument("run", metavar="RUN", help="metric run directory (with an index)")
+    p.add_argument("run", metavar="RUN", nargs="?", default=None,
+                   help="metric run directory with an index (none: the bundled embedding and classifier)")
     _add_options_with_k(p, RESOLVE_OPTIONS)
     p.set_defaults(func=cmd_resolve)

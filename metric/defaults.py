@@ -13,8 +13,9 @@ _COMMON = {
 }
 
 TRAIN_OPTIONS: dict[str, Opt] = {
-    "from": Opt(None, "classify run whose convolutional trunk initialises the embedding net "
-                "(none: start from scratch)", type=str),
+    "from": Opt(None, "classify run whose convolutional trunk initialises the embedding net; none: start from "
+                "scratch; not given: the newest finished classify run under the runs root, else the bundled "
+                "classifier", type=str),
     "hard_classes": Opt(HARD_CLASSES, "the classes to separate, by id or name (e.g. 0,2,coat,shirt)"),
     "all_classes": Opt(False, "train, evaluate and index on all ten classes instead of the hard ones"),
     "model": Opt("vgg-small", "trunk architecture when starting from scratch (ignored with --from)"),
@@ -76,7 +77,8 @@ LOOKUP_OPTIONS: dict[str, Opt] = {
 }
 
 RESOLVE_OPTIONS: dict[str, Opt] = {
-    "classifier": Opt(None, "classify run whose predictions are re-decided (required)", type=str),
+    "classifier": Opt(None, "classify run whose predictions are re-decided (required with a RUN; without one: "
+                      "the bundled classifier)", type=str),
     "k": Opt(10, "neighbours in the vote"),
     "threshold": Opt(None, "margin threshold to use instead of the validation sweep", type=float),
     "sweep_step": Opt(0.05, "step of the threshold sweep over [0, 1] on the validation split"),

@@ -62,7 +62,9 @@ def lookup(run: str | Path, opts: dict, image: str | None = None) -> dict:
         query["class_name"] = CLASSES[query["label"]]
     if query["kind"] == "train":  # a reference item when its class is indexed: its own copy comes first
         query["in_index"] = bool(np.isin(query["dataset_index"], index.source))
-    out = Path(opts["out"]) if opts["out"] else run / "lookups" / f"{query['name']}.png"
+    from fashionkit.bundled import output_home
+
+    out = Path(opts["out"]) if opts["out"] else output_home(run, "metric") / "lookups" / f"{query['name']}.png"
     write_strip(img, query, neighbours, out, opts["data_dir"])
     return {"run": str(run), "query": query, "k": k, "index": index.meta["kind"], "neighbours": neighbours,
             "png": str(out)}

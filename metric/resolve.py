@@ -151,7 +151,9 @@ def resolve_run(run: str | Path, opts: dict) -> dict:
     top1, margin, votes = decide_inputs(test_images)
     resolved = decide(top1, margin, votes, hard, chosen)
     changed = resolved != top1
-    out = ensure_dir(opts["out"] or run)
+    from fashionkit.bundled import output_home
+
+    out = ensure_dir(opts["out"] or output_home(run, "metric"))
     result = {
         "metric_run": str(run), "classifier": str(classifier_run), "k": k, "index": index.meta["kind"],
         "model_hash": ckpt["model_hash"], "hard_classes": hard, "hard_class_names": [CLASSES[c] for c in hard],

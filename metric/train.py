@@ -230,7 +230,7 @@ class MetricTrainer:
 
         cfg = self.cfg
         where = (f"trunk of classify run {self.source} ({self.model.source['name']})" if self.source else
-                 f"from scratch: no --from given, so the {cfg['model']} trunk starts from random weights")
+                 f"from scratch (--from none): the {cfg['model']} trunk starts from random weights")
         classes = "all ten classes" if cfg["all_classes"] else ", ".join(CLASSES[c] for c in self.classes)
         return (f"run {self.run}: {cfg['dim']}-d embedding, {where}; {classes}; {cfg['miner']} miner; "
                 f"{len(self.train_idx)} train / {len(self.val_idx)} val items, {self.steps} batches of "
@@ -371,6 +371,8 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 def train(options: dict | None = None, config: str | Path | dict | None = None) -> tuple[Path, dict]:
     """Start a new metric run from options over an optional config; returns ``(run_dir, summary)``."""
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
+    if isinstance(cfg["from"], str) and cfg["from"].lower() == "none":
+        cfg["from"] = None  # --from none: from scratch, said explicitly
     validate(cfg)
     run, trainer = start_run("metric", cfg, lambda run: MetricTrainer(cfg, run), source=cfg["from"])
     return run, trainer.fit()

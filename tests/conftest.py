@@ -39,3 +39,54 @@ def cli():
     from fashionkit.cli import main
 
     return lambda *argv: main([str(a) for a in argv])
+
+
+def load_script(rel: str):
+    """Import a script of the repository (benchmarks/, demos/) as a module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / rel
+    name = path.stem
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """Small real stand-ins of the bundled models, made by the rebuild script's --tiny mode (a quarter-width
+    vgg-small on 500 items, a 32-d embedding with its 24,000-item index, a one-epoch detector on 16 scenes): the
+    tests of the commands that use bundled models point FASHIONKIT_MODELS_DIR here, never at the package's own.
+    FASHIONKIT_TEST_TINY_BUNDLE=DIR reuses the output of an earlier `build_models.py --tiny --out DIR` instead."""
+    import json
+
+    reuse = os.environ.get("FASHIONKIT_TEST_TINY_BUNDLE")
+    if reuse:  # a developer's shortcut: a folder an earlier `build_models.py --tiny --out DIR` made
+        from pathlib import Path
+
+        return Path(reuse), json.loads((Path(reuse) / "build_models.json").read_text())
+    build_models = load_script("benchmarks/build_models.py")
+    out = tmp_path_factory.mktemp("bundle")
+    saved = os.environ.get("FASHIONKIT_RUNS")
+    try:
+        result = build_models.main(["--tiny", "--out", str(out), "--runs-dir", str(out / "runs")])
+    finally:  # the script sets the runs root for its commands
+        if saved is None:
+            os.environ.pop("FASHIONKIT_RUNS", None)
+        else:
+            os.environ["FASHIONKIT_RUNS"] = saved
+    return out, result
+
+
+@pytest.fixture
+def bundled(tiny_bundle, runs_dir, monkeypatch):
+    """The tiny bundled models as FASHIONKIT_MODELS_DIR, with an empty runs root of the test's own."""
+    out, _ = tiny_bundle
+    monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(out))
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -24,6 +25,10 @@ def test_wheel_installs_one_import_package(tmp_path):
     assert "fashionkit/classify/defaults.py" in names
     for asset in ("serve/app.py", "serve/templates/item.html", "serve/static/style.css", "serve/static/app.js"):
         assert f"fashionkit/{asset}" in names  # fashionkit serve's pages work from a non-editable install
+    # the bundled models travel as package data, every file their cards list (where this checkout has them)
+    for card in (ROOT / "fashionkit" / "models").glob("*/card.json"):
+        listed = [*json.loads(card.read_text())["files"], "card.json", "card.md"]
+        assert {f"fashionkit/models/{card.parent.name}/{rel}" for rel in listed} <= set(names)
 
 
 @pytest.mark.parametrize("argv", [

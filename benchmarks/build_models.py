@@ -1,0 +1,452 @@
+"""Rebuild the bundled models from scratch and package them, with model cards written from what is measured.
+
+    .venv/bin/python benchmarks/build_models.py                     # all steps into ./runs, then package
+    .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --reuse   # package runs made by hand; run
+                                                                                # only the steps not finished yet
+    .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --package-only
+    .venv/bin/python benchmarks/build_models.py --tiny               # CI: tiny subsets/epochs into a temp --out
+
+The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
+
+    classify train --name bundled-classifier
+    metric train --from RUNS/classify/bundled-classifier --hard-classes 0,2,4,6 --name bundled-metric
+    metric index RUNS/metric/bundled-metric
+    metric resolve RUNS/metric/bundled-metric --classifier RUNS/classify/bundled-classifier
+    detect make-data --preset realistic --out RUNS/detect/bundled-data   (the default scenes where this fashionkit
+                                                                          has no --preset)
+    detect train --from RUNS/classify/bundled-classifier --data RUNS/detect/bundled-data --minutes 60 \\
+        --name bundled-detector
+
+then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
+in this process through the product's own command line, so what the card records is what a user types. The runs
+are copied slimmed into ``--out`` (default: the package's ``fashionkit/models/``): the files the commands that use
+them read, the plots a person looks at, no optimizer state or last.pt; then ``card.md`` and ``card.json`` (commands,
+data, seed, machine, test metrics, date, wall time per step, size and SHA-256 of every file) are written from the
+runs' own summaries. Packaging is atomic per model: a failed build leaves the previous bundled model in place.
+
+The wall-clock times are those of this machine, measured while whatever else ran on it ran too: the card records
+the load average before and after each step so a shared machine shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faiss_bench import cpu_name  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_MODELS = ROOT / "fashionkit" / "models"
+NAMES = {"classifier": "bundled-classifier", "metric": "bundled-metric", "detector": "bundled-detector"}
+DATA_NAME = "bundled-data"
+# ship the ONNX export (fp32, about twice the fp16 best.pt) when it is at most this big: `detect video` on a CPU runs
+# it 1.3-1.6x faster end to end than PyTorch, and a package must never make it at first use (site-packages is
+# read-only); without it the bundled detector runs on PyTorch
+ONNX_LIMIT_MB = 40
+
+# --tiny: every step on a few hundred items and one epoch, a quarter-width vgg-small (16x fewer FLOPs) so the
+# 24,000-item index embeds in seconds: the whole build in about a minute on a 2-core CPU
+TINY = {
+    "classify": ["--model-opts", "width=0.25", "--subset", "500", "--epochs", "1", "--lr", "0.02"],
+    "metric": ["--subset", "1000", "--epochs", "2", "--batch-size", "64", "--m-per-class", "16",
+               "--steps-per-epoch", "3", "--eval-subset", "200", "--plot-points", "100", "--dim", "32",
+               "--head-hidden", "64"],
+    "scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--train", "16", "--val", "8", "--test", "4"],
+    "detect": ["--imgsz", "160", "--epochs", "1", "--batch", "8"],
+}
+
+
+@dataclass
+class Step:
+    key: str
+    argv: list[str]
+    done: bool  # its output exists and finished (what --reuse skips)
+    seconds: float | None = None
+    cpu_seconds: float | None = None  # of this process, all threads (the commands run in it)
+    reused: bool = False
+    load: dict = field(default_factory=dict)
+
+    def command(self, runs: Path) -> str:
+        return f"FASHIONKIT_RUNS={shlex.quote(str(runs))} {shlex.join(self.argv)}"
+
+    def record(self, runs: Path) -> dict:
+        out = {"step": self.key, "command": self.command(runs), "wall_seconds": self.seconds,
+               "cpu_seconds": self.cpu_seconds, "reused": self.reused, **self.load}
+        if self.reused:  # made earlier (by hand): the time the run recorded itself, where it records one
+            out["recorded_seconds"] = recorded_seconds(self.key, runs)
+        return out
+
+
+def recorded_seconds(key: str, runs: Path) -> float | None:
+    """The training time a reused run wrote into its own files (None where it keeps none)."""
+    cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
+    if key in ("classify train", "metric train"):
+        s = read_json((cls if key == "classify train" else met) / "summary.json") or {}
+        per, done = s.get("seconds_per_epoch"), s.get("epochs_done")
+        return round(per * done, 1) if per and done else None
+    if key == "metric index":
+        meta = read_json(met / "index" / "index.json") or {}
+        return round(meta.get("embed_seconds", 0) + meta.get("build_seconds", 0), 1) if meta else None
+    if key == "detect train":
+        return (read_json(runs / "detect" / NAMES["detector"] / "summary.json") or {}).get("train_seconds")
+    return None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def preset_available() -> bool:
+    from fashionkit.detect.cli import MAKE_DATA_OPTIONS
+
+    return "preset" in MAKE_DATA_OPTIONS
+
+
+def recipe(runs: Path, detector_minutes: float, tiny: bool) -> list[Step]:
+    cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
+    data, det = runs / "detect" / DATA_NAME, runs / "detect" / NAMES["detector"]
+    extra = TINY if tiny else {k: [] for k in TINY}
+    cls_sum, met_sum, det_sum = (read_json(p / "summary.json") or {} for p in (cls, met, det))
+    resolved = read_json(met / "resolve.json") or {}
+    preset = ["--preset", "realistic"] if preset_available() else []
+    budget = [] if tiny else ["--minutes", f"{detector_minutes:g}"]
+    return [
+        Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *extra["classify"]],
+             cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file()),
+        Step("metric train", ["metric", "train", "--from", str(cls), "--hard-classes", "0,2,4,6", "--name",
+                              NAMES["metric"], *extra["metric"]],
+             met_sum.get("status") == "finished" and (met / "weights/best.pt").is_file()),
+        Step("metric index", ["metric", "index", str(met)], (met / "index" / "index.json").is_file()),
+        Step("metric resolve", ["metric", "resolve", str(met), "--classifier", str(cls)],
+             Path(resolved.get("classifier", "-")).name == cls.name),  # as typed: relative or absolute
+        Step("detect make-data", ["detect", "make-data", *preset, "--out", str(data), *extra["scenes"]],
+             (data / "data.yaml").is_file()),
+        Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget, "--name",
+                              NAMES["detector"], *extra["detect"]],
+             det_sum.get("status") in ("finished", "early_stopped", "time_limit") and bool(det_sum.get("best"))
+             and "mAP50" in (det_sum.get("test") or {})),
+    ]
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_steps(steps: list[Step], runs: Path, reuse: bool, package_only: bool) -> None:
+    from fashionkit.cli import main as fashionkit
+
+    # a step whose run directory exists but is unfinished would make bundled-classifier2 etc.: refuse instead
+    targets = {"classify train": runs / "classify" / NAMES["classifier"], "metric train": runs / "metric" /
+               NAMES["metric"], "detect make-data": runs / "detect" / DATA_NAME,
+               "detect train": runs / "detect" / NAMES["detector"]}
+    for step in steps:
+        if step.done and (reuse or package_only):
+            step.reused = True
+            print(f"[build] reusing: {step.command(runs)}", flush=True)
+            continue
+        if package_only:
+            raise SystemExit(f"error: --package-only, but this step has not finished: {step.command(runs)}")
+        target = targets.get(step.key)
+        if target is not None and target.exists():
+            raise SystemExit(f"error: {target} exists ({'finished' if step.done else 'unfinished'}); pass --reuse "
+                             f"to package what is finished, or remove it / choose another --runs-dir")
+        print(f"[build] {step.command(runs)}", flush=True)
+        before, start, cpu = load(), time.perf_counter(), time.process_time()
+        code = fashionkit(step.argv)
+        step.seconds = round(time.perf_counter() - start, 1)
+        step.cpu_seconds = round(time.process_time() - cpu, 1)
+        step.load = {"load_before": before, "load_after": load()}
+        if code:
+            raise SystemExit(f"error: step failed (exit {code}): {step.command(runs)}")
+        print(f"[build] {step.key}: {step.seconds:.1f} s", flush=True)
+
+
+# ---- packaging ------------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def slim_classifier_checkpoint(src: Path, dst: Path) -> None:
+    """best.pt without anything a resume needs (optimizer, scheduler, RNG): only what loading it reads."""
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    keep = {k: ckpt[k] for k in ("format", "name", "options", "state_dict", "epoch", "metrics", "config") if k in ckpt}
+    torch.save(keep, dst)
+
+
+def slim_embedder_checkpoint(src: Path, dst: Path) -> None:
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    for key in ("optimizer", "scheduler", "best", "best_epoch"):
+        ckpt.pop(key, None)
+    torch.save(ckpt, dst)
+
+
+def copy_files(run: Path, tmp: Path, rels: list[str], optional: list[str] = ()) -> None:
+    for rel in list(rels) + list(optional):
+        src = run / rel
+        if not src.is_file():
+            if rel in optional:
+                continue
+            raise SystemExit(f"error: {src} is missing; the run is not complete")
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, tmp / rel)
+
+
+def export_onnx(pt: Path) -> tuple[Path, float]:
+    from fashionkit.detect.video import onnx_file
+
+    start = time.perf_counter()
+    return onnx_file(pt), round(time.perf_counter() - start, 1)
+
+
+def manifest(root: Path) -> dict:
+    from fashionkit.bundled import CARD_JSON, CARD_MD, sha256
+
+    return {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (CARD_JSON, CARD_MD)}
+
+
+def card_markdown(card: dict) -> str:
+    m = card["machine"]
+    lines = [f"# Bundled {card['kind']}: {card['headline']}", "",
+             f"{card['description']}", "",
+             f"- made: {card['date']} by fashionkit {card['fashionkit']} (commit {card['git_commit'] or 'unknown'})",
+             f"- machine: {m['cpu']}; {m['cores']} cores; GPU: {m['gpu'] or 'none'} (torch {m['torch']})",
+             f"- seed: {card['seed']}",
+             f"- data: {card['data']}", "", "## Commands (in this order; wall time on the machine above)", ""]
+    for s in card["commands"]:
+        took = (f"made earlier and reused (training time it recorded: {s.get('recorded_seconds')} s)" if s["reused"]
+                else f"{s['wall_seconds']} s wall, {s.get('cpu_seconds')} s CPU")
+        load = f", load average {s['load_before']} -> {s['load_after']}" if "load_before" in s else ""
+        lines.append(f"    {s['command']}")
+        lines.append(f"      {took}{load}")
+    lines += ["", "## Test metrics", "", "```json", json.dumps(card["metrics"], indent=2), "```", "",
+              "## Files", "", "| file | bytes | sha256 |", "|---|---:|---|"]
+    lines += [f"| {rel} | {meta['bytes']:,} | {meta['sha256'][:16]}... |" for rel, meta in card["files"].items()]
+    lines += ["", f"Rebuild: `{card['rebuild']}`", ""]
+    return "\n".join(lines)
+
+
+def describe(kind: str, run: Path, runs: Path) -> tuple[str, str, dict, dict, int | None]:
+    """(description, data, metrics, headline, seed) of a run from its own files."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    summary = read_json(run / "summary.json") or {}
+    if kind == "classifier":
+        subset = f"a stratified subset of {cfg['subset']} items of" if cfg.get("subset") else ""
+        data = (f"Fashion-MNIST: {subset} the 60,000 training items less {cfg.get('val_size')} held out for validation "
+                f"(split seed {cfg.get('seed')}), augment {cfg.get('augment')}; test: the official 10,000 test items")
+        metrics = {k: summary.get(k) for k in ("test_acc", "test_loss", "best_val_acc", "best_val_loss", "best_epoch",
+                                               "epochs_done", "model", "params", "seconds_per_epoch", "precision")}
+        return (f"{cfg.get('model')} classifier ({summary.get('params'):,} parameters), {summary.get('epochs_done')} "
+                f"epochs", data, metrics, f"test accuracy {summary.get('test_acc', float('nan')):.4f}",
+                cfg.get("seed"))
+    if kind == "metric":
+        resolved = read_json(run / "resolve.json") or {}
+        index = read_json(run / "index" / "index.json") or {}
+        test = summary.get("test", {})
+        t = resolved.get("test", {})
+        metrics = {"retrieval (hard-class test items vs train+val)": {k: test.get(k) for k in ("before", "after")},
+                   "index": {k: index.get(k) for k in ("kind", "count", "dim")},
+                   "resolve": {"threshold": resolved.get("threshold"), "k": resolved.get("k"),
+                               "classifier": {k: t.get("classifier", {}).get(k) for k in ("accuracy", "hard_accuracy")},
+                               "resolved": {k: t.get("resolved", {}).get(k) for k in ("accuracy", "hard_accuracy")},
+                               "per_class_f1": {n: [t["classifier"]["per_class"][n]["f1"],
+                                                    t["resolved"]["per_class"][n]["f1"]]
+                                                for n in resolved.get("hard_class_names", [])},
+                               "re_decided": t.get("re_decided"), "fixed": t.get("fixed"), "broken": t.get("broken")}}
+        before = t.get("classifier", {}).get("hard_accuracy", float("nan"))
+        after = t.get("resolved", {}).get("hard_accuracy", float("nan"))
+        p1 = test.get("after", {}).get("precision_at_1", float("nan"))
+        names = ", ".join(resolved.get("hard_class_names", []))
+        data = (f"Fashion-MNIST, hard classes {summary.get('hard_classes')} ({names}); "
+                f"trained on the bundled classifier's training items of those classes; the FAISS {index.get('kind')} "
+                f"index holds {index.get('count')} training items; test: the official test items")
+        return (f"{summary.get('dim')}-d triplet embedding on the bundled classifier's trunk ({summary.get('miner')} "
+                f"miner, {summary.get('epochs_done')} epochs) with its FAISS index and the resolver's validation-swept "
+                f"threshold", data, metrics,
+                f"test P@1 {p1:.4f}; hard-class test accuracy {before:.4f} -> {after:.4f} with the resolver",
+                cfg.get("seed"))
+    test, val = summary.get("test") or {}, summary.get("val") or {}
+    made = Path(summary.get("data") or "-").parent / "config.yaml"
+    scenes = (yaml.safe_load(made.read_text()) if made.is_file() else None) or {}
+    data = (f"synthetic scenes of Fashion-MNIST items from `detect make-data` ({summary.get('data')}): "
+            f"{scenes.get('train')} train / {scenes.get('val')} val / {scenes.get('test')} test scenes of "
+            f"{scenes.get('imgsz')} px, preset {scenes.get('preset', 'none (procedural backgrounds)')}, backgrounds "
+            f"{scenes.get('backgrounds')}, seed {scenes.get('seed')}; train/val scenes use the train/val parts of "
+            f"the training set, test scenes the official test items")
+    metrics = {"test": test, "val": val, "epochs_done": summary.get("epochs_done"), "status": summary.get("status"),
+               "train_images_per_s": summary.get("train_images_per_s"), "train_seconds": summary.get("train_seconds"),
+               "params": summary.get("params")}
+    return (f"YOLO detector on the bundled classifier's backbone ({summary.get('description', '')})", data, metrics,
+            f"test mAP50 {test.get('mAP50', float('nan')):.3f}", cfg.get("seed"))
+
+
+def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extra_steps: list[dict] = (),
+            onnx_limit_mb: float = ONNX_LIMIT_MB) -> Path:
+    """Copy the slimmed run into ``out/kind`` with its cards; replaces an older bundled model only when complete."""
+    from fashionkit.bundled import CARD_JSON, CARD_MD
+    from fashionkit.runs import atomic_write_json, atomic_write_text
+
+    tmp = out / f".{kind}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    common = ["run.json", "config.yaml", "summary.json"]
+    if kind == "classifier":
+        copy_files(run, tmp, common, ["curves.png", "metrics.csv"])
+        (tmp / "weights").mkdir()
+        slim_classifier_checkpoint(run / "weights" / "best.pt", tmp / "weights" / "best.pt")
+    elif kind == "metric":
+        copy_files(run, tmp, [*common, "index/index.faiss", "index/index.npz", "index/index.json", "resolve.json"],
+                   ["curves.png", "tsne.png", "metrics.csv", "confusion_classifier.png", "confusion_resolved.png"])
+        (tmp / "weights").mkdir()
+        slim_embedder_checkpoint(run / "weights" / "best.pt", tmp / "weights" / "best.pt")
+    else:
+        summary = read_json(run / "summary.json") or {}
+        best = Path(summary["best"])
+        onnx = (run / best).with_suffix(".onnx")
+        ship_onnx = onnx.is_file() and onnx.stat().st_size <= onnx_limit_mb * 2**20
+        copy_files(run, tmp, [*common, "model.yaml", str(best)] + ([str(best.with_suffix(".onnx"))] * ship_onnx),
+                   ["ultralytics/results.csv", "ultralytics/results.png", "test/BoxPR_curve.png",
+                    "test/confusion_matrix_normalized.png"])
+        if ship_onnx:  # the export must not look older than best.pt, or detect video would export again
+            os.utime(tmp / best.with_suffix(".onnx"), (time.time() + 1, time.time() + 1))
+    description, data, metrics, headline, seed = describe(kind, run, runs)
+    used = {"classifier": ["classify train"], "metric": ["classify train", "metric train", "metric index",
+                                                         "metric resolve"],
+            "detector": ["classify train", "detect make-data", "detect train"]}[kind]
+    import fashionkit
+
+    card = {"kind": kind, "headline": headline, "description": description, "run": NAMES[kind],
+            "source_run": str(run), "commands": [s.record(runs) for s in steps if s.key in used] + list(extra_steps),
+            "data": data, "seed": seed, "machine": machine(), "metrics": metrics,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "fashionkit": fashionkit.__version__, "git_commit": git_commit(),
+            "rebuild": "python benchmarks/build_models.py", "files": manifest(tmp)}
+    card["bytes"] = sum(f["bytes"] for f in card["files"].values())
+    atomic_write_json(tmp / CARD_JSON, card)
+    atomic_write_text(tmp / CARD_MD, card_markdown(card))
+    target, old = out / kind, out / f".{kind}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def check_bundle(out: Path) -> dict:
+    """Every packaged model loads through the code paths the commands use, from ``out``."""
+    from fashionkit import bundled
+    from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.detect.video import weights_file
+    from fashionkit.metric.index import open_run_index
+    from fashionkit.metric.model import load_embedder
+
+    saved = os.environ.get(bundled.ENV)
+    os.environ[bundled.ENV] = str(out)
+    try:
+        load_run_model(bundled.bundled_run("classifier"))
+        metric = bundled.bundled_run("metric")
+        open_run_index(metric, load_embedder(metric)[1]["model_hash"])
+        weights_file(bundled.bundled_run("detector"))
+        return {kind: bundled.message(kind) for kind in bundled.KINDS}
+    finally:
+        if saved is None:
+            os.environ.pop(bundled.ENV)
+        else:
+            os.environ[bundled.ENV] = saved
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs-dir", default=None, help="runs root of the build (default: ./runs; --tiny: OUT/runs)")
+    p.add_argument("--out", default=None, help=f"where the packaged models go (default: {PACKAGE_MODELS}; --tiny: "
+                   "a new temporary folder)")
+    p.add_argument("--reuse", action="store_true", help="skip a step whose run already finished (packages runs "
+                   "made by hand with the same commands without retraining)")
+    p.add_argument("--package-only", action="store_true", help="run nothing: package the finished runs")
+    p.add_argument("--detector-minutes", type=float, default=60.0, help="detect train --minutes (default: 60)")
+    p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
+                   f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
+    p.add_argument("--tiny", action="store_true", help="CI: tiny subsets and one epoch, into a temporary --out "
+                   "(never the package's models)")
+    p.add_argument("--results", default=None, help="JSON of the build's steps and cards (default: "
+                   "benchmarks/results/build_models.json; --tiny: OUT/build_models.json)")
+    args = p.parse_args(argv)
+
+    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="fashionkit-tiny-models-")) if args.tiny
+                                           else PACKAGE_MODELS)
+    if args.tiny and out.resolve() == PACKAGE_MODELS.resolve():
+        raise SystemExit(f"error: --tiny never writes over the bundled models in {PACKAGE_MODELS}; choose another "
+                         f"--out")
+    runs = Path(args.runs_dir) if args.runs_dir else (out / "runs" if args.tiny else Path("runs"))
+    runs = runs.resolve()
+    os.environ["FASHIONKIT_RUNS"] = str(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.tiny and not preset_available():
+        print("[build] note: this fashionkit's `detect make-data` has no --preset; the detector is trained on the "
+              "default scenes", flush=True)
+
+    start = time.perf_counter()
+    steps = recipe(runs, args.detector_minutes, args.tiny)
+    run_steps(steps, runs, args.reuse, args.package_only)
+    det = runs / "detect" / NAMES["detector"]
+    best = det / (read_json(det / "summary.json") or {})["best"]
+    onnx_path, onnx_seconds = export_onnx(best)
+    export = {"step": "onnx export", "command": f"(detect video's first use) export of {best} to {onnx_path.name}",
+              "wall_seconds": onnx_seconds, "reused": False}
+    made = {}
+    for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
+        target = package(kind, runs / stage / NAMES[kind], out, steps, runs, [export] if kind == "detector" else [],
+                         args.onnx_limit_mb)
+        made[kind] = read_json(target / "card.json")
+        print(f"[build] packaged {target} ({made[kind]['bytes'] / 2**20:.2f} MB): {made[kind]['headline']}",
+              flush=True)
+    messages = check_bundle(out)
+    result = {"out": str(out), "runs": str(runs), "tiny": args.tiny, "machine": machine(),
+              "total_wall_seconds": round(time.perf_counter() - start, 1),
+              "steps": [s.record(runs) for s in steps] + [export],
+              "bytes": {kind: card["bytes"] for kind, card in made.items()},
+              "headlines": {kind: card["headline"] for kind, card in made.items()}, "messages": messages}
+    results = Path(args.results) if args.results else (out / "build_models.json" if args.tiny
+                                                          else ROOT / "benchmarks" / "results" / "build_models.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[build] done in {result['total_wall_seconds']:.0f} s; wrote {results}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The bundled models: the rebuild script's packages and cards, the product's commands with no run given (they use
+the bundled models and say so in one line), named runs winning, and missing or corrupted bundled files.
+
+The bundled models here are the tiny real stand-ins of the ``tiny_bundle`` fixture (benchmarks/build_models.py
+--tiny); the package's own models are checked by the last test when they exist."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from fashionkit import bundled as bundled_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, test_set):
+    """A test item as a user's photo: dark item on a light background, 3x larger, colour."""
+    images, labels = test_set
+    path = tmp_path_factory.mktemp("photo") / "trouser.png"
+    item = cv2.resize(255 - images[2].numpy(), (84, 84), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(path), cv2.cvtColor(item, cv2.COLOR_GRAY2BGR))
+    assert int(labels[2]) == 1  # a trouser
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from fashionkit.config import resolve
+    from fashionkit.detect.cli import MAKE_VIDEO_OPTIONS
+    from fashionkit.detect.scenes import make_video
+
+    path = tmp_path_factory.mktemp("clip") / "input.mp4"
+    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {"seconds": 0.8, "fps": 10.0, "width": 320, "height": 240,
+                                                  "items": 3, "min_scale": 1.5, "max_scale": 3.0}), progress=False)
+    return path
+
+
+@pytest.fixture
+def own_copy(bundled, tmp_path, monkeypatch):
+    """A copy of the tiny bundle that a test may damage."""
+    copy = tmp_path / "models"
+    shutil.copytree(bundled, copy, ignore=shutil.ignore_patterns("runs"))
+    monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(copy))
+    return copy
+
+
+# ---- the rebuild script ------------------------------------------------------------------------------------------
+
+def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(tiny_bundle):
+    out, result = tiny_bundle
+    steps = [s["step"] for s in result["steps"]]
+    assert steps == ["classify train", "metric train", "metric index", "metric resolve", "detect make-data",
+                     "detect train", "onnx export"]
+    assert all(isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0 for s in result["steps"])
+    runs = out / "runs"
+    for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
+        card = json.loads((out / kind / "card.json").read_text())
+        assert card["machine"]["cpu"] and card["date"] and card["seed"] == 0
+        assert (out / kind / "card.md").read_text().startswith(f"# Bundled {kind}: {card['headline']}")
+        # the card's figures are the run's own
+        summary = json.loads((runs / stage / f"bundled-{kind}" / "summary.json").read_text())
+        if kind == "classifier":
+            assert card["headline"] == f"test accuracy {summary['test_acc']:.4f}"
+            assert card["commands"][0]["command"].endswith("classify train --name bundled-classifier "
+                                                            "--model-opts width=0.25 --subset 500 --epochs 1 --lr 0.02")
+        elif kind == "detector":
+            assert card["headline"] == f"test mAP50 {summary['test']['mAP50']:.3f}"
+            assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",
+                                                             "onnx export"]
+        else:
+            resolved = json.loads((runs / "metric" / "bundled-metric" / "resolve.json").read_text())
+            assert f"{resolved['test']['resolved']['hard_accuracy']:.4f} with the resolver" in card["headline"]
+        # every file listed with its size and hash, nothing unlisted, nothing to resume from
+        files = {str(p.relative_to(out / kind)) for p in (out / kind).rglob("*") if p.is_file()}
+        assert files - set(card["files"]) == {"card.json", "card.md"}
+        assert not any("last.pt" in f for f in files)
+    for kind in ("classifier", "metric"):
+        ckpt = torch.load(out / kind / "weights" / "best.pt", map_location="cpu", weights_only=False)
+        assert "optimizer" not in ckpt and "scheduler" not in ckpt
+    assert (out / "detector" / "ultralytics" / "weights" / "best.onnx").is_file()  # detect video needs no export
+    assert set(result["messages"]) == {"classifier", "metric", "detector"}
+
+
+def test_build_script_tiny_refuses_the_package_models():
+    from conftest import load_script
+
+    build_models = load_script("benchmarks/build_models.py")
+    with pytest.raises(SystemExit, match="never writes over the bundled models"):
+        build_models.main(["--tiny", "--out", str(ROOT / "fashionkit" / "models")])
+
+
+# ---- the used-by commands with no run ------------------------------------------------------------------------
+
+def test_classify_predict_without_a_run_uses_the_bundled_classifier(bundled, cli, capsys, photo):
+    before = snapshot(bundled)
+    assert cli("classify", "predict", photo, "--json") == 0
+    out, err = capsys.readouterr()
+    card = json.loads((bundled / "classifier" / "card.json").read_text())
+    assert err.strip().splitlines() == [f"using the bundled classifier: {card['headline']}; pass a run "
+                                        f"(runs/classify/<run>) for your own"]
+    result = json.loads(out)  # stdout stays clean JSON
+    assert result[0]["image"] == str(photo) and len(result[0]["predictions"]) == 3
+    assert snapshot(bundled) == before
+
+
+def test_classify_predict_a_named_run_wins(bundled, cli, capsys, photo, tiny_bundle):
+    mine = tiny_bundle[0] / "runs" / "classify" / "bundled-classifier"
+    for argv in ([mine, photo], ["--run", mine, photo]):
+        assert cli("classify", "predict", *argv) == 0
+        out, err = capsys.readouterr()
+        assert "bundled" not in err and str(photo) in out
+    assert cli("classify", "predict", mine) == 2  # a run and no image
+    assert "no image given" in capsys.readouterr().err
+
+
+def test_metric_lookup_without_a_run_uses_the_bundled_embedding(bundled, runs_dir, cli, capsys, photo):
+    before = snapshot(bundled)
+    assert cli("metric", "lookup", photo, "-k", "4", "--json") == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("using the bundled embedding: test P@1 ")
+    result = json.loads(out)
+    assert len(result["neighbours"]) == 4 and result["run"] == str(bundled / "metric")
+    strip = runs_dir / "bundled" / "metric" / "lookups" / "trouser.png"
+    assert result["png"] == str(strip) and strip.is_file()  # under the runs root, never inside the package
+    assert cli("metric", "lookup", "--test-index", "5", "-k", "3") == 0
+    assert "test item 5" in capsys.readouterr().out
+    assert snapshot(bundled) == before
+
+
+def test_metric_lookup_a_named_run_wins(bundled, cli, capsys, photo, tiny_bundle):
+    mine = tiny_bundle[0] / "runs" / "metric" / "bundled-metric"
+    assert cli("metric", "lookup", mine, photo, "-k", "2", "--out", tiny_bundle[0] / "runs" / "strip.png") == 0
+    out, err = capsys.readouterr()
+    assert "bundled" not in err and str(photo) in out
+    assert cli("metric", "lookup", mine, photo, photo) == 2
+    assert "too many arguments" in capsys.readouterr().err
+
+
+def test_metric_resolve_without_a_run_resolves_with_the_bundled_models(bundled, runs_dir, cli, capsys):
+    before = snapshot(bundled)
+    assert cli("metric", "resolve", "-k", "5") == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("using the bundled embedding") and "using the bundled classifier" in err
+    result = json.loads((runs_dir / "bundled" / "metric" / "resolve.json").read_text())
+    assert result["metric_run"] == str(bundled / "metric") and result["classifier"] == str(bundled / "classifier")
+    assert "threshold" in out
+    assert snapshot(bundled) == before
+
+
+TINY_METRIC = ["--epochs", "1", "--subset", "600", "--batch-size", "64", "--m-per-class", "16", "--steps-per-epoch",
+               "2", "--dim", "16", "--head-hidden", "0", "--no-eval"]
+
+
+def test_metric_train_without_from_builds_on_the_bundled_classifier_then_on_the_newest_run(
+        bundled, runs_dir, cli, capsys, tiny_bundle):
+    import yaml
+
+    assert cli("metric", "train", "--hard-classes", "0,2,4,6", "--name", "a", *TINY_METRIC) == 0
+    err = capsys.readouterr().err
+    assert "building on the bundled classifier (test accuracy" in err and "--from none" in err
+    cfg = yaml.safe_load((runs_dir / "metric" / "a" / "config.yaml").read_text())
+    assert Path(cfg["from"]) == bundled / "classifier"
+
+    mine = runs_dir / "classify" / "mine"  # a finished classify run of the user's: it wins over the bundled one
+    shutil.copytree(tiny_bundle[0] / "runs" / "classify" / "bundled-classifier", mine)
+    assert cli("metric", "train", "--hard-classes", "0,2,4,6", "--name", "b", *TINY_METRIC) == 0
+    assert f"building on the newest classify run {mine}" in capsys.readouterr().err
+    assert Path(yaml.safe_load((runs_dir / "metric" / "b" / "config.yaml").read_text())["from"]) == mine
+
+
+def test_metric_train_from_none_trains_from_scratch(bundled, runs_dir, cli, capsys):
+    assert cli("metric", "train", "--from", "none", "--name", "s", *TINY_METRIC) == 0
+    out, err = capsys.readouterr()
+    assert "building on" not in err and "from scratch" in out
+    summary = json.loads((runs_dir / "metric" / "s" / "summary.json").read_text())
+    assert summary["from"] is None
+
+
+def test_detect_video_without_weights_uses_the_bundled_detector_and_its_shipped_export(
+        own_copy, runs_dir, cli, capsys, clip):
+    import os
+
+    onnx = own_copy / "detector" / "ultralytics" / "weights" / "best.onnx"
+    os.utime(onnx, (1, 1))  # older than best.pt, as an install may leave it: still used, never re-exported
+    before = snapshot(own_copy)
+    out_dir = runs_dir / "v"
+    assert cli("detect", "video", clip, "--imgsz", "160", "--out", out_dir, "--device", "cpu") == 0
+    out, err = capsys.readouterr()
+    card = json.loads((own_copy / "detector" / "card.json").read_text())
+    assert f"using the bundled detector: {card['headline']}; pass --weights runs/detect/<run> for your own" in err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["backend"] == "onnx" and summary["frames_processed"] == 8
+    assert Path(summary["weights"]) == own_copy / "detector" / "ultralytics" / "weights" / "best.pt"
+    assert snapshot(own_copy) == before
+
+
+def test_detect_video_named_weights_win(bundled, runs_dir, cli, capsys, clip, tiny_bundle):
+    mine = tiny_bundle[0] / "runs" / "detect" / "bundled-detector"
+    assert cli("detect", "video", clip, "--weights", mine, "--imgsz", "160", "--out", runs_dir / "v",
+               "--backend", "torch", "--max-frames", "2") == 0
+    assert "bundled" not in capsys.readouterr().err
+    assert json.loads((runs_dir / "v" / "summary.json").read_text())["weights"].startswith(str(mine))
+
+
+# ---- missing and damaged bundled files --------------------------------------------------------------------------
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_a_missing_bundled_file_is_a_one_line_error_naming_it_and_the_rebuild(own_copy, cli, capsys, photo):
+    (own_copy / "classifier" / "weights" / "best.pt").unlink()
+    assert cli("classify", "predict", photo) == 2
+    line = one_error_line(capsys)
+    assert str(own_copy / "classifier" / "weights" / "best.pt") in line and "is missing" in line
+    assert "python benchmarks/build_models.py" in line
+
+
+def test_a_corrupted_bundled_file_is_a_one_line_error(own_copy, cli, capsys, photo):
+    index = own_copy / "metric" / "index" / "index.faiss"
+    data = bytearray(index.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    index.write_bytes(bytes(data))
+    assert cli("metric", "lookup", photo) == 2
+    line = one_error_line(capsys)
+    assert str(index) in line and "corrupted" in line and "build_models.py" in line
+
+    (own_copy / "detector" / "card.json").write_text("{not json")
+    assert cli("detect", "video", photo) == 2
+    line = one_error_line(capsys)
+    assert str(own_copy / "detector" / "card.json") in line and "corrupted" in line
+
+
+def test_no_bundled_models_at_all_says_how_to_name_your_own(tmp_path, monkeypatch, runs_dir, cli, capsys, clip):
+    monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(tmp_path / "none"))
+    assert cli("detect", "video", clip) == 2
+    line = one_error_line(capsys)
+    assert "no bundled detector" in line and "--weights runs/detect/<run>" in line
+
+
+# ---- the package's own bundled models -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(bundled_mod.KINDS))
+def test_the_package_bundled_models_are_whole_when_present(kind, monkeypatch):
+    monkeypatch.delenv("FASHIONKIT_MODELS_DIR", raising=False)
+    if not (ROOT / "fashionkit" / "models" / kind / "card.json").is_file():
+        pytest.skip(f"no bundled {kind} in this checkout yet (benchmarks/build_models.py makes it)")
+    run = bundled_mod.bundled_run(kind)
+    assert run == ROOT / "fashionkit" / "models" / kind
+    card = bundled_mod.card(kind)
+    assert card["commands"] and card["machine"]["cpu"] and card["headline"] in bundled_mod.message(kind)
