@@ -266,8 +266,10 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
     if not tracks:
         return {}
     votes = np.stack([t.votes for t in tracks])
-    crop_of = [(i, c) for i, t in enumerate(tracks) for c in t.crops]  # (track position, crop), flat
-    items = torch.stack([crop_item(c[2]) for _, c in crop_of]) if crop_of else torch.zeros(0, 28, 28, torch.uint8)
+    reading = readers.classifier is not None or readers.embedder is not None
+    crop_of = [(i, c) for i, t in enumerate(tracks) for c in t.crops] if reading else []  # (track, crop), flat
+    items = torch.stack([crop_item(c[2]) for _, c in crop_of]) if crop_of else torch.zeros(0, 28, 28,
+                                                                                            dtype=torch.uint8)
     probs = None
     if readers.classifier is not None:
         from fashionkit.classify.predict import predict_probs

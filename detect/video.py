@@ -478,7 +478,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         readers = tracks.load_readers(*tracks.choose_runs(cfg, weights), names, select_device(cfg["device"]))
         tracks.note(readers, cfg)
         # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
-        collector = tracks.TrackCollector(len(names), cfg["crops"], new_ids=source.kind != "video")
+        crops = cfg["crops"] if readers.classifier is not None or readers.embedder is not None else 0  # none to read
+        collector = tracks.TrackCollector(len(names), crops, new_ids=source.kind != "video")
     out = output_dir(cfg["out"], input_path)
     load_seconds = time.perf_counter() - t_load
     writer = Writer(out, source, cfg["save_video"])
