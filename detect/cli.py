@@ -148,6 +148,11 @@ def register(sub, formatter) -> None:
                        "image) in batches; without --weights, the detector bundled with fashionkit (a line on stderr "
                        "says so). Writes to --out: annotated.mp4 (or annotated/ images), detections.jsonl "
                        "(one line per processed frame), detections.csv and summary.json (items per class, frames/s). "
+                       "With --track every tracked item gets one class, from its frames' votes, its crops read by a "
+                       "classifier (--classifier) and, for unsure items of the hard classes, the kNN resolver of a "
+                       "metric run (--metric); the outputs carry both the per-frame and the track's class, and the "
+                       "annotated video shows the track's. --gt scores against a `detect make-video` ground truth "
+                       "(with --track also class flicker and per-track class accuracy). "
                        "A video that ends before its header's frame count (truncated) is processed as far as it "
                        "can be read: the outputs are kept, a warning says where it stopped, summary.json records "
                        "complete=false, and the exit status is still 0.")

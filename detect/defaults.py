@@ -60,11 +60,24 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "stride": Opt(1, "process every Nth frame"),
     "max_frames": Opt(0, "stop after this many processed frames (0 = all)"),
     "batch": Opt(8, "frames per forward pass"),
-    "track": Opt(False, "track items across frames (ultralytics ByteTrack) to count unique items"),
+    "track": Opt(False, "track items across frames (ultralytics ByteTrack) and give each track one class from its "
+                 "frames' votes, its crops read by --classifier and, for unsure hard classes, --metric's kNN "
+                 "resolver; a folder of images: each detection is its own track"),
     "tracker": Opt("bytetrack.yaml", "tracker config with --track: bytetrack.yaml or botsort.yaml"),
+    # --track's class decision (detect/tracks.py)
+    "classifier": Opt("auto", "with --track: classify run that reads each track's crops: RUN, auto (the classify "
+                      "run the detector was trained --from, if it exists) or none (the detector's votes alone)",
+                      type=str),
+    "metric": Opt("auto", "with --track: metric run (with its FAISS index) whose kNN vote re-decides tracks of its "
+                  "hard classes with a small top-1/top-2 margin: RUN, auto (none yet) or none", type=str),
+    "crops": Opt(4, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
+    "vote_weight": Opt(0.5, "with --track: weight of the detector's per-frame votes against the classifier's reading "
+                       "of the crops (1: votes only)"),
+    "resolve_margin": Opt(0.3, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
+                          "this go to the kNN resolver"),
     "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
-    "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5",
-              type=str),
+    "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5, and "
+              "with --track class flicker and per-track class accuracy", type=str),
     "min_visible": Opt(0.5, "with --gt: items less visible than this are ignored (neither missed nor false)"),
     "device": Opt("auto", DEVICE_HELP),
     "backend": Opt("auto", "inference engine: torch, onnx (ONNX Runtime on the CPU; a .pt is exported once to the "

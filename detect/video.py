@@ -11,10 +11,15 @@ on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``--out``:
 * ``annotated.mp4`` (video input; mp4v at the input fps / stride) or ``annotated/<name>`` (image input),
 * ``detections.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id",
   "class_name", "conf", "box": [x1, y1, x2, y2], "track_id"}]}`` in pixels of the original frame (``track_id``
-  only with ``--track``; null for a detection ByteTrack has not confirmed as a track),
-* ``detections.csv``: one row per detection,
+  only with ``--track``; null for a detection ByteTrack has not confirmed as a track); with ``--track`` each
+  detection also carries its track's class: ``track_class_id``, ``track_class_name``, ``track_conf``,
+  ``track_resolved`` (detect/tracks.py decides them; the annotated output is labelled with them),
+* ``detections.csv``: one row per detection (the same fields),
 * ``summary.json``: frames read and processed, frames/s end to end, items seen per class (detections, frames,
-  most in one frame, unique tracks with ``--track``), and with ``--gt`` precision and recall at IoU 0.5.
+  most in one frame, unique tracks with ``--track``), with ``--track`` a ``tracks`` section (each track's class,
+  confidence, votes, classifier reading, whether the kNN resolver decided it and its neighbours), and with ``--gt``
+  precision and recall at IoU 0.5 (detect/scoring.py), with ``--track`` also by the tracks' classes, class flicker
+  and per-track class accuracy.
 
 A truncated video is processed as far as OpenCV can decode it; ``summary.json`` then says ``complete: false``
 with the frame it stopped at, a warning is printed, and the command still succeeds (many healthy files carry a
@@ -38,13 +43,14 @@ from typing import Any
 
 import numpy as np
 
+from fashionkit.detect.scoring import IOU_MATCH, Score, TrackScore, box_iou, load_gt, match, with_track_classes  # noqa: F401
 from fashionkit.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # annotated images keep these
 DEFAULT_FPS = 25.0  # for videos whose header has no usable frame rate
-IOU_MATCH = 0.5
 ENGINES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
+TRACK_COLUMNS = ["track_class_id", "track_class_name", "track_conf", "track_resolved"]  # --track: the track's class
 
 
 # ---- the detector --------------------------------------------------------------------------------------------
@@ -326,88 +332,6 @@ class Source:
             cap.release()
 
 
-# ---- ground truth -----------------------------------------------------------------------------------------
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of ``[N, 4]`` and ``[M, 4]`` xyxy boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
-
-
-@dataclass
-class Score:
-    """True/false positives and misses at IoU 0.5, counted both with and without the class."""
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    tp_box: int = 0  # class-agnostic: the box is right, whatever the class
-    fp_box: int = 0
-    fn_box: int = 0
-
-    def add(self, dets: list[dict], gt: list[dict], min_visible: float) -> None:
-        for agnostic in (False, True):
-            tp, fp, fn = match(dets, gt, min_visible, agnostic)
-            if agnostic:
-                self.tp_box, self.fp_box, self.fn_box = self.tp_box + tp, self.fp_box + fp, self.fn_box + fn
-            else:
-                self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
-
-    def result(self) -> dict:
-        def ratio(a: int, b: int) -> float | None:
-            return round(a / b, 5) if b else None
-
-        return {"iou": IOU_MATCH, "tp": self.tp, "fp": self.fp, "fn": self.fn,
-                "precision": ratio(self.tp, self.tp + self.fp), "recall": ratio(self.tp, self.tp + self.fn),
-                "box_precision": ratio(self.tp_box, self.tp_box + self.fp_box),
-                "box_recall": ratio(self.tp_box, self.tp_box + self.fn_box)}
-
-
-def match(dets: list[dict], gt: list[dict], min_visible: float, agnostic: bool = False) -> tuple[int, int, int]:
-    """Greedy matching, most confident detection first, each ground-truth box used once (as in VOC/COCO).
-    Ground truth less visible than ``min_visible`` is "ignore": a detection on it is neither right nor wrong."""
-    dets = sorted(dets, key=lambda d: -d["conf"])
-    care = [g for g in gt if g.get("visible", 1.0) >= min_visible]
-    ignore = [g for g in gt if g.get("visible", 1.0) < min_visible]
-    iou = box_iou(np.array([d["box"] for d in dets], float).reshape(-1, 4),
-                  np.array([g["box"] for g in care], float).reshape(-1, 4))
-    iou_ignore = box_iou(np.array([d["box"] for d in dets], float).reshape(-1, 4),
-                         np.array([g["box"] for g in ignore], float).reshape(-1, 4))
-    used = np.zeros(len(care), bool)
-    tp = fp = 0
-    for i, d in enumerate(dets):
-        ok = iou[i] >= IOU_MATCH
-        if not agnostic:
-            ok &= np.array([g["class_id"] == d["class_id"] for g in care], bool)
-        ok &= ~used
-        if ok.any():
-            used[np.argmax(np.where(ok, iou[i], -1))] = True
-            tp += 1
-        elif not (iou_ignore[i] >= IOU_MATCH).any():
-            fp += 1
-    return tp, fp, int((~used).sum())
-
-
-def load_gt(path: str | Path) -> list[list[dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ground truth not found: {path} (made by `detect make-video` next to the .mp4)")
-    try:
-        frames = json.loads(path.read_text())
-        ok = isinstance(frames, list) and all(isinstance(f, list) for f in frames)
-        ok = ok and all({"class_id", "box"} <= set(b) for f in frames for b in f)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-        ok = False
-    if not ok:
-        raise UserError(f"{path} is not a `detect make-video` ground truth (a JSON list of frames of boxes)")
-    return frames
-
-
 # ---- the run -----------------------------------------------------------------------------------------------
 
 def check_options(cfg: dict) -> None:
@@ -511,8 +435,8 @@ class Tally:
         counts: dict[str, int] = {}
         for d in dets:
             counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
-            if d.get("track_id") is not None:
-                self.tracks.setdefault(d["class_name"], set()).add(d["track_id"])
+            if d.get("track_id") is not None:  # a track counts once, under its own class when it has one
+                self.tracks.setdefault(d.get("track_class_name") or d["class_name"], set()).add(d["track_id"])
         for name, n in counts.items():
             self.detections[name] = self.detections.get(name, 0) + n
             self.frames[name] = self.frames.get(name, 0) + 1
@@ -521,9 +445,9 @@ class Tally:
     def result(self, track: bool) -> dict:
         per_class = {}
         for name in self.names.values():
-            if name in self.detections:
-                row = {"detections": self.detections[name], "frames": self.frames[name],
-                       "most_in_a_frame": self.most[name]}
+            if name in self.detections or name in self.tracks:  # a class can be a track's and no frame's
+                row = {"detections": self.detections.get(name, 0), "frames": self.frames.get(name, 0),
+                       "most_in_a_frame": self.most.get(name, 0)}
                 if track:
                     row["unique_tracks"] = len(self.tracks.get(name, ()))
                 per_class[name] = row
@@ -531,13 +455,18 @@ class Tally:
 
 
 def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True) -> dict:
-    """Detect items in ``input_path`` with the resolved ``detect video`` options; returns the summary."""
+    """Detect items in ``input_path`` with the resolved ``detect video`` options; returns the summary.
+    With ``--track`` the outputs are written in a second pass, once every track has its class (detect/tracks.py)."""
     import torch
     from tqdm import tqdm
 
+    from fashionkit.detect import tracks
     from fashionkit.runs import atomic_write_json
 
     check_options(cfg)
+    track = cfg["track"]
+    if track:
+        tracks.check_options(cfg)
     input_path = Path(input_path)
     source = Source.open(input_path, cfg["stride"], cfg["max_frames"])
     gt = load_gt(cfg["gt"]) if cfg.get("gt") else None
@@ -552,16 +481,28 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     device = ultralytics_device(cfg["device"])
     model, weights, backend = load_detector(cfg["weights"], cfg.get("backend", "torch"), device)
     keep_threads(model, cfg["threads"])
+    names = model.names
+    if track:  # before the output directory exists: a misfitting run leaves nothing behind
+        from fashionkit.device import select_device
+
+        readers = tracks.load_readers(*tracks.choose_runs(cfg, weights), names, select_device(cfg["device"]))
+        tracks.note(readers, cfg)
+        # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
+        crops = cfg["crops"] if readers.classifier is not None or readers.embedder is not None else 0  # none to read
+        collector = tracks.TrackCollector(len(names), crops, new_ids=source.kind != "video")
     out = output_dir(cfg["out"], input_path)
     load_seconds = time.perf_counter() - t_load
-    names = model.names
     writer = Writer(out, source, cfg["save_video"])
     jsonl_tmp, csv_tmp = out / ".detections.jsonl.part", out / ".detections.csv.part"
+    lines_tmp = out / ".detections.frames.part"  # --track: the first pass's lines, before the tracks' classes
     tally, score = Tally(names), Score() if gt is not None else None
+    track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
     kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], imgsz=cfg["imgsz"], device=device, verbose=False)
-    if cfg["track"]:
+    use_tracker = track and source.kind == "video"
+    if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
     processed, t0 = 0, time.perf_counter()
+    phases: dict[str, float] = {}
     bar = tqdm(total=source.expected(), unit="frame", desc=input_path.name, dynamic_ncols=True,
                disable=None if progress else True)
     keep = False
@@ -569,43 +510,65 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         with jsonl_tmp.open("w") as jsonl, csv_tmp.open("w", newline="") as csv_file:
             rows = csv.writer(csv_file)
             rows.writerow(["frame", "source", "time", "class_id", "class_name", "conf", "x1", "y1", "x2", "y2",
-                           "track_id"])
-            batch: list[tuple[int, str, np.ndarray]] = []
+                           "track_id"] + (TRACK_COLUMNS if track else []))
 
-            def flush() -> None:
-                nonlocal processed
-                frames = [f for _, _, f in batch]
-                try:
-                    results = model.track(frames, **kwargs) if cfg["track"] else model.predict(frames, **kwargs)
-                except FileNotFoundError as e:
-                    raise UserError(f"--tracker {cfg['tracker']}: {e}") from None
-                for (index, name, _), result in zip(batch, results):
-                    dets = detections(result, cfg["track"])
-                    t = round(index / source.fps, 4) if source.kind == "video" else None
-                    line = {"frame": index, **({"time": t} if t is not None else {"source": name}),
-                            "detections": dets}
-                    jsonl.write(json.dumps(line) + "\n")
-                    for d in dets:
-                        rows.writerow([index, name, t, d["class_id"], d["class_name"], d["conf"], *d["box"],
-                                       d.get("track_id")])
-                    tally.add(dets)
-                    if score is not None:
-                        score.add(dets, gt[index] if index < len(gt) else [], cfg["min_visible"])
-                    writer.write(name, result.plot(line_width=2) if writer.enabled else None)
-                processed += len(batch)
-                bar.update(len(batch))
-                batch.clear()
+            def emit(line: dict, name: str, image: np.ndarray | None) -> None:
+                index, t, dets = line["frame"], line.get("time"), line["detections"]
+                jsonl.write(json.dumps(line) + "\n")
+                for d in dets:
+                    rows.writerow([index, name, t, d["class_id"], d["class_name"], d["conf"], *d["box"],
+                                   d.get("track_id")] + [d[c] for c in TRACK_COLUMNS if track])
+                tally.add(dets)
+                if score is not None:
+                    frame_gt = gt[index] if index < len(gt) else []
+                    score.add(dets, frame_gt, cfg["min_visible"])
+                    if track_score is not None:
+                        track_score.add(dets, frame_gt)
+                        track_class_score.add(with_track_classes(dets), frame_gt, cfg["min_visible"])
+                writer.write(name, image)
 
-            for item in source:
-                batch.append(item)
-                if len(batch) == cfg["batch"]:
+            with lines_tmp.open("w") if track else open(os.devnull, "w") as lines:
+                batch: list[tuple[int, str, np.ndarray]] = []
+
+                def flush() -> None:
+                    nonlocal processed
+                    frames = [f for _, _, f in batch]
+                    try:
+                        results = model.track(frames, **kwargs) if use_tracker else model.predict(frames, **kwargs)
+                    except FileNotFoundError as e:
+                        raise UserError(f"--tracker {cfg['tracker']}: {e}") from None
+                    for (index, name, frame), result in zip(batch, results):
+                        dets = detections(result, track)
+                        t = round(index / source.fps, 4) if source.kind == "video" else None
+                        line = {"frame": index, **({"time": t} if t is not None else {"source": name}),
+                                "detections": dets}
+                        if track:
+                            collector.add(index, frame, dets)
+                            lines.write(json.dumps(line) + "\n")
+                        else:
+                            emit(line, name, result.plot(line_width=2) if writer.enabled else None)
+                    processed += len(batch)
+                    bar.update(len(batch))
+                    batch.clear()
+
+                for item in source:
+                    batch.append(item)
+                    if len(batch) == cfg["batch"]:
+                        flush()
+                if batch:
                     flush()
-            if batch:
-                flush()
+            if track:
+                phases["first_pass"] = time.perf_counter() - t0
+                decisions = tracks.decide_tracks(collector, readers, names, cfg["vote_weight"], cfg["resolve_margin"])
+                phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
+                for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, names, writer.enabled):
+                    emit(line, name, image)
+                phases["second_pass"] = time.perf_counter() - t0 - phases["first_pass"] - phases["decide"]
         keep = True
     finally:
         bar.close()
         writer.close(keep)
+        lines_tmp.unlink(missing_ok=True)
         if keep:
             os.replace(jsonl_tmp, out / "detections.jsonl")
             os.replace(csv_tmp, out / "detections.csv")
@@ -630,6 +593,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         "threads": torch.get_num_threads(),
         "items": tally.result(cfg["track"]),
     }
+    if track:
+        summary["tracks"] = tracks.summary(decisions, readers, cfg, phases)
     if source.kind == "video":
         summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
     if source.unreadable:
@@ -640,11 +605,16 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
               f"announces (truncated or damaged?); the outputs cover frames 0-{source.read - 1}", file=sys.stderr)
     if score is not None:
         summary["gt"] = {"file": str(cfg["gt"]), "min_visible": cfg["min_visible"], **score.result()}
+        if track_score is not None:
+            summary["gt"]["with_track_classes"] = track_class_score.result()
+            summary["gt"]["tracks"] = track_score.result()
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def format_summary(s: dict) -> str:
+    from fashionkit.detect.tracks import format_lines
+
     lines = [f"{s['input']}: {s['frames_processed']} frames processed ({s['frames_read']} read, stride "
              f"{s['stride']}) in {s['seconds']:.1f}s = {s['fps']:.1f} frames/s end to end "
              f"({ENGINES.get(s.get('backend'), s.get('backend'))})"]
@@ -660,6 +630,10 @@ def format_summary(s: dict) -> str:
         g = s["gt"]
         lines.append(f"vs ground truth (IoU {g['iou']}): precision {g['precision']} recall {g['recall']} "
                      f"(boxes only: precision {g['box_precision']} recall {g['box_recall']})")
+        if "with_track_classes" in g:
+            lines.append(f"  with the tracks' classes: precision {g['with_track_classes']['precision']} recall "
+                         f"{g['with_track_classes']['recall']}")
+    lines += format_lines(s)
     lines.append(f"wrote {s['out']}")
     return "\n".join(lines)
 

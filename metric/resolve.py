@@ -41,10 +41,17 @@ def knn_votes(net, index, images, hard: list[int], k: int, device, batch_size: i
     """The hard class with the largest inverse-distance weight among the ``k`` nearest reference items, or -1
     when none of them is of a hard class. ``exclude[i]``: a dataset index that query ``i`` must not find (its
     own copy in the index)."""
+    return weighted_vote(index, *knn_neighbours(net, index, images, k, device, batch_size, exclude), hard)
+
+
+def knn_neighbours(net, index, images, k: int, device, batch_size: int, exclude: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(distances, rows)`` ``[N, k]`` of each image's ``k`` nearest reference items, nearest first; row -1 (at
+    distance inf) where there is none, or where it is the query's own copy ``exclude[i]``."""
     from fashionkit.metric.data import embed
 
     if len(images) == 0:
-        return np.empty(0, dtype=np.int64)
+        return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
     z = embed(net, images, device, None, batch_size).numpy()
     extra = 1 if exclude is not None else 0
     dist, rows = index.search(z, min(k + extra, index.size))
@@ -53,6 +60,15 @@ def knn_votes(net, index, images, hard: list[int], k: int, device, batch_size: i
         valid &= index.source[np.where(valid, rows, 0)] != exclude[:, None]
         keep = np.cumsum(valid, 1) <= k  # the first k that remain
         valid &= keep
+    return np.where(valid, dist, np.inf), np.where(valid, rows, -1)
+
+
+def weighted_vote(index, dist: np.ndarray, rows: np.ndarray, hard: list[int]) -> np.ndarray:
+    """Per row of neighbours (``rows`` into the index's sidecar, -1 for none), the hard class with the largest sum
+    of 1 / distance, or -1 when no neighbour is of a hard class."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.int64)
+    valid = rows >= 0
     labels = np.where(valid, index.labels[np.where(valid, rows, 0)], -1)
     weights = np.where(valid, 1.0 / (dist + EPS), 0.0)
     scores = np.stack([np.where(labels == c, weights, 0.0).sum(1) for c in hard], 1)

@@ -82,6 +82,18 @@ def clip(work):
     return path, frames
 
 
+# ByteTrack's own thresholds start tracks at confidence 0.25, which a 2-epoch detector never reaches
+LOW_TRACKER = {"tracker_type": "bytetrack", "track_high_thresh": 0.001, "track_low_thresh": 0.0005,
+               "new_track_thresh": 0.001, "track_buffer": 30, "match_thresh": 0.8, "fuse_score": True}
+
+
+@pytest.fixture(scope="module")
+def low_tracker(work):
+    path = work / "low-tracker.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in LOW_TRACKER.items()))
+    return str(path)
+
+
 def video_cfg(**overrides):
     return resolve(VIDEO_OPTIONS, {"conf": 0.001, **overrides})
 
@@ -444,3 +456,374 @@ def test_eval_reports_map_and_video_scores(cli, trained, clip, work, capsys):
     result = json.loads((run / "eval" / "test" / "eval.json").read_text())
     assert 0 <= result["test"]["mAP50"] <= 1 and "precision" in result["video"]["gt"]
     assert "mAP50" in capsys.readouterr().out
+
+
+# ---- track-level classes (detect/tracks.py) and scoring (detect/scoring.py) ---------------------------------
+
+def test_class_flicker_and_per_track_accuracy_on_hand_made_tracks():
+    from fashionkit.detect.scoring import class_changes, flicker, track_accuracy
+
+    seqs = {1: [0, 0, 2, 0], 2: [1, 1]}
+    assert class_changes(seqs) == (2, 6) and flicker(seqs) == pytest.approx(100 * 2 / 6, abs=1e-3)
+    assert flicker({1: [4, 4, 4]}) == 0 and flicker({}) is None
+    # (track, gt item, gt class, per-frame class, track class): track 1 follows item 7 (coat, 4) for 3 frames and
+    # crosses item 8 once; track 2 follows item 8 (shirt, 6); track 3 never meets an item
+    records = [(1, 7, 4, 4, 4), (1, 7, 4, 6, 4), (1, 7, 4, 4, 4), (1, 8, 6, 6, 4),
+               (2, 8, 6, 6, 0), (2, 8, 6, 0, 0), (3, None, None, 1, 1)]
+    per_frame, track = track_accuracy(records, 3), track_accuracy(records, 4)
+    # the frame of track 1 on item 8 does not count: the track belongs to item 7
+    assert per_frame["accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2, abs=1e-4)
+    assert track["accuracy"] == pytest.approx(0.5) and track["correct_tracks"] == 1
+    assert track["matched_tracks"] == 2 and track["unmatched_tracks"] == 1
+
+
+def test_track_score_counts_flicker_along_tracks_and_ground_truth_items():
+    from fashionkit.detect.scoring import TrackScore
+
+    item = {"track_id": 5, "class_id": 4, "box": [10, 10, 50, 60], "visible": 1.0}
+    other = {"track_id": 6, "class_id": 1, "box": [100, 10, 140, 60], "visible": 1.0}
+    score = TrackScore()
+    # item 5 is tracked as track 1 (coat, shirt, coat per frame; coat as a track), then lost and picked up as track
+    # 2 (shirt as a track); item 6 is track 3 throughout; a false track 4 sits on empty ground
+    per_frame = [4, 6, 4, 6, 6]
+    for cls, tid, tcls in zip(per_frame, [1, 1, 1, 2, 2], [4, 4, 4, 6, 6]):
+        dets = [{"class_id": cls, "conf": 0.9, "box": [11, 10, 50, 61], "track_id": tid, "track_class_id": tcls},
+                {"class_id": 1, "conf": 0.8, "box": [100, 11, 141, 60], "track_id": 3, "track_class_id": 1},
+                {"class_id": 2, "conf": 0.3, "box": [200, 200, 240, 240], "track_id": 4, "track_class_id": 2}]
+        score.add(dets, [item, other])
+    r = score.result()
+    assert r["tracks"] == 4 and r["track_frames"] == 15
+    assert r["per_frame"]["changes"] == 2 and r["track"]["changes"] == 0  # one class per track: no change within
+    assert r["per_frame"]["flicker"] == pytest.approx(100 * 2 / 15, abs=1e-3)
+    assert r["per_frame"]["gt_changes"] == 3 and r["track"]["gt_changes"] == 1  # the hand-over to track 2 shows
+    assert r["track"]["accuracy"] == pytest.approx(2 / 3, abs=1e-4) and r["track"]["unmatched_tracks"] == 1
+    assert r["per_frame"]["accuracy"] == pytest.approx((2 / 3 + 0 + 1) / 3, abs=1e-4)
+
+
+def test_track_vote_mixes_votes_and_classifier_reading():
+    from fashionkit.detect.tracks import mix
+    from fashionkit.metric.resolve import top2
+
+    votes = np.zeros((3, 10))
+    votes[0, [4, 6, 8]] = [45 * 0.6, 9 * 0.5, 0.3]  # the issue's coat: 45 coat, 9 shirt, 1 bag frames
+    votes[1, [0, 6]] = [1.0, 1.0]  # a tie between T-shirt/top and shirt
+    probs = np.full((3, 10), np.nan)  # track 0 has no crop the classifier could read
+    probs[1] = np.eye(10)[6] * 0.9 + 0.01
+    p = mix(votes, probs, vote_weight=0.5)
+    assert p.sum(1) == pytest.approx(np.ones(3))
+    top1, margin = top2(p)
+    assert top1[0] == 4 and p[0, 4] == pytest.approx(27 / (27 + 4.5 + 0.3))  # votes alone, confidence-weighted
+    assert top1[1] == 6  # the classifier breaks the tie
+    assert p[2] == pytest.approx(np.full(10, 0.1))  # no votes, no reading: uniform, margin 0
+    assert margin[2] == 0
+    assert mix(votes, probs, vote_weight=1.0)[1, 0] == pytest.approx(0.5)  # weight 1: the votes alone
+    assert mix(votes, None, 0.5) == pytest.approx(mix(votes, probs * np.nan, 0.5))
+
+
+def test_collector_keeps_the_best_spaced_crops_and_new_ids_for_images():
+    from fashionkit.detect.tracks import CROP_EVERY, TrackCollector
+
+    frame = np.full((120, 160, 3), 30, np.uint8)
+    frame[40:80, 50:90] = 200
+    collector = TrackCollector(10, crops=2)
+    for i in range(10):
+        conf = 0.1 * (i + 1)
+        collector.add(i, frame, [{"class_id": i % 2, "conf": conf, "box": [50, 40, 90, 80], "track_id": 7},
+                                 {"class_id": 3, "conf": 0.9, "box": [0, 0, 4, 4], "track_id": 8},  # too small
+                                 {"class_id": 3, "conf": 0.9, "box": [5, 5, 30, 30], "track_id": None}])
+    t = collector.tracks[7]
+    assert set(collector.tracks) == {7, 8} and t.frames == 10 and (t.first, t.last) == (0, 9)
+    assert t.votes[0] == pytest.approx(0.1 + 0.3 + 0.5 + 0.7 + 0.9) and t.counts.tolist()[:2] == [5, 5]
+    offered = list(range(0, 10, CROP_EVERY))
+    assert sorted(c[1] for c in t.crops) == offered[-2:]  # the two most confident of the offered frames
+    assert t.crops[0][2].shape == (48, 48)  # the box padded by 10% of its size on each side
+    assert collector.tracks[8].crops == []
+
+    images = TrackCollector(10, crops=1, new_ids=True)
+    dets = [{"class_id": 1, "conf": 0.5, "box": [50, 40, 90, 80]}, {"class_id": 2, "conf": 0.5, "box": [5, 5, 30, 30]}]
+    images.add(0, frame, dets)
+    images.add(1, frame, [dict(d) for d in dets])
+    assert [d["track_id"] for d in dets] == [1, 2] and set(images.tracks) == {1, 2, 3, 4}
+    assert all(t.frames == 1 for t in images.tracks.values())
+
+
+def paste_item(item: np.ndarray, ground: int, dark_item: bool, scale: int = 3) -> tuple[np.ndarray, list]:
+    """A Fashion-MNIST item on a flat BGR ground, lighter than the ground or (``dark_item``) darker, and its box."""
+    big = cv2.resize(item, (28 * scale, 28 * scale), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    frame = np.full((140, 160), float(ground), np.float32)
+    frame[20:20 + 28 * scale, 30:30 + 28 * scale] += (-1 if dark_item else 1) * 100 * big / 255
+    rows, cols = np.nonzero(big > 25)
+    box = [30 + cols.min(), 20 + rows.min(), 30 + cols.max() + 1, 20 + rows.max() + 1]
+    return cv2.cvtColor(frame.astype(np.uint8), cv2.COLOR_GRAY2BGR), [float(v) for v in box]
+
+
+class NearestMean(torch.nn.Module):
+    """A classifier without training: logits are minus the distance to each class's mean training image (about
+    two thirds right on Fashion-MNIST), so crop readings can be checked against a model that reads items."""
+
+    def __init__(self, train_set, per_class: int = 200):
+        from fashionkit.data.loader import normalize, to_float
+
+        super().__init__()
+        images, labels = train_set
+        x = normalize(to_float(images[:6000])).flatten(1)
+        self.register_buffer("means", torch.stack([x[labels[:6000] == c][:per_class].mean(0) for c in range(10)]))
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # a device to probe
+
+    def forward(self, x):
+        return -torch.cdist(x.flatten(1), self.means) / 4
+
+
+def likeness(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pixel correlation of two items, allowing a shift of one pixel (rounding in the framing)."""
+    return max(float(np.corrcoef(torch.roll(a, (dy, dx), (0, 1)).flatten().numpy(), b.flatten().numpy())[0, 1])
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def test_crops_become_dataset_items_and_the_classifier_reads_them(train_set, test_set):
+    from fashionkit.classify.predict import predict_probs
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.data.images import to_item
+    from fashionkit.detect.tracks import Readers, TrackCollector, crop_grey, crop_item, decide_tracks
+
+    images, labels = test_set
+    picks = [int(i) for c in range(10) for i in np.flatnonzero(labels.numpy() == c)[:3]]
+    crops, framed = [], []
+    for item in images[picks].numpy():
+        for ground, dark in ((20, False), (235, True), (120, True), (110, False)):  # mid-grey: either way
+            frame, box = paste_item(item, ground, dark)
+            crops.append(crop_item(crop_grey(frame, box)))
+            framed.append(to_item(item.astype(float)))
+    similar = [likeness(a, b) for a, b in zip(crops, framed)]
+    assert min(similar) > 0.85, similar  # the item back, framed as data/images.py frames it, up to resampling
+    crops, framed = torch.stack(crops), torch.stack(framed)
+    classifier, cpu = NearestMean(train_set).eval(), torch.device("cpu")
+    on_crops, on_items = (predict_probs(classifier, x, cpu).argmax(1) for x in (crops, framed))
+    assert (on_items == labels[picks].repeat_interleave(4)).float().mean() >= 0.5  # it does read items
+    assert (on_crops == on_items).float().mean() >= 0.9
+
+    # a track whose detector votes are tied between two classes takes the class its crops read as
+    right = next(i for i in picks if predict_probs(classifier, images[i:i + 1], cpu)[0, labels[i]] > 0.5)
+    label = int(labels[right])
+    other = (label + 1) % 10
+    collector = TrackCollector(10, crops=4)
+    for f in range(12):
+        frame, box = paste_item(images[right].numpy(), 235, True)
+        collector.add(f, frame, [{"class_id": (label, other)[f % 2], "conf": 0.6, "box": box, "track_id": 1}])
+    names = dict(enumerate(CLASSES))
+    alone = decide_tracks(collector, Readers(cpu), names, vote_weight=0.5, resolve_margin=0.3)[1]
+    assert alone["margin"] == 0 and alone["classifier_class_id"] is None  # votes alone: a tie
+    read = decide_tracks(collector, Readers(cpu, classifier=classifier), names, 0.5, 0.3)[1]
+    assert read["class_id"] == read["classifier_class_id"] == label and read["crops"] == 4
+    assert read["conf"] > 0.5 and not read["resolved"]
+
+
+@pytest.fixture(scope="module")
+def metric_run(work, classify_run):
+    """A tiny metric run whose index holds 600 reference items (the real index code on a smaller reference set)."""
+    from fashionkit.metric import index as index_module
+    from fashionkit.metric.defaults import INDEX_OPTIONS
+    from fashionkit.metric.train import train
+
+    run, _ = train({"from": str(classify_run), "subset": 1000, "epochs": 1, "freeze_epochs": 0, "batch_size": 64,
+                    "m_per_class": 16, "steps_per_epoch": 3, "eval": False, "plot_points": 0, "dim": 32,
+                    "head_hidden": 64, "runs_dir": str(work / "runs"), "name": "emb"})
+    full = index_module.reference_set
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(index_module, "reference_set", lambda ckpt, data_dir=None: tuple(a[:600] for a in full(ckpt)))
+        index_module.build_run_index(run, {name: opt.default for name, opt in INDEX_OPTIONS.items()})
+    return run
+
+
+def test_resolver_re_decides_unsure_hard_tracks_by_their_crops_neighbours(test_set, classify_run, metric_run):
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.detect.tracks import TrackCollector, decide_tracks, load_readers
+    from fashionkit.metric.resolve import knn_neighbours, weighted_vote
+
+    names = dict(enumerate(CLASSES))
+    readers = load_readers(classify_run, metric_run, names, torch.device("cpu"))
+    assert readers.hard == [0, 2, 4, 6] and readers.index.size == 600
+    images, labels = test_set
+    coat, bag = (int(np.flatnonzero(labels.numpy() == c)[1]) for c in (4, 8))
+    collector = TrackCollector(10, crops=3)
+    for f in range(9):
+        # track 1: a coat the detector calls shirt 5 times and coat 4 times; track 3: a bag, confidently
+        for tid, k, cls in ((1, coat, 4 if f % 2 else 6), (3, bag, 8)):
+            frame, box = paste_item(images[k].numpy(), 20, False)
+            collector.add(f, frame, [{"class_id": cls, "conf": 0.5, "box": box, "track_id": tid}])
+    decisions = decide_tracks(collector, readers, names, vote_weight=1.0, resolve_margin=0.3)
+    t1, t3 = decisions[1], decisions[3]
+    assert t3["class_id"] == 8 and not t3["resolved"] and t3["neighbours"] == []  # not a hard class
+    assert t1["resolved"] and t1["margin"] < 0.3 and t1["class_id"] == t1["resolver_class_id"] in (0, 2, 4, 6)
+    assert 1 <= len(t1["neighbours"]) <= 10
+    assert [n["distance"] for n in t1["neighbours"]] == sorted(n["distance"] for n in t1["neighbours"])
+    sources = set(readers.index.source.tolist())
+    assert all(n["dataset_index"] in sources and n["class_name"] == CLASSES[n["class_id"]] for n in t1["neighbours"])
+    # the vote is metric/resolve.py's over all the track's crops' neighbours together
+    from fashionkit.detect.tracks import crop_item
+
+    crops = torch.stack([crop_item(c[2]) for c in collector.tracks[1].crops])
+    dist, rows = knn_neighbours(readers.embedder, readers.index, crops, 10, torch.device("cpu"), 64)
+    assert t1["resolver_class_id"] == weighted_vote(readers.index, dist.reshape(1, -1), rows.reshape(1, -1),
+                                                    readers.hard)[0]
+    # a margin threshold of 0: nothing is unsure enough
+    assert not any(t["resolved"] for t in decide_tracks(collector, readers, names, 1.0, 0.0).values())
+
+
+def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, classify_run, metric_run, work, capsys):
+    import shutil
+
+    from fashionkit.classify.checkpoint import save_checkpoint
+    from fashionkit.classify.models import create_model
+    from fashionkit.config import load_yaml, save_yaml
+    from fashionkit.detect.tracks import load_readers
+
+    path, _ = clip
+    four = work / "runs" / "classify" / "four-classes"
+    shutil.copytree(classify_run, four)
+    cfg = load_yaml(four / "config.yaml")
+    cfg["model_opts"] = "num_classes=4"
+    save_yaml(cfg, four / "config.yaml")
+    save_checkpoint(four / "weights" / "best.pt", create_model("vgg-small", num_classes=4))
+
+    def error(*argv) -> str:
+        assert cli("detect", "video", path, "--weights", trained[0], "--track", "--out", work / "refused", *argv) == 2
+        return capsys.readouterr().err
+
+    assert "4 outputs, not the detector's 10 classes" in error("--classifier", four)
+    assert "is a metric run, not a classify run" in error("--classifier", metric_run)
+    assert "is a classify run, not a metric run" in error("--metric", classify_run)
+    assert "classify run directory not found" in error("--classifier", work / "nowhere")
+    no_index = work / "runs" / "metric" / "no-index"
+    shutil.copytree(metric_run, no_index, ignore=shutil.ignore_patterns("index"))
+    assert "has no FAISS index" in error("--metric", no_index)
+    assert "--vote-weight" in error("--vote-weight", "1.5")
+    assert not (work / "refused").exists()  # refused before any output
+    with pytest.raises(UserError, match="not Fashion-MNIST's ten"):
+        load_readers(classify_run, None, {0: "cat", 1: "dog"}, torch.device("cpu"))
+
+
+def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, classify_run, metric_run, low_tracker,
+                                                                 work):
+    from fashionkit.detect.video import format_summary, run_video
+
+    path, gt = clip
+    out = work / "tracked"
+    s = run_video(path, video_cfg(weights=str(trained[0]), out=str(out), track=True, metric=str(metric_run),
+                                  resolve_margin=1.0, gt=str(path.with_suffix(".json")), tracker=low_tracker),
+                  progress=False)
+    t = s["tracks"]
+    assert t["classifier"] == str(classify_run)  # auto: the classify run the detector was trained --from
+    assert t["metric"] == str(metric_run) and t["count"] == len(t["items"]) > 0
+    decisions = {row["track_id"]: row for row in t["items"]}
+    assert all(row["classifier_class_id"] is not None for row in t["items"] if row["crops"])
+    hard_unsure = [row for row in t["items"] if row["before_resolve_class_id"] in (0, 2, 4, 6) and row["crops"]
+                   and row["margin"] < 1]
+    assert all(row["resolved"] == (row["resolver_class_id"] is not None) for row in t["items"])
+    assert all(row["resolved"] and row["neighbours"] for row in hard_unsure)  # margin 1.0: all of them asked
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert len(lines) == len(gt)
+    tracked = [d for ln in lines for d in ln["detections"] if d["track_id"] is not None]
+    assert tracked and all(d["track_class_id"] == decisions[d["track_id"]]["class_id"] for d in tracked)
+    assert all(d["track_resolved"] == decisions[d["track_id"]]["resolved"] for d in tracked)
+    assert all({"class_id", "class_name", "conf", "box", "track_id"} <= set(d) for d in tracked)
+    with (out / "detections.csv").open() as f:
+        header = f.readline().strip().split(",")
+        assert header[-5:] == ["track_id", "track_class_id", "track_class_name", "track_conf", "track_resolved"]
+        assert len(f.readlines()) == sum(len(ln["detections"]) for ln in lines)
+    frames, _ = read_video(out / "annotated.mp4")
+    assert len(frames) == len(gt)
+    g = s["gt"]["tracks"]
+    assert g["track"]["flicker"] == 0 and g["per_frame"]["flicker"] >= 0  # one class per track
+    assert g["tracks"] == t["count"] and g["track_frames"] == len(tracked)
+    assert 0 <= g["track"]["accuracy"] <= 1 and "precision" in s["gt"]["with_track_classes"]
+    assert set(t["seconds"]) == {"first_pass", "decide", "second_pass"}
+    text = format_summary(s)
+    assert "per-track accuracy" in text and "resolved by kNN" in text
+
+
+def test_video_track_labels_the_annotated_video_with_the_track_class(trained, clip, low_tracker, work):
+    """The second pass draws the stored detections on their own frames, each in its track's class."""
+    from ultralytics.utils.plotting import colors
+
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.detect.tracks import draw
+    from fashionkit.detect.video import run_video
+
+    names = dict(enumerate(CLASSES))
+    blank = np.zeros((120, 160, 3), np.uint8)
+    det = {"class_id": 4, "class_name": "Coat", "conf": 0.9, "box": [40.0, 50.0, 100.0, 110.0], "track_id": 3}
+    as_bag = draw(blank.copy(), [{**det, "track_class_id": 8, "track_class_name": "Bag", "track_conf": 0.8,
+                                  "track_resolved": False}], names)
+    assert tuple(as_bag[80, 40]) == colors(8, True)  # the box's left edge, in the track's class colour
+    as_coat = draw(blank.copy(), [{**det, "track_class_id": 4, "track_class_name": "Coat", "track_conf": 0.8,
+                                   "track_resolved": True}], names)
+    assert tuple(as_coat[80, 40]) == colors(4, True) and (as_coat != as_bag).any()
+
+    path, _ = clip
+    out = work / "labelled"
+    s = run_video(path, video_cfg(weights=str(trained[0]), out=str(out), track=True, classifier="none",
+                                  metric="none", max_frames=4, crops=0, tracker=low_tracker), progress=False)
+    assert s["tracks"]["classifier"] is None and s["tracks"]["crops_read"] == 0 and s["tracks"]["count"] > 0
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    written, _ = read_video(out / "annotated.mp4")
+    source, _ = read_video(path)
+    assert len(written) == len(lines) == 4
+    for line, frame in zip(lines, written):
+        expected = draw(source[line["frame"]].copy(), line["detections"], names)
+        # the annotated video went through the mp4v encoder once more: compare loosely
+        assert np.abs(frame.astype(int) - expected.astype(int)).mean() < 6
+
+
+def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
+    from fashionkit.detect.video import run_video
+
+    folder = work / "unrelated"
+    folder.mkdir()
+    for src in sorted((dataset / "images" / "test").iterdir())[:3]:
+        cv2.imwrite(str(folder / f"{src.stem}.png"), cv2.imread(str(src)))
+    s = run_video(folder, video_cfg(weights=str(trained[0]), out=str(work / "unrelated-out"), track=True,
+                                    classifier=str(classify_run)), progress=False)
+    lines = [json.loads(line) for line in (work / "unrelated-out" / "detections.jsonl").read_text().splitlines()]
+    dets = [d for ln in lines for d in ln["detections"]]
+    assert dets and sorted(d["track_id"] for d in dets) == list(range(1, len(dets) + 1))  # each its own track
+    assert s["tracks"]["count"] == len(dets) and all(row["frames"] == 1 for row in s["tracks"]["items"])
+    assert all(d["track_class_id"] is not None for d in dets)
+    assert len(list((work / "unrelated-out" / "annotated").iterdir())) == 3
+
+
+def test_auto_picks_the_detectors_classifier_only_while_it_exists(trained, classify_run, work):
+    import shutil
+
+    from fashionkit.detect.tracks import auto_runs, choose_runs
+
+    run = trained[0]
+    weights = run / "ultralytics" / "weights" / "best.pt"
+    assert auto_runs(weights) == {"classifier": classify_run, "metric": None}
+    assert choose_runs({"classifier": "auto", "metric": "none"}, run) == (classify_run, None)
+    assert choose_runs({"classifier": "none", "metric": "x"}, run) == (None, Path("x"))
+    moved = work / "moved-det"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("ultralytics", "test", "eval"))
+    info = json.loads((moved / "run.json").read_text())
+    (moved / "run.json").write_text(json.dumps({**info, "classifier_run": str(work / "gone" / "cls")}))
+    assert auto_runs(moved) == {"classifier": None, "metric": None}
+    assert auto_runs(work / "plain.pt") == {"classifier": None, "metric": None}
+
+
+def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, metric_run, low_tracker, work,
+                                                               monkeypatch):
+    import runpy
+
+    path, _ = clip
+    out = work / "track-bench.json"
+    monkeypatch.setattr("sys.argv", ["track_bench.py", "--weights", str(trained[0]), "--video", str(path),
+                                     "--metric", str(metric_run), "--conf", "0.001", "--tracker", low_tracker,
+                                     "--work", str(work / "track-bench"), "--out", str(out)])
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "track_bench.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["per-frame", "track-votes", "track-classifier", "track-knn"]
+    assert all(r["fps"] > 0 and r["cpu_ms_per_frame"] > 0 for r in rows.values())
+    assert "flicker_per_frame" not in rows["per-frame"] and rows["track-votes"]["classifier"] is None
+    assert rows["track-knn"]["metric"] == str(metric_run) and rows["track-votes"]["flicker_track"] == 0
+    assert "cpus)" in result["machine"]["cpu"] and "| track-knn |" in result["markdown"]

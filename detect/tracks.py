@@ -1,0 +1,438 @@
+"""Track-level classes for ``detect video --track``: one class per tracked item instead of one per frame.
+
+The detector decides each frame on its own, so a tracked coat can read coat, shirt, coat, bag along its way. Here
+every track collects
+
+* its frames' votes: the detector's class of each detection, weighted by its confidence;
+* a few crops of the item from the original frames (the best ``--crops`` by confidence x size, sampled every few
+  frames so they are not near-copies), each made into a 28x28 item the way ``data/images.py`` frames a photo.
+
+When the pass over the input is done, the crops of all tracks go through the classifier (``--classifier``) in
+batches; its mean probabilities and the normalised votes are mixed (``--vote-weight``) into one distribution per
+track, whose top class and probability are the track's class and confidence. A track whose class is one of the
+metric run's hard classes (T-shirt/top, pullover, coat, shirt by default) and whose top-1 minus top-2 margin is
+under ``--resolve-margin`` is re-decided by the metric stage's kNN resolver (``--metric``): its crops are embedded,
+the FAISS index gives each crop its ``k`` nearest reference items, and all of them vote with weight 1 / distance
+(``metric/resolve.py``'s vote and decision). The track records that it was resolved and by which neighbours.
+
+A second pass then writes the outputs: detections.jsonl/csv with each detection's per-frame class and its track's
+class, and the annotated video (re-read from the input, drawn from the stored detections: decoding and drawing
+cost a few milliseconds a frame, inference ten times that) labelled with the track's class.
+
+A folder of images is a set of unrelated pictures: each detection is a track of its own (no tracker), so each item
+still gets the classifier's and the resolver's reading.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fashionkit.errors import UserError
+
+CROP_EVERY = 3  # a track offers a crop every 3rd frame: consecutive frames are near-copies
+CROP_PAD = 0.1  # of the box's size on each side: the border then shows the background, which fixes the polarity
+CROP_MIN_SIDE = 8  # pixels; smaller boxes say nothing the classifier can read
+RESOLVE_K = 10  # neighbours per crop, as `metric resolve`'s default
+
+
+# ---- which classifier and metric run ---------------------------------------------------------------------------
+
+def auto_runs(weights: Path) -> dict:
+    """What ``--classifier auto`` and ``--metric auto`` mean for the detector ``weights``: the classify run the
+    detect run was trained ``--from`` (its run.json's classifier_run) if that directory still exists, and no
+    metric run. The one place that decides it."""
+    from fashionkit.runs import read_json
+
+    chosen: dict = {"classifier": None, "metric": None}
+    run = detect_run_of(weights)
+    recorded = (read_json(run / "run.json", missing_ok=True) or {}).get("classifier_run") if run else None
+    if recorded:
+        rec = Path(recorded)
+        # as recorded (relative to where `detect train` ran), or beside the detect run in the same runs root
+        for candidate in (rec, run.parent.parent / rec.parent.name / rec.name):
+            if (candidate / "run.json").is_file():
+                chosen["classifier"] = candidate
+                break
+    return chosen
+
+
+def detect_run_of(weights: Path) -> Path | None:
+    """The detect run holding ``weights`` (RUN/ultralytics/weights/best.pt or .onnx), if it is one."""
+    weights = Path(weights)
+    for parent in (weights, *weights.parents[:3]):
+        if parent.is_dir() and (parent / "run.json").is_file():
+            return parent
+    return None
+
+
+def choose_runs(cfg: dict, weights: Path) -> tuple[Path | None, Path | None]:
+    """``--classifier`` and ``--metric``: a run directory, auto or none."""
+    auto = None
+    chosen = []
+    for key in ("classifier", "metric"):
+        value = str(cfg.get(key) or "none")
+        if value.lower() == "auto":
+            auto = auto or auto_runs(weights)
+            chosen.append(auto[key])
+        elif value.lower() == "none":
+            chosen.append(None)
+        else:
+            chosen.append(Path(value))
+    return chosen[0], chosen[1]
+
+
+@dataclass
+class Readers:
+    """The models that re-read tracks: classifier, and embedder + index + hard classes of a metric run."""
+    device: object
+    classifier: object = None
+    classifier_run: Path | None = None
+    embedder: object = None
+    index: object = None
+    metric_run: Path | None = None
+    hard: list = field(default_factory=list)
+
+
+def load_readers(classifier_run: Path | None, metric_run: Path | None, names: dict, device) -> Readers:
+    """Load and check the classifier and metric runs against the detector's classes; a misfit is a UserError."""
+    import torch
+
+    from fashionkit.data.fashion_mnist import CLASSES
+
+    readers = Readers(device)
+    if classifier_run is None and metric_run is None:
+        return readers
+    detector_classes = [names[i] for i in range(len(names))]
+    if detector_classes != list(CLASSES):
+        raise UserError(f"the detector's {len(names)} classes ({', '.join(detector_classes[:4])}, ...) are not "
+                        f"Fashion-MNIST's ten, which classify and metric runs know; pass --classifier none "
+                        f"--metric none")
+    if classifier_run is not None:
+        from fashionkit.classify.checkpoint import load_run_model
+        from fashionkit.runs import open_run
+
+        run = open_run(classifier_run, "classify", what="--classifier classify run")
+        model, _, _, _ = load_run_model(run, device)
+        classes = _output_size(model, torch)
+        if classes != len(CLASSES):
+            raise UserError(f"--classifier {run}: its model has {classes} outputs, not the detector's {len(CLASSES)} "
+                            f"classes; pass a classify run trained on Fashion-MNIST's ten classes, or none")
+        readers.classifier, readers.classifier_run = model, run
+    if metric_run is not None:
+        from fashionkit.metric.index import open_run_index
+        from fashionkit.metric.model import load_embedder
+        from fashionkit.runs import open_run
+
+        run = open_run(metric_run, "metric", what="--metric metric run")
+        net, ckpt = load_embedder(run, device)
+        _output_size(net, torch, what=f"--metric {run}")
+        hard = [int(c) for c in ckpt.get("hard_classes", [])]
+        if not hard or not set(hard) <= set(range(len(CLASSES))):
+            raise UserError(f"--metric {run}: its hard classes {hard} are not among the detector's classes; pass a "
+                            f"metric run trained on Fashion-MNIST classes, or none")
+        index = open_run_index(run, ckpt["model_hash"], device)
+        readers.embedder, readers.index, readers.metric_run, readers.hard = net, index, run, hard
+    return readers
+
+
+def _output_size(model, torch, what: str = "--classifier") -> int:
+    """The width of the model's output for one 28x28 item; a model made for another input is a UserError."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 1, 28, 28, device=next(model.parameters()).device))
+    except RuntimeError as e:
+        raise UserError(f"{what}: the model does not take 28x28 items, which `detect video` crops the items to "
+                        f"({str(e).splitlines()[0]}); pass a run trained on Fashion-MNIST's 28x28 images") from None
+    return int(out.shape[-1])
+
+
+# ---- crops -----------------------------------------------------------------------------------------------------
+
+def crop_grey(frame: np.ndarray, box, pad: float = CROP_PAD) -> np.ndarray | None:
+    """The grey pixels of ``box`` (xyxy) in a BGR ``frame``, padded by ``pad`` of its size on each side (clipped
+    to the frame); None when the box is too small to read."""
+    import cv2
+
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    if min(w, h) < CROP_MIN_SIDE:
+        return None
+    H, W = frame.shape[:2]
+    x1, x2 = max(0, int(x1 - pad * w)), min(W, int(np.ceil(x2 + pad * w)))
+    y1, y2 = max(0, int(y1 - pad * h)), min(H, int(np.ceil(y2 + pad * h)))
+    return cv2.cvtColor(frame[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY)
+
+
+def crop_item(grey: np.ndarray):
+    """A grey crop -> uint8 ``[28, 28]`` framed like a Fashion-MNIST item (``data.images.to_item``). The item may be
+    lighter or darker than the ground around it (scenes paste both): the side its centre lies on decides, and the
+    crop is made a light item on black before ``to_item`` trims and scales it."""
+    from fashionkit.data.images import to_item
+
+    g = grey.astype(np.float32)
+    border = np.median(np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]]))
+    h, w = g.shape
+    centre = np.median(g[h // 4: h - h // 4 or h, w // 4: w - w // 4 or w])
+    item = g - border if centre >= border else border - g
+    return to_item(np.clip(item, 0, None))
+
+
+# ---- collecting tracks -----------------------------------------------------------------------------------------
+
+@dataclass
+class Track:
+    track_id: int
+    votes: np.ndarray  # summed detector confidence per class
+    counts: np.ndarray  # frames per detector class
+    first: int
+    last: int
+    frames: int = 0
+    crops: list = field(default_factory=list)  # (score, frame index, grey crop), the best --crops
+
+
+class TrackCollector:
+    """Per track: votes and crops, fed frame by frame. ``new_ids``: every detection is a track of its own (a folder
+    of unrelated images)."""
+
+    def __init__(self, num_classes: int, crops: int, new_ids: bool = False):
+        self.num_classes, self.max_crops, self.new_ids = num_classes, crops, new_ids
+        self.tracks: dict[int, Track] = {}
+        self._next_id = 1
+
+    def add(self, index: int, frame: np.ndarray, dets: list[dict]) -> None:
+        for d in dets:
+            if self.new_ids:
+                d["track_id"] = self._next_id
+                self._next_id += 1
+            tid = d.get("track_id")
+            if tid is None:
+                continue
+            track = self.tracks.get(tid)
+            if track is None:
+                track = self.tracks[tid] = Track(tid, np.zeros(self.num_classes), np.zeros(self.num_classes, int),
+                                                 index, index)
+            track.votes[d["class_id"]] += d["conf"]
+            track.counts[d["class_id"]] += 1
+            track.last = index
+            track.frames += 1
+            if self.max_crops and (track.frames - 1) % CROP_EVERY == 0:
+                self._offer(track, index, frame, d)
+
+    def _offer(self, track: Track, index: int, frame: np.ndarray, d: dict) -> None:
+        x1, y1, x2, y2 = d["box"]
+        score = d["conf"] * float(np.sqrt(max(x2 - x1, 0) * max(y2 - y1, 0)))
+        H, W = frame.shape[:2]
+        if x1 <= 1 or y1 <= 1 or x2 >= W - 1 or y2 >= H - 1:
+            score *= 0.5  # cut by the frame's edge: a partial item
+        if len(track.crops) >= self.max_crops and score <= min(c[0] for c in track.crops):
+            return
+        grey = crop_grey(frame, d["box"])
+        if grey is None:
+            return
+        if len(track.crops) >= self.max_crops:
+            track.crops.remove(min(track.crops, key=lambda c: c[0]))
+        track.crops.append((score, index, grey))
+
+
+# ---- deciding --------------------------------------------------------------------------------------------------
+
+def mix(votes: np.ndarray, probs: np.ndarray | None, vote_weight: float) -> np.ndarray:
+    """One class distribution per track from the detector's confidence-weighted votes ``[T, C]`` and the
+    classifier's mean probabilities over the track's crops ``[T, C]`` (None, or NaN rows: no classifier reading)."""
+    votes = np.asarray(votes, float)
+    total = votes.sum(1, keepdims=True)
+    p_votes = np.divide(votes, total, out=np.full_like(votes, 1.0 / votes.shape[1]), where=total > 0)
+    if probs is None:
+        return p_votes
+    probs = np.asarray(probs, float)
+    read = ~np.isnan(probs).any(1, keepdims=True)
+    return np.where(read, vote_weight * p_votes + (1 - vote_weight) * np.nan_to_num(probs), p_votes)
+
+
+def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote_weight: float,
+                  resolve_margin: float, k: int = RESOLVE_K, batch_size: int = 256) -> dict[int, dict]:
+    """Each track's class, confidence and how it was reached (see the module doc)."""
+    import torch
+
+    from fashionkit.metric.resolve import decide, knn_neighbours, top2, weighted_vote
+
+    tracks = list(collector.tracks.values())
+    if not tracks:
+        return {}
+    votes = np.stack([t.votes for t in tracks])
+    reading = readers.classifier is not None or readers.embedder is not None
+    crop_of = [(i, c) for i, t in enumerate(tracks) for c in t.crops] if reading else []  # (track, crop), flat
+    items = torch.stack([crop_item(c[2]) for _, c in crop_of]) if crop_of else torch.zeros(0, 28, 28,
+                                                                                            dtype=torch.uint8)
+    probs = None
+    if readers.classifier is not None:
+        from fashionkit.classify.predict import predict_probs
+
+        crop_probs = predict_probs(readers.classifier, items, readers.device, batch_size=batch_size).numpy()
+        probs = np.full(votes.shape, np.nan)
+        owners = np.array([i for i, _ in crop_of], int)
+        for i in np.unique(owners):
+            probs[i] = crop_probs[owners == i].mean(0)
+    mixed = mix(votes, probs, vote_weight)
+    top1, margin = top2(mixed)
+    resolver_votes = np.full(len(tracks), -1)
+    neighbours: dict[int, list] = {}
+    if readers.embedder is not None:
+        ask = [i for i in range(len(tracks)) if top1[i] in readers.hard and margin[i] < resolve_margin
+               and tracks[i].crops]
+        asking = set(ask)
+        asked = [n for n, (i, _) in enumerate(crop_of) if i in asking]
+        dist, rows = knn_neighbours(readers.embedder, readers.index, items[torch.as_tensor(asked, dtype=torch.long)],
+                                    min(k, readers.index.size), readers.device, batch_size)
+        owners = np.array([crop_of[n][0] for n in asked], int)
+        for i in ask:
+            d, r = dist[owners == i].reshape(1, -1), rows[owners == i].reshape(1, -1)  # all its crops' neighbours
+            resolver_votes[i] = weighted_vote(readers.index, d, r, readers.hard)[0]
+            neighbours[i] = nearest(readers.index, d[0], r[0], k, names)
+    final = decide(top1, margin, resolver_votes, readers.hard, resolve_margin)
+    resolved = np.isin(top1, readers.hard) & (margin < resolve_margin) & (resolver_votes >= 0)
+    decisions = {}
+    for i, t in enumerate(tracks):
+        c = int(final[i])
+        decisions[t.track_id] = {
+            "track_id": t.track_id, "frames": t.frames, "first_frame": t.first, "last_frame": t.last,
+            "class_id": c, "class_name": names[c], "conf": round(float(mixed[i, c]), 4),
+            "margin": round(float(margin[i]), 4), "before_resolve_class_id": int(top1[i]),
+            "frame_classes": {names[j]: int(n) for j, n in enumerate(t.counts) if n},
+            "vote_class_id": int(np.argmax(t.votes)),
+            "classifier_class_id": None if probs is None or np.isnan(probs[i]).any() else int(np.argmax(probs[i])),
+            "classifier_conf": None if probs is None or np.isnan(probs[i]).any() else round(float(probs[i].max()), 4),
+            "crops": len(t.crops),
+            "resolved": bool(resolved[i]),
+            "resolver_class_id": int(resolver_votes[i]) if resolver_votes[i] >= 0 else None,
+            "neighbours": neighbours.get(i, []),
+        }
+    return decisions
+
+
+def nearest(index, dist: np.ndarray, rows: np.ndarray, k: int, names: dict) -> list[dict]:
+    """The ``k`` nearest distinct reference items among a track's crops' neighbours."""
+    seen, out = set(), []
+    for n in np.argsort(dist, kind="stable"):
+        if rows[n] < 0 or len(out) >= k:
+            continue
+        source = int(index.source[rows[n]])
+        if source in seen:
+            continue
+        seen.add(source)
+        label = int(index.labels[rows[n]])
+        out.append({"dataset_index": source, "split": "train", "class_id": label, "class_name": names[label],
+                    "distance": round(float(dist[n]), 4)})
+    return out
+
+
+# ---- the outputs ---------------------------------------------------------------------------------------------
+
+def label(d: dict, decisions: dict[int, dict]) -> dict:
+    """A detection with its track's class added (the per-frame fields stay as they are)."""
+    t = decisions.get(d.get("track_id"))
+    return {**d, "track_class_id": t["class_id"] if t else None, "track_class_name": t["class_name"] if t else None,
+            "track_conf": t["conf"] if t else None, "track_resolved": t["resolved"] if t else None}
+
+
+def draw(image: np.ndarray, dets: list[dict], names: dict) -> np.ndarray:
+    """Boxes labelled with the track's class (``id:3 coat 0.71``, ``+kNN`` when the resolver decided it), in the
+    style of ultralytics' ``Results.plot``; a detection without a track keeps its own class."""
+    from ultralytics.utils.plotting import Annotator, colors
+
+    annotator = Annotator(image, line_width=2, example=str(names))
+    for d in reversed(dets):
+        c = d["track_class_id"] if d.get("track_class_id") is not None else d["class_id"]
+        if d.get("track_class_id") is not None:
+            text = f"id:{d['track_id']} {d['track_class_name']} {d['track_conf']:.2f}"
+            text += " +kNN" if d["track_resolved"] else ""
+        else:
+            text = f"{d['class_name']} {d['conf']:.2f}"
+        annotator.box_label(d["box"], text, color=colors(c, True))
+    return annotator.result()
+
+
+def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names: dict, frames: bool
+                    ) -> Iterator[tuple[dict, str, np.ndarray | None]]:
+    """The second pass: each stored line with its track classes added, and (``frames``) its frame re-read from the
+    input and drawn."""
+    images = iter(_reread(source)) if frames else None
+    with Path(lines_path).open() as f:
+        for text in f:
+            line = json.loads(text)
+            line["detections"] = [label(d, decisions) for d in line["detections"]]
+            name = line.get("source") or f"frame {line['frame']}"
+            image = None
+            if images is not None:
+                for index, _, frame in images:
+                    if index == line["frame"]:
+                        image = draw(frame, line["detections"], names)
+                        break
+            yield line, name, image
+
+
+def _reread(source) -> Iterator[tuple[int, str, np.ndarray]]:
+    import cv2
+
+    from fashionkit.detect.video import Source, to_bgr8
+
+    if source.kind == "video":
+        yield from Source.open(source.path, source.stride, source.max_frames)
+        return
+    for i, file in enumerate(source.files[:: source.stride]):
+        image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+        if image is not None:  # unreadable ones were warned about and skipped in the first pass
+            yield i * source.stride, file.name, to_bgr8(image)
+
+
+def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict) -> dict:
+    rows = sorted(decisions.values(), key=lambda t: t["track_id"])
+    return {
+        "classifier": str(readers.classifier_run) if readers.classifier_run else None,
+        "metric": str(readers.metric_run) if readers.metric_run else None,
+        "hard_classes": readers.hard, "vote_weight": cfg["vote_weight"], "resolve_margin": cfg["resolve_margin"],
+        "crops_per_track": cfg["crops"], "k": RESOLVE_K if readers.metric_run else None,
+        "count": len(rows), "resolved": sum(t["resolved"] for t in rows),
+        "changed_by_resolver": sum(t["class_id"] != t["before_resolve_class_id"] for t in rows),
+        "crops_read": sum(t["crops"] for t in rows) if readers.classifier_run or readers.metric_run else 0,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "items": rows,
+    }
+
+
+def format_lines(s: dict) -> list[str]:
+    lines = []
+    t = s.get("tracks")
+    if t:
+        readers = [f"classifier {t['classifier']}" if t["classifier"] else "no classifier",
+                   f"kNN resolver {t['metric']}" if t["metric"] else "no kNN resolver"]
+        lines.append(f"tracks: {t['count']} items, one class each ({', '.join(readers)}); {t['resolved']} resolved "
+                     f"by kNN; {t['seconds']['decide']:.2f}s deciding, {t['seconds']['second_pass']:.2f}s writing")
+    g = s.get("gt", {}).get("tracks")
+    if g:
+        a, b = g["per_frame"], g["track"]
+        lines.append(f"track classes vs ground truth: flicker {a['flicker']} -> {b['flicker']} changes per 100 "
+                     f"track-frames ({a['gt_flicker']} -> {b['gt_flicker']} along ground-truth items); per-track "
+                     f"accuracy {a['accuracy']} -> {b['accuracy']} ({g['track']['matched_tracks']} tracks matched, "
+                     f"{g['track']['unmatched_tracks']} false)")
+    return lines
+
+
+def check_options(cfg: dict) -> None:
+    if cfg["crops"] < 0:
+        raise UserError(f"--crops must be at least 0, got {cfg['crops']}")
+    if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1:
+        raise UserError(f"--vote-weight {cfg['vote_weight']} and --resolve-margin {cfg['resolve_margin']} must lie in "
+                        f"[0, 1]")
+
+
+def note(readers: Readers, cfg: dict) -> None:
+    if readers.classifier is None and str(cfg.get("classifier")).lower() == "auto":
+        print("note: --classifier auto found no classify run for this detector (its run.json names none, or that "
+              "directory is gone); track classes come from the detector's votes alone", file=sys.stderr)
