@@ -257,6 +257,7 @@ class Lookups:
         if metric is not None:
             emb = self.embedding(metric)
             out["metric"] = metric.id
+            out["index_classes"] = [CLASSES[c] for c in emb.classes]
             out["neighbours"], vote = self._neighbours(emb, image, k, exclude_source,
                                                        self.resolver(classifier, metric).k if classifier else k)
             if classifier is not None:
