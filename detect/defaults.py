@@ -66,10 +66,12 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "tracker": Opt("bytetrack.yaml", "tracker config with --track: bytetrack.yaml or botsort.yaml"),
     # --track's class decision (detect/tracks.py)
     "classifier": Opt("auto", "with --track: classify run that reads each track's crops: RUN, auto (the classify "
-                      "run the detector was trained --from, if it exists) or none (the detector's votes alone)",
+                      "run the detector was trained --from, if it exists; the bundled classifier for the bundled "
+                      "detector) or none (the detector's votes alone)",
                       type=str),
     "metric": Opt("auto", "with --track: metric run (with its FAISS index) whose kNN vote re-decides tracks of its "
-                  "hard classes with a small top-1/top-2 margin: RUN, auto (none yet) or none", type=str),
+                  "hard classes with a small top-1/top-2 margin: RUN, auto (the newest indexed metric run made from "
+                  "the classifier; the bundled embedding for the bundled detector) or none", type=str),
     "crops": Opt(4, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
     "vote_weight": Opt(0.5, "with --track: weight of the detector's per-frame votes against the classifier's reading "
                        "of the crops (1: votes only)"),

@@ -44,12 +44,19 @@ RESOLVE_K = 10  # neighbours per crop, as `metric resolve`'s default
 # ---- which classifier and metric run ---------------------------------------------------------------------------
 
 def auto_runs(weights: Path) -> dict:
-    """What ``--classifier auto`` and ``--metric auto`` mean for the detector ``weights``: the classify run the
-    detect run was trained ``--from`` (its run.json's classifier_run) if that directory still exists, and no
-    metric run. The one place that decides it."""
+    """What ``--classifier auto`` and ``--metric auto`` mean for the detector ``weights``; the one place that
+    decides it. The bundled detector: the bundled classifier and embedding (it was trained from that classifier).
+    A detect run: the classify run it was trained ``--from`` (its run.json's classifier_run) if that directory still
+    exists, and the newest metric run made from that classifier that has an index."""
+    from fashionkit import bundled
     from fashionkit.runs import read_json
 
     chosen: dict = {"classifier": None, "metric": None}
+    if bundled.is_bundled(weights):
+        for kind in ("classifier", "metric"):
+            if bundled.available(kind):
+                chosen[kind] = bundled.bundled_run(kind)
+        return chosen
     run = detect_run_of(weights)
     recorded = (read_json(run / "run.json", missing_ok=True) or {}).get("classifier_run") if run else None
     if recorded:
@@ -59,6 +66,14 @@ def auto_runs(weights: Path) -> dict:
             if (candidate / "run.json").is_file():
                 chosen["classifier"] = candidate
                 break
+    if chosen["classifier"] is not None:
+        made_from = chosen["classifier"].resolve()
+        metric_runs = [m for m in chosen["classifier"].parent.parent.glob("metric/*/run.json")
+                       if (m.parent / "index" / "index.faiss").is_file()
+                       and Path(str((read_json(m, missing_ok=True) or {}).get("source") or "/nonexistent"))
+                       .resolve() == made_from]
+        if metric_runs:
+            chosen["metric"] = max(metric_runs, key=lambda m: m.stat().st_mtime).parent
     return chosen
 
 

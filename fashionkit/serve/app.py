@@ -571,10 +571,13 @@ def _read_detections(run: Run) -> tuple[int, list[dict], list[dict]]:
 
 
 def _resolved_tracks(summary: dict) -> list[dict]:
-    """Track-level decisions a ``detect video --track`` summary carries (``tracks``: a list or a mapping of track
-    id to ``{class_name, resolved, neighbours: [{class_name, distance, dataset_index}]}``), where present."""
+    """Track-level decisions a ``detect video --track`` summary carries (``tracks.items``: one
+    ``{track_id, class_name, resolved, neighbours: [{class_name, distance, dataset_index}]}`` per track, see
+    detect/tracks.py ``summary``; a plain list or a mapping of track id to such rows is read too), where present."""
     tracks = summary.get("tracks")
-    if isinstance(tracks, dict):
+    if isinstance(tracks, dict) and isinstance(tracks.get("items"), list):
+        tracks = tracks["items"]
+    elif isinstance(tracks, dict):
         tracks = [{"track_id": k, **v} for k, v in tracks.items() if isinstance(v, dict)]
     if not isinstance(tracks, list):
         return []
