@@ -444,3 +444,46 @@ def test_eval_reports_map_and_video_scores(cli, trained, clip, work, capsys):
     result = json.loads((run / "eval" / "test" / "eval.json").read_text())
     assert 0 <= result["test"]["mAP50"] <= 1 and "precision" in result["video"]["gt"]
     assert "mAP50" in capsys.readouterr().out
+
+
+# ---- several GPUs (ultralytics DDP) ---------------------------------------------------------------------------
+
+def test_ddp_workers_start_from_the_classifier_trunk(classify_run, classifier, tmp_path):
+    """With --device 0,1 ultralytics starts worker processes that rebuild the trainer from its arguments:
+    model=RUN/initial.pt, loaded by ultralytics' own checkpoint loader and our trainer's get_model. The model a
+    worker gets must be the prepared one: every backbone tensor the classifier's, BatchNorm eps included."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from fashionkit.detect import train as detect_train
+    from fashionkit.detect.model import model_source
+
+    source = model_source(str(classify_run), nc=10, stem=4)
+    path = detect_train.save_initial_model(tmp_path, source.model)
+    assert path == tmp_path / "initial.pt"
+    weights, _ = load_checkpoint(path)  # what BaseTrainer.setup_model does with a .pt model argument
+    trainer_class = detect_train.TransferTrainer  # what a worker imports by name
+    assert trainer_class is detect_train.transfer_trainer_class() and trainer_class.__name__ == "TransferTrainer"
+    worker = trainer_class.__new__(trainer_class)  # get_model needs only the dataset's classes and channels
+    worker.data = {"nc": 10, "channels": 3, "names": {i: str(i) for i in range(10)}}
+    model = worker.get_model(cfg=weights.yaml, weights=weights, verbose=False)
+    prepared = source.model.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, prepared[name]), name
+    convs = [layer for layer in trunk_layers(classifier) if hasattr(layer, "conv")]
+    for i, (index, src) in enumerate(zip(source.yaml[YAML_KEY]["transfer"], convs)):
+        conv, bn = conv_bn(model, index)
+        if i:
+            assert torch.equal(conv.weight, src.conv.weight)
+        assert torch.equal(bn.weight, src.bn.weight) and bn.eps == src.bn.eps
+
+
+def test_several_gpus_on_a_cpu_machine_is_one_clear_line(cli, tmp_path, capsys):
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has several GPUs")
+    runs = tmp_path / "runs"
+    assert cli("detect", "train", "--from", "none", "--data", tmp_path / "nowhere", "--device", "0,1",
+               "--runs-dir", runs) == 2
+    err = capsys.readouterr().err
+    assert "--device 0,1 trains on 2 GPUs (ultralytics DDP), but this machine has" in err
+    assert "use --device cpu" in err and len(err.strip().splitlines()) == 1
+    assert not (runs / "detect").exists()  # refused before a run directory is made
