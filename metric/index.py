@@ -498,7 +498,8 @@ def add_to_run_index(run: str | Path, files: list[str], opts: dict) -> dict:
             out = np.lib.format.open_memmap(tmp_vectors, mode="w+", dtype=np.float32,
                                             shape=(old + len(paths), index.d))
             for s in range(0, old, ADD_CHUNK):
-                out[s:s + ADD_CHUNK] = old_vectors[s:s + ADD_CHUNK]
+                stop = min(old, s + ADD_CHUNK)
+                out[s:stop] = old_vectors[s:stop]
             del old_vectors
         for s in range(0, len(paths), opts["batch_size"]):
             chunk = embed(net, read_item_images(paths[s:s + opts["batch_size"]]), device,
