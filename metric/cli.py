@@ -23,6 +23,10 @@ def cmd_train(args) -> int:
         run, summary = resume(args.resume)
     else:
         run, summary = train(opts, args.config)
+    from fashionkit import distributed
+
+    if not distributed.is_main():
+        return 0  # under torchrun rank 0 reports
     after = summary.get("test", {}).get("after")
     test = (f", test P@1 {summary['test']['before']['precision_at_1']:.4f} -> {after['precision_at_1']:.4f}"
             if after else "")

@@ -14,9 +14,9 @@ import torch
 def test_two_process_metric_ddp_matches_one_process_with_the_global_batch(runs_dir, tmp_path):
     """Each rank embeds half of every global batch of 64; the wrappers gather all 64 embeddings, so the batch-hard
     miner finds the same triplets as one process (a hardest negative may sit in the other rank's half) and DDP sums
-    the same gradient. The trunk stays frozen (eval-mode BatchNorm) and the head is one linear layer, so nothing
-    normalises per process: the weights must agree to float rounding (rtol 1e-4, atol 1e-5; the ranks sum the
-    loss in a different order)."""
+    the same gradient. The trunk stays frozen (eval-mode BatchNorm), the head is one linear layer and the run is
+    fp32 (bf16 autocast rounds differently at another batch size), so nothing differs per process: the weights must
+    agree to float rounding (rtol 1e-4, atol 1e-5; the ranks sum the loss in a different order)."""
     from fashionkit.classify.train import train as classify_train
     from fashionkit.metric.model import read_embedder_checkpoint
     from fashionkit.metric.train import train
@@ -25,7 +25,7 @@ def test_two_process_metric_ddp_matches_one_process_with_the_global_batch(runs_d
                              "name": "clf"})
     tiny = {"subset": 600, "epochs": 2, "freeze_epochs": 2, "batch_size": 64, "m_per_class": 16,
             "steps_per_epoch": 3, "miner": "batch-hard", "augment": "none", "dim": 16, "head_hidden": 0,
-            "eval": False, "device": "cpu", "lr": 0.01}
+            "eval": False, "device": "cpu", "lr": 0.01, "amp": "off"}
     flags = [str(a) for key, value in tiny.items() for a in
              ([f"--{key.replace('_', '-')}", value] if not isinstance(value, bool) else [f"--no-{key}"])]
     env = {**os.environ, "FASHIONKIT_RUNS": str(runs_dir), "OMP_NUM_THREADS": "1"}
@@ -41,7 +41,6 @@ def test_two_process_metric_ddp_matches_one_process_with_the_global_batch(runs_d
     a = read_embedder_checkpoint(ddp / "weights" / "last.pt")["state_dict"]
     b = read_embedder_checkpoint(one / "weights" / "last.pt")["state_dict"]
     assert a.keys() == b.keys()
-    moved = read_embedder_checkpoint(ddp / "weights" / "best.pt")["epoch"] >= 1
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     rows = [(ddp / "metrics.csv").read_text().splitlines(), (one / "metrics.csv").read_text().splitlines()]
@@ -49,5 +48,13 @@ def test_two_process_metric_ddp_matches_one_process_with_the_global_batch(runs_d
     for x, y in zip(rows[0][1:], rows[1][1:]):
         x, y = dict(zip(header, x.split(","))), dict(zip(header, y.split(",")))
         assert abs(float(x["train_loss"]) - float(y["train_loss"])) < 1e-4 and x["triplets"] == y["triplets"]
-        assert float(x["val_map_at_r"]) == float(y["val_map_at_r"])
-    assert moved
+        assert abs(float(x["val_map_at_r"]) - float(y["val_map_at_r"])) < 1e-4
+        assert int(x["triplets"]) > 0
+    # and it trained: the head moved away from its seeded start (the same on both sides)
+    from fashionkit.classify.checkpoint import load_classifier
+    from fashionkit.metric.model import embedder_from_classifier
+
+    classifier, _ = load_classifier(clf)
+    torch.manual_seed(0)
+    start = embedder_from_classifier(classifier, 16, 0).state_dict()
+    assert any(not torch.allclose(a[k], start[k]) for k in a if k.startswith("head."))
