@@ -147,9 +147,24 @@ def test_ivfpq_run_index_reranks_and_adds_external_images(metric_run, small_refe
     meta = json.loads((run / "index" / "index.json").read_text())
     assert meta["count"] == 3003 and meta["added"] == 3
     assert np.load(run / "index" / "vectors.npy").shape == (3003, 16)
-    assert cli("metric", "lookup", run, shop / "item1.png", "-k", 2, "--json") == 0
-    first = json.loads(capsys.readouterr().out)["neighbours"][0]
-    assert first["path"] == str(shop / "item1.png") and first["distance"] < 1e-3 and first["class"] == -1
+    # the added rows hold the images' embeddings, in the exact vectors and in the index, with their paths
+    from fashionkit.data.images import read_item_images
+    from fashionkit.metric.data import embed
+    from fashionkit.metric.index import open_run_index
+    from fashionkit.metric.model import load_embedder
+
+    net, ckpt = load_embedder(run, "cpu")
+    files = sorted(shop.glob("*.png"))
+    z = embed(net, read_item_images(files), "cpu").numpy()
+    np.testing.assert_allclose(np.load(run / "index" / "vectors.npy")[3000:], z, atol=1e-5)
+    index = open_run_index(run, ckpt["model_hash"], rerank=3003)  # re-rank every vector: exact search
+    dist, rows = index.search(z, 3003)
+    for i, path in enumerate(files):
+        row = 3000 + i
+        assert index.paths[row] == str(path) and index.labels[row] == -1 and index.source[row] == -1
+        assert dist[i][list(rows[i]).index(row)] < 1e-3  # found, at distance ~0 from its own query
+    assert cli("metric", "lookup", run, files[1], "-k", 1, "--json") == 0  # a look-up still works after adding
+    assert len(json.loads(capsys.readouterr().out)["neighbours"]) == 1
 
     assert cli("metric", "index", run, "--add", shop, "--index", "flat") == 2
     assert "--add adds to the index as it was built; drop --index" in capsys.readouterr().err
