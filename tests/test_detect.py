@@ -463,8 +463,11 @@ def test_ddp_workers_start_from_the_classifier_trunk(classify_run, classifier, t
     weights, _ = load_checkpoint(path)  # what BaseTrainer.setup_model does with a .pt model argument
     trainer_class = detect_train.TransferTrainer  # what a worker imports by name
     assert trainer_class is detect_train.transfer_trainer_class() and trainer_class.__name__ == "TransferTrainer"
-    worker = trainer_class.__new__(trainer_class)  # get_model needs only the dataset's classes and channels
-    worker.data = {"nc": 10, "channels": 3, "names": {i: str(i) for i in range(10)}}
+    from ultralytics.cfg import get_cfg
+
+    worker = trainer_class.__new__(trainer_class)  # get_model needs only its args and the dataset's classes
+    worker.args = get_cfg()
+    worker.data = {"nc": 10, "channels": 3, "names": dict(source.model.names)}
     model = worker.get_model(cfg=weights.yaml, weights=weights, verbose=False)
     prepared = source.model.state_dict()
     for name, value in model.state_dict().items():
