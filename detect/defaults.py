@@ -43,7 +43,8 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "test": Opt(True, "evaluate best.pt on the dataset's test split at the end"),
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
-    "device": Opt("auto", DEVICE_HELP),
+    "device": Opt("auto", DEVICE_HELP + "; several GPUs as 0,1,... (ultralytics' multi-GPU DDP; each worker "
+                  "starts from RUN/initial.pt, the prepared detector)"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
     "name": Opt(None, "run name (none: train, train2, ...)", type=str),
     "runs_dir": Opt(None, "root of run directories (none: $FASHIONKIT_RUNS or ./runs)", type=str),

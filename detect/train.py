@@ -66,6 +66,44 @@ def check_options(cfg: dict) -> None:
         raise UserError(f"--fraction {cfg['fraction']}: give a fraction in (0, 1]")
 
 
+def gpu_list(name: str) -> str | None:
+    """``--device 0,1,...``: the GPUs of ultralytics' multi-GPU (DDP) mode, checked against this machine; None for
+    a single device."""
+    text = str(name).replace(" ", "")
+    if "," not in text:
+        return None
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--device {name}: several GPUs are given as CUDA indices, e.g. --device 0,1") from None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2 or max(ids) >= count or len(set(ids)) != len(ids):
+        have = "no CUDA GPU" if count == 0 else f"{count} CUDA GPU{'s' if count > 1 else ''} (0-{count - 1})"
+        raise UserError(f"--device {name} trains on {len(ids)} GPUs (ultralytics DDP), but this machine has {have}; "
+                        f"use --device cpu, or one GPU with --device 0")
+    return ",".join(map(str, ids))
+
+
+INITIAL_MODEL = "initial.pt"  # the prepared detector every DDP worker starts from
+
+
+def save_initial_model(run: Path, model) -> Path:
+    """Write the prepared detector (backbone copied from the classifier) as an ultralytics checkpoint,
+    ``RUN/initial.pt``, in float32 so no weight is rounded: with several GPUs, ultralytics starts new processes
+    that rebuild the trainer from its arguments, and ``model=RUN/initial.pt`` makes every one of them load these
+    weights (through ``TransferTrainer.get_model``) instead of a random init from the YAML."""
+    import copy
+
+    import torch
+
+    from fashionkit.runs import atomic_save
+
+    state = {"model": copy.deepcopy(model).float().cpu(), "train_args": {}, "fashionkit": "initial detector"}
+    return atomic_save(lambda tmp: torch.save(state, tmp), run / INITIAL_MODEL)
+
+
 def ultralytics_device(name: str) -> str:
     from fashionkit.device import select_device
 
@@ -117,11 +155,12 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
 
     cfg = resolve(TRAIN_OPTIONS, options or {}, config)
     check_options(cfg)
+    gpus = gpu_list(cfg["device"])  # before anything slow: a CPU-only machine hears it at once
     data = data_yaml(cfg["data"])
     info = dataset_info(data)
     nc = len(info["names"])
     extra = extra_args(cfg["extra"])
-    device = ultralytics_device(cfg["device"])
+    device = gpus or ultralytics_device(cfg["device"])
     use_ultralytics()
     source = model_source(cfg["from"], nc, cfg["stem"], cfg["width"], cfg["classifier_model"])  # errors before mkdir
     run = new_run_dir("detect", cfg["name"], cfg["runs_dir"])
@@ -132,8 +171,11 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     model = source.model
     frozen = frozen_layers(source)
     freeze_epochs = cfg["freeze_epochs"] if frozen else 0
+    # several GPUs: ultralytics' DDP workers rebuild the trainer from these arguments, so they get the prepared model
+    # as a file; one process gets it as the module itself
+    initial = save_initial_model(run, model) if gpus else run / "model.yaml"
     args = {
-        "model": str(run / "model.yaml"), "data": str(data), "epochs": cfg["epochs"], "imgsz": cfg["imgsz"],
+        "model": str(initial), "data": str(data), "epochs": cfg["epochs"], "imgsz": cfg["imgsz"],
         "batch": cfg["batch"], "device": device, "workers": cfg["workers"], "patience": cfg["patience"],
         "close_mosaic": cfg["close_mosaic"], "warmup_epochs": cfg["warmup_epochs"], "optimizer": cfg["optimizer"],
         "fraction": cfg["fraction"],
@@ -183,12 +225,44 @@ def frozen_layers(source) -> list[int]:
     return list(range(source.yaml[YAML_KEY]["trunk_end"] + 1)) if source.kind != "yaml" else []
 
 
+def transfer_trainer_class():
+    """ultralytics' DetectionTrainer, except that a model it builds from a checkpoint (``RUN/initial.pt``, in a DDP
+    worker) gets back the BatchNorm eps of the copied trunk, which DetectionModel's init resets to 1e-3 and a
+    state dict does not carry. Defined at module level so DDP workers, which import the trainer's class by name,
+    get it too."""
+    if not _TRANSFER_TRAINER:
+        from ultralytics.models.yolo.detect import DetectionTrainer
+
+        from fashionkit.detect.model import YAML_KEY, conv_bn
+
+        class _TransferTrainer(DetectionTrainer):
+            def get_model(self, cfg=None, weights=None, verbose=True):
+                model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+                info = model.yaml.get(YAML_KEY) if isinstance(model.yaml, dict) else None
+                if info:
+                    for index, eps in zip(info["transfer"], info["bn_eps"]):
+                        conv_bn(model, index)[1].eps = eps
+                return model
+
+        _TransferTrainer.__name__ = _TransferTrainer.__qualname__ = "TransferTrainer"
+        _TransferTrainer.__module__ = __name__
+        _TRANSFER_TRAINER.append(_TransferTrainer)
+    return _TRANSFER_TRAINER[0]
+
+
+_TRANSFER_TRAINER: list = []  # made on first use (importing ultralytics is slow): transfer_trainer_class()
+
+
+def __getattr__(name: str):
+    if name == "TransferTrainer":  # `from fashionkit.detect.train import TransferTrainer` in a DDP worker
+        return transfer_trainer_class()
+    raise AttributeError(name)
+
+
 def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
     """An ultralytics DetectionTrainer that trains ``model`` (already built and initialised), with the layers
     ``frozen`` frozen for the first ``freeze_epochs`` epochs, and a per-epoch training-speed record."""
-    from ultralytics.models.yolo.detect import DetectionTrainer
-
-    trainer = DetectionTrainer(overrides=args)
+    trainer = transfer_trainer_class()(overrides=args)
     trainer.model = model  # a ready nn.Module: setup_model() keeps it instead of building one from args.model
     trainer.fashionkit_speed = []  # (epoch, images, seconds) of each training epoch
 
@@ -212,6 +286,8 @@ def make_trainer(args: dict, model, frozen: list[int], freeze_epochs: int):
         # batches, not the dataset size: --minutes cuts the last epoch short (the batch that hits the limit
         # breaks out before on_train_batch_end, so this undercounts that epoch by one batch at most)
         images = min(tr.fashionkit_batches * tr.batch_size, len(tr.train_loader.dataset))
+        if not hasattr(tr, "fashionkit_speed"):  # a DDP worker's own trainer (its figures stay in the worker)
+            tr.fashionkit_speed = []
         tr.fashionkit_speed.append((tr.epoch + 1, images, seconds))
 
     trainer.add_callback("on_train_epoch_start", epoch_start)

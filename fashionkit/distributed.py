@@ -90,13 +90,14 @@ def any_true(flag: bool, device) -> bool:
     return all_sum([float(flag)], device)[0] > 0
 
 
-def wrap(model, device):
-    """``model`` under DistributedDataParallel when several processes train it; ``model`` otherwise."""
+def wrap(model, device, **ddp_options):
+    """``model`` under DistributedDataParallel when several processes train it; ``model`` otherwise.
+    ``ddp_options`` go to DistributedDataParallel (e.g. ``find_unused_parameters``)."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **ddp_options)
 
 
 def finish() -> None:

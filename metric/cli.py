@@ -7,7 +7,7 @@ import json
 
 from fashionkit.config import add_options, refuse_flags_with_resume, resolve
 
-_NOT_OPTIONS = ("func", "command", "stage", "resume", "config", "run", "image", "inputs")
+_NOT_OPTIONS = ("func", "command", "stage", "resume", "config", "run", "image", "inputs", "add")
 
 
 def _given(args) -> dict:
@@ -25,6 +25,10 @@ def cmd_train(args) -> int:
         if "from" not in opts and not _config_sets_from(args.config):
             opts["from"] = str(default_source(opts.get("runs_dir")))
         run, summary = train(opts, args.config)
+    from fashionkit import distributed
+
+    if not distributed.is_main():
+        return 0  # under torchrun rank 0 reports
     after = summary.get("test", {}).get("after")
     test = (f", test P@1 {summary['test']['before']['precision_at_1']:.4f} -> {after['precision_at_1']:.4f}"
             if after else "")
@@ -59,10 +63,24 @@ def default_source(runs_dir: str | None):
     return run
 
 
-def cmd_index(args) -> int:
-    from fashionkit.metric.defaults import INDEX_OPTIONS
-    from fashionkit.metric.index import build_run_index
+_ADD_KEEPS = ("device", "data_dir", "batch_size")  # the only options --add uses: the index keeps how it was built
 
+
+def cmd_index(args) -> int:
+    from fashionkit.errors import UserError
+    from fashionkit.metric.defaults import INDEX_OPTIONS
+    from fashionkit.metric.index import add_to_run_index, build_run_index
+
+    if args.add:
+        ignored = sorted(k for k in _given(args) if k not in _ADD_KEEPS)
+        if ignored:
+            raise UserError(f"--add adds to the index as it was built; drop "
+                            f"{', '.join('--' + k.replace('_', '-') for k in ignored)} (or rebuild without --add)")
+        meta = add_to_run_index(args.run, args.add, resolve(INDEX_OPTIONS, args))
+        print(f"added {meta['last_add']['images']} images in {meta['last_add']['seconds']:.1f}s -> {args.run}/index/ "
+              f"now holds "
+              f"{meta['count']} vectors ({meta['kind']}, model {meta['model_hash'][:12]})")
+        return 0
     meta = build_run_index(args.run, resolve(INDEX_OPTIONS, args))
     params = ", ".join(f"{k} {v}" for k, v in meta["params"].items() if v is not None)
     print(f"indexed {meta['count']} {meta['dim']}-d vectors ({meta['kind']}{', ' + params if params else ''}; "
@@ -128,10 +146,17 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("index", help="build the FAISS index of a metric run's reference set",
                        formatter_class=formatter,
                        description="Embed the reference set (the 60k training items of the run's classes) and "
-                       "write RUN/index/: index.faiss, index.npz (ids, labels, split, dataset index, model hash) "
-                       "and index.json.")
+                       "write RUN/index/: index.faiss, index.npz (ids, labels, split, dataset index, model hash), "
+                       "vectors.npy (ivfpq with re-ranking: the exact vectors, memory-mapped at look-up) and "
+                       "index.json. With --add, embed image files (or the images in directories) and add them to the "
+                       "existing index in chunks of --batch-size.\n\n"
+                       "  metric index runs/metric/train --index ivfpq --pq-m 32 --rerank 100\n"
+                       "  metric index runs/metric/train --add catalogue/ more/shoe.jpg")
     p.add_argument("run", metavar="RUN", help="metric run directory")
     add_options(p, INDEX_OPTIONS)
+    p.add_argument("--add", nargs="+", metavar="FILE", default=None,
+                   help="image files or directories to embed and add to the run's existing index (built by the "
+                   "same weights), instead of rebuilding it")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("lookup", help="the k nearest reference items of an image or dataset item",

@@ -4,7 +4,7 @@ from fashionkit.config import Opt
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
 MINERS = ("distance-weighted", "batch-hard", "hard", "semihard")
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 HARD_CLASSES = "0,2,4,6"  # T-shirt/top, pullover, coat, shirt: the classes a classifier confuses most
 
 _COMMON = {
@@ -54,11 +54,16 @@ TRAIN_OPTIONS: dict[str, Opt] = {
 }
 
 INDEX_OPTIONS: dict[str, Opt] = {
-    "index": Opt("flat", "flat: exact inner product; ivf: inverted lists (IVFFlat); hnsw: graph (HNSWFlat)",
-                 choices=INDEX_KINDS),
-    "nlist": Opt(0, "ivf: number of inverted lists (0: 4*sqrt(N), at most N/39)"),
-    "nprobe": Opt(0, "ivf: lists searched per query, recall vs speed (0: 32, or all lists if fewer)"),
-    "ivf_train": Opt(100_000, "ivf: vectors its k-means learns the lists from (a random sample; 0 = all)"),
+    "index": Opt("flat", "flat: exact inner product; ivf: inverted lists (IVFFlat); hnsw: graph (HNSWFlat); "
+                 "ivfpq: inverted lists of product-quantised codes (IVFPQ, --pq-m bytes a vector) for catalogues "
+                 "whose float vectors do not fit in RAM", choices=INDEX_KINDS),
+    "nlist": Opt(0, "ivf, ivfpq: number of inverted lists (0: 4*sqrt(N), at most N/39)"),
+    "nprobe": Opt(0, "ivf, ivfpq: lists searched per query, recall vs speed (0: 32, or all lists if fewer)"),
+    "ivf_train": Opt(100_000, "ivf, ivfpq: vectors its k-means learns the lists from (a random sample; 0 = all)"),
+    "pq_m": Opt(0, "ivfpq: sub-quantisers = bytes per vector; must divide the embedding dimensions (0: dim/2)"),
+    "opq": Opt(False, "ivfpq: learn an OPQ rotation first (spreads the variance evenly over the sub-quantisers)"),
+    "rerank": Opt(100, "ivfpq: re-order this many PQ candidates per query by exact distance, read from the "
+                  "memory-mapped RUN/index/vectors.npy (0: no re-ranking, no vectors file)"),
     "hnsw_m": Opt(32, "hnsw: neighbours per node"),
     "ef_construction": Opt(80, "hnsw: candidate list size while building"),
     "ef_search": Opt(64, "hnsw: candidate list size while searching (recall vs speed)"),

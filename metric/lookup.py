@@ -55,9 +55,11 @@ def lookup(run: str | Path, opts: dict, image: str | None = None) -> dict:
     for rank, (d, row) in enumerate(zip(dist[0], rows[0]), 1):
         if row < 0:
             continue  # an approximate index (ivf with few probes) can return fewer than k
-        label = int(index.labels[row])
-        neighbours.append({"rank": rank, "class": label, "class_name": CLASSES[label], "distance": float(d),
-                           "dataset_index": int(index.source[row]), "split": str(index.split[row])})
+        label = int(index.labels[row])  # -1: an image added with `metric index --add`, of no known class
+        neighbours.append({"rank": rank, "class": label, "class_name": CLASSES[label] if label >= 0 else "(added)",
+                           "distance": float(d), "dataset_index": int(index.source[row]),
+                           "split": str(index.split[row]),
+                           **({"path": str(index.paths[row])} if index.source[row] < 0 else {})})
     if query["label"] is not None:
         query["class_name"] = CLASSES[query["label"]]
     if query["kind"] == "train":  # a reference item when its class is indexed: its own copy comes first
@@ -73,12 +75,14 @@ def lookup(run: str | Path, opts: dict, image: str | None = None) -> dict:
 def write_strip(query_img: torch.Tensor, query: dict, neighbours: list[dict], path: Path, data_dir=None) -> Path:
     """One row: the query, then its neighbours nearest first, each titled with class and distance."""
     from fashionkit.data import load_split
+    from fashionkit.data.images import read_item_image
     from fashionkit.plots import image_grid
     from fashionkit.runs import ensure_dir
 
     ensure_dir(path.parent)
     train_images, _ = load_split("train", data_dir)
-    tiles = [query_img] + [train_images[n["dataset_index"]] for n in neighbours]
+    tiles = [query_img] + [train_images[n["dataset_index"]] if n["dataset_index"] >= 0 else read_item_image(n["path"])
+                           for n in neighbours]
     titles = ["query" + (f"\n{query['class_name']}" if query.get("class_name") else "")]
     titles += [f"#{n['rank']} {n['class_name']}\nd={n['distance']:.3f}" for n in neighbours]
     return image_grid(torch.stack(tiles).unsqueeze(0), path, col_titles=titles, cell=1.3, vmin=0, vmax=255)
@@ -92,7 +96,7 @@ def format_table(result: dict) -> str:
     lines = [f"query: {what}; {len(result['neighbours'])} nearest of the {result['index']} index", "",
              f"{'rank':>4}  {'class':<12} {'distance':>8}  {'dataset index':>13}  split"]
     for n in result["neighbours"]:
-        lines.append(f"{n['rank']:>4}  {n['class_name']:<12} {n['distance']:>8.4f}  {n['dataset_index']:>13}  "
-                     f"{n['split']}")
+        where = f"{n['dataset_index']:>13}  {n['split']}" if "path" not in n else f"{'':>13}  {n['path']}"
+        lines.append(f"{n['rank']:>4}  {n['class_name']:<12} {n['distance']:>8.4f}  {where}")
     lines += ["", f"strip: {result['png']}"]
     return "\n".join(lines)

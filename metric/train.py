@@ -6,6 +6,14 @@ by the chosen PML miner, PML ``TripletMarginLoss`` on them, AdamW step, cosine l
 can stay frozen (weights and BatchNorm statistics) for the first epochs, so the random projection head does not
 send large gradients into the classifier's trained filters.
 
+Under ``torchrun`` (see ``fashionkit.distributed``) the processes train one model data-parallel: every rank draws
+the same global batch of ``--batch-size`` (augmented whole, so the draw is the single-process one), embeds its
+``1/world`` slice, and PML's ``DistributedMinerWrapper`` / ``DistributedLossWrapper`` gather the embeddings of all
+ranks, so triplets are mined over the global batch and a negative can come from another rank's slice; DDP sums the
+gradients. With deterministic miners (batch-hard, hard, semihard) and no BatchNorm in training mode this is the
+single-process step (test: 2 gloo processes = 1 process); BatchNorm layers that train normalise per process.
+Rank 0 owns the run directory, validates, writes every file and prints.
+
 After each epoch: precision@1 / R-precision / MAP@R of the validation items among themselves, one row of
 ``metrics.csv`` (with the number of mined triplets and of batches that had none), ``last.pt`` (enough to resume)
 and, when the monitored figure improved, ``best.pt``. At the end the best net and the classifier's own
@@ -25,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashionkit import interrupt
+from fashionkit import distributed, interrupt
 from fashionkit.config import resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
@@ -77,9 +85,10 @@ class MetricTrainer:
         from fashionkit.metric.mining import build_loss, build_miner
 
         self.cfg, self.run = cfg, run
+        self.main, self.world, self.rank = distributed.is_main(), distributed.world_size(), distributed.rank()
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
-        self.device = select_device(cfg["device"])
+        self.device = distributed.init(select_device(cfg["device"]))
         self.amp = amp_dtype(self.device, cfg["amp"])
         self.augment = build_augment(cfg["augment"])
         self.classes, self.hard = run_classes(cfg), parse_hard_classes(cfg["hard_classes"])
@@ -103,6 +112,14 @@ class MetricTrainer:
                                            weight_decay=cfg["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg["epochs"] * self.steps)
         self.miner, self.loss_fn = build_miner(cfg), build_loss(cfg)
+        if distributed.active():
+            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
+            # mine and compute the loss over the embeddings of every rank's slice; the loss is scaled by the
+            # world size, so DDP's averaging of the gradients leaves their sum
+            self.miner, self.loss_fn = DistributedMinerWrapper(self.miner), DistributedLossWrapper(self.loss_fn)
+        # frozen epochs leave the trunk without gradients: DDP must not wait for them
+        self.forward = distributed.wrap(self.model, self.device, find_unused_parameters=cfg["freeze_epochs"] > 0)
 
         self.epoch, self.best, self.best_epoch = 0, None, 0
         if resume is not None:
@@ -110,7 +127,7 @@ class MetricTrainer:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.scheduler.load_state_dict(resume["scheduler"])
             self.epoch, self.best, self.best_epoch = resume["epoch"], resume["best"], resume["best_epoch"]
-        self.metrics = MetricsCSV(run / "metrics.csv", keep_until=self.epoch)
+        self.metrics = MetricsCSV(run / "metrics.csv", keep_until=self.epoch if self.main else None)
 
     def initial_model(self):
         """The embedding net before training: the classify run's trunk (or a random one) and a seeded head, so the
@@ -147,12 +164,13 @@ class MetricTrainer:
             order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
         positions = torch.as_tensor(self.train_idx, dtype=torch.long)[order]
         bs = cfg["batch_size"]
+        part = slice(self.rank * bs // self.world, (self.rank + 1) * bs // self.world)  # this rank's slice
         for start in range(0, len(positions) - bs + 1, bs):
             idx = positions[start:start + bs]
             x = to_float(self.images[idx])
             if self.augment is not None:
-                x = self.augment(x, g)
-            yield normalize(x).to(self.device), self.labels[idx].to(self.device)
+                x = self.augment(x, g)  # the whole global batch, so each item gets its single-process draw
+            yield normalize(x[part]).to(self.device), self.labels[idx[part]].to(self.device)
 
     def train_epoch(self) -> dict:
         from tqdm import tqdm
@@ -167,23 +185,23 @@ class MetricTrainer:
             self.model.trunk.eval()  # frozen includes BatchNorm running statistics
         total_loss, triplets, trained, empty, seen, start = 0.0, 0, 0, 0, 0, time.perf_counter()
         bar = tqdm(self.batches(), total=self.steps, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", leave=False,
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=None if self.main else True)
         for x, y in bar:
             interrupt.check()  # a Ctrl-C that a finaliser swallowed
             with autocast(self.device, self.amp):
-                z = self.model(x)  # fp32 unit vectors; miner and loss run outside autocast
-            indices, n = mine(self.miner, z, y)
+                z = self.forward(x)  # fp32 unit vectors; miner and loss run outside autocast
+            indices, n = mine(self.miner, z, y)  # under torchrun: over the global batch, the same on every rank
             seen += len(y)
             if n == 0:
                 empty += 1  # PML's loss would be 0: nothing to learn from this batch
             else:
                 loss = self.loss_fn(z, y, indices)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"loss became {loss.item()} in epoch {self.epoch + 1}")
+                if not torch.isfinite(loss):  # the global batch's loss: every rank stops together
+                    raise NonFiniteLoss(f"loss became {loss.item() / self.world} in epoch {self.epoch + 1}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                total_loss += loss.item()
+                total_loss += loss.item() / self.world  # DistributedLossWrapper scaled it by the world size
                 triplets += n
                 trained += 1
             with warnings.catch_warnings():
@@ -194,6 +212,7 @@ class MetricTrainer:
         if triplets == 0:
             raise NoTriplets(self.no_triplets_message(empty))
         seconds = time.perf_counter() - start
+        seen = int(distributed.all_sum([float(seen)], self.device)[0])  # images of all ranks
         return {"train_loss": total_loss / trained, "triplets": triplets, "triplets_per_batch": triplets / trained,
                 "empty_batches": empty, "frozen": int(frozen), "seconds": seconds, "img_per_s": seen / seconds}
 
@@ -209,13 +228,17 @@ class MetricTrainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
+        """Validation figures; under torchrun rank 0 measures them (on its plain model) and shares them, so every
+        rank takes the same decisions."""
         from fashionkit.metric.data import embed
         from fashionkit.metric.evaluate import retrieval_metrics
 
-        self.model.eval()
-        emb = embed(self.model, self.images[self.val_idx], self.device, self.amp)
-        got = retrieval_metrics(emb, self.labels[self.val_idx])
-        return {f"val_{k}": v for k, v in got.items()}
+        row = None
+        if self.main:
+            self.model.eval()
+            emb = embed(self.model, self.images[self.val_idx], self.device, self.amp)
+            row = {f"val_{k}": v for k, v in retrieval_metrics(emb, self.labels[self.val_idx]).items()}
+        return distributed.share(row)
 
     def head_lr(self) -> float:
         return next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
@@ -234,20 +257,29 @@ class MetricTrainer:
         classes = "all ten classes" if cfg["all_classes"] else ", ".join(CLASSES[c] for c in self.classes)
         return (f"run {self.run}: {cfg['dim']}-d embedding, {where}; {classes}; {cfg['miner']} miner; "
                 f"{len(self.train_idx)} train / {len(self.val_idx)} val items, {self.steps} batches of "
-                f"{cfg['batch_size']} x {cfg['epochs']} epochs on {self.device} ({precision_name(self.amp)})")
+                f"{cfg['batch_size']} x {cfg['epochs']} epochs on {self.device} ({precision_name(self.amp)})"
+                + (f", {self.world} processes x {cfg['batch_size'] // self.world} of each batch"
+                   if self.world > 1 else ""))
 
     def fit(self) -> dict:
         cfg, weights = self.cfg, self.run / "weights"
-        print(self.describe(), flush=True)
+        if self.main:
+            print(self.describe(), flush=True)
         try:
             self.loop()
         except KeyboardInterrupt:
-            self.write_summary("interrupted")
-            print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch is "
-                  f"discarded); continue with: metric train --resume {self.run}", file=sys.stderr)
+            if self.main:
+                self.write_summary("interrupted")
+                print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch "
+                      f"is discarded); continue with: metric train --resume {self.run}", file=sys.stderr)
             raise
-        plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
-        return self.write_summary("finished", **(self.test() if cfg["eval"] else {}))
+        summary = None
+        if self.main:
+            plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
+            summary = self.write_summary("finished", **(self.test() if cfg["eval"] else {}))
+        summary = distributed.share(summary)
+        distributed.finish()
+        return summary
 
     def loop(self) -> None:
         cfg, weights = self.cfg, self.run / "weights"
@@ -255,10 +287,12 @@ class MetricTrainer:
             try:
                 row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.validate(), "lr": self.head_lr()}
             except NoTriplets as e:
-                self.write_summary("no_triplets")
+                if self.main:
+                    self.write_summary("no_triplets")
                 raise UserError(str(e)) from None
             except NonFiniteLoss as e:
-                self.write_summary("nan")
+                if self.main:
+                    self.write_summary("nan")
                 kept = f"the last good checkpoint is {weights / 'last.pt'}" if self.epoch else "no epoch finished"
                 raise UserError(f"{e}: training diverged ({kept}); lower --lr or use --amp off, then retrain") from None
             self.epoch += 1
@@ -267,10 +301,14 @@ class MetricTrainer:
             with interrupt.deferred():  # best.pt, the metrics row and last.pt: all of them or none
                 if self.improved(row):
                     self.best, self.best_epoch = row[cfg["monitor"]], self.epoch
-                    save_embedder(weights / "best.pt", self.model, **extra)
-                self.metrics.append(row)
-                save_embedder(weights / "last.pt", self.model, **extra, optimizer=self.optimizer.state_dict(),
-                              scheduler=self.scheduler.state_dict(), best=self.best, best_epoch=self.best_epoch)
+                    if self.main:
+                        save_embedder(weights / "best.pt", self.model, **extra)
+                if self.main:
+                    self.metrics.append(row)
+                    save_embedder(weights / "last.pt", self.model, **extra, optimizer=self.optimizer.state_dict(),
+                                  scheduler=self.scheduler.state_dict(), best=self.best, best_epoch=self.best_epoch)
+            if not self.main:
+                continue
             print(f"epoch {self.epoch}/{cfg['epochs']}  loss {row['train_loss']:.4f}  triplets {row['triplets']} "
                   f"({row['empty_batches']} empty batches){'  trunk frozen' if row['frozen'] else ''}  "
                   f"val P@1 {row['val_precision_at_1']:.4f} MAP@R {row['val_map_at_r']:.4f}  "
@@ -331,7 +369,7 @@ class MetricTrainer:
             "triplets_per_epoch": [int(r["triplets"]) for r in rows],
             "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
             "train": len(self.train_idx), "val": len(self.val_idx), "split": self.split.as_dict(),
-            "device": str(self.device), "precision": precision_name(self.amp),
+            "device": str(self.device), "precision": precision_name(self.amp), "processes": self.world,
         }
         summary.update(extra)
         atomic_write_json(self.run / "summary.json", summary)
@@ -374,7 +412,13 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     if isinstance(cfg["from"], str) and cfg["from"].lower() == "none":
         cfg["from"] = None  # --from none: from scratch, said explicitly
     validate(cfg)
-    run, trainer = start_run("metric", cfg, lambda run: MetricTrainer(cfg, run), source=cfg["from"])
+    distributed.init(select_device(cfg["device"]))  # under torchrun: rank 0 makes the run, the others join it
+    if distributed.is_main():
+        run, trainer = start_run("metric", cfg, lambda run: MetricTrainer(cfg, distributed.share(run)),
+                                 source=cfg["from"])
+    else:
+        run = distributed.share(None)
+        trainer = MetricTrainer(cfg, run)
     return run, trainer.fit()
 
 
@@ -385,7 +429,8 @@ def resume(run: str | Path) -> tuple[Path, dict]:
     run, ckpt, config = resume_point(run, "metric", read_embedder_checkpoint)
     cfg = resolve(TRAIN_OPTIONS, {}, config)
     validate(cfg)
-    print(f"resuming {run} after epoch {ckpt['epoch']}")
+    if distributed.is_main():
+        print(f"resuming {run} after epoch {ckpt['epoch']}")
     return run, MetricTrainer(cfg, run, resume=ckpt).fit()
 
 
@@ -420,6 +465,10 @@ def validate(cfg: dict) -> None:
     if bs // m < 2:
         raise UserError(f"--batch-size {bs} holds only one class of --m-per-class {m}: triplets need two classes "
                         f"per batch; use --batch-size >= {2 * m}")
+    world = distributed.world_size()
+    if bs % world:
+        raise UserError(f"--batch-size {bs} (the global batch) does not split evenly over {world} processes; "
+                        f"use a multiple of {world}")
     if bs // m > len(classes):
         raise UserError(f"--batch-size {bs} / --m-per-class {m} = {bs // m} classes per batch, but the run has only "
                         f"{len(classes)}; use --m-per-class {-(-bs // len(classes))} or a smaller --batch-size")

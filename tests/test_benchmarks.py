@@ -23,3 +23,19 @@ def test_faiss_bench_sweeps_nprobe_and_exact_search_has_full_recall(tmp_path):
     assert rows[("faiss ivf", "nlist 51, nprobe 1")]["recall"] < 1.0
     assert "cpus)" in result["machine"]["cpu"]  # the CPU model, not just "x86_64" (Linux, as CI)
     assert "| faiss ivf | nlist 51, nprobe 1 |" in result["markdown"]
+
+
+def test_index_scale_bench_quick_run_measures_recall_speed_rss_and_shards(tmp_path):
+    out = tmp_path / "scale.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/index_scale_bench.py"), "--quick", "--vectors", "20000",
+                    "--queries", "100", "--nlist", "32", "--nprobe", "32", "--pq-m", "8", "--rerank", "400",
+                    "--shards", "2",
+                    "--repeats", "1", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    rows = result["search"]["rows"]
+    assert result["config"]["vectors"] == 20000 and not (tmp_path / "work" / "vectors.npy").exists()
+    # 8 bytes for 64 dims is a rough code: re-ranking 400 candidates by exact distance makes up for it
+    assert rows["ivfpq + rerank 400"]["recall"] > 0.9 and rows["ivfpq + rerank 400"]["recall"] > rows["ivfpq"]["recall"]
+    assert result["shards"]["recall"] > 0.9 and result["shards"]["same_top_k_as_single"] > 0.9
+    assert result["build"]["rss_mib"]["VmHWM"] > 0 and "| 2 shards, 2 processes" in result["markdown"]

@@ -827,3 +827,48 @@ def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, me
     assert "flicker_per_frame" not in rows["per-frame"] and rows["track-votes"]["classifier"] is None
     assert rows["track-knn"]["metric"] == str(metric_run) and rows["track-votes"]["flicker_track"] == 0
     assert "cpus)" in result["machine"]["cpu"] and "| track-knn |" in result["markdown"]
+
+# ---- several GPUs (ultralytics DDP) ---------------------------------------------------------------------------
+
+def test_ddp_workers_start_from_the_classifier_trunk(classify_run, classifier, tmp_path):
+    """With --device 0,1 ultralytics starts worker processes that rebuild the trainer from its arguments:
+    model=RUN/initial.pt, loaded by ultralytics' own checkpoint loader and our trainer's get_model. The model a
+    worker gets must be the prepared one: every backbone tensor the classifier's, BatchNorm eps included."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from fashionkit.detect import train as detect_train
+    from fashionkit.detect.model import model_source
+
+    source = model_source(str(classify_run), nc=10, stem=4)
+    path = detect_train.save_initial_model(tmp_path, source.model)
+    assert path == tmp_path / "initial.pt"
+    weights, _ = load_checkpoint(path)  # what BaseTrainer.setup_model does with a .pt model argument
+    trainer_class = detect_train.TransferTrainer  # what a worker imports by name
+    assert trainer_class is detect_train.transfer_trainer_class() and trainer_class.__name__ == "TransferTrainer"
+    from ultralytics.cfg import get_cfg
+
+    worker = trainer_class.__new__(trainer_class)  # get_model needs only its args and the dataset's classes
+    worker.args = get_cfg()
+    worker.data = {"nc": 10, "channels": 3, "names": dict(source.model.names)}
+    model = worker.get_model(cfg=weights.yaml, weights=weights, verbose=False)
+    prepared = source.model.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, prepared[name]), name
+    convs = [layer for layer in trunk_layers(classifier) if hasattr(layer, "conv")]
+    for i, (index, src) in enumerate(zip(source.yaml[YAML_KEY]["transfer"], convs)):
+        conv, bn = conv_bn(model, index)
+        if i:
+            assert torch.equal(conv.weight, src.conv.weight)
+        assert torch.equal(bn.weight, src.bn.weight) and bn.eps == src.bn.eps
+
+
+def test_several_gpus_on_a_cpu_machine_is_one_clear_line(cli, tmp_path, capsys):
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has several GPUs")
+    runs = tmp_path / "runs"
+    assert cli("detect", "train", "--from", "none", "--data", tmp_path / "nowhere", "--device", "0,1",
+               "--runs-dir", runs) == 2
+    err = capsys.readouterr().err
+    assert "--device 0,1 trains on 2 GPUs (ultralytics DDP), but this machine has" in err
+    assert "use --device cpu" in err and len(err.strip().splitlines()) == 1
+    assert not (runs / "detect").exists()  # refused before a run directory is made
