@@ -736,7 +736,10 @@ def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, c
     g = s["gt"]["tracks"]
     assert g["track"]["flicker"] == 0 and g["per_frame"]["flicker"] >= 0  # one class per track
     assert g["tracks"] == t["count"] and g["track_frames"] == len(tracked)
-    assert 0 <= g["track"]["accuracy"] <= 1 and "precision" in s["gt"]["with_track_classes"]
+    # a 2-epoch detector's tracks may never overlap an item: then there is no accuracy to give
+    assert (g["track"]["accuracy"] is None) == (g["track"]["matched_tracks"] == 0)
+    assert g["track"]["accuracy"] is None or 0 <= g["track"]["accuracy"] <= 1
+    assert "precision" in s["gt"]["with_track_classes"]
     assert set(t["seconds"]) == {"first_pass", "decide", "second_pass"}
     text = format_summary(s)
     assert "per-track accuracy" in text and "resolved by kNN" in text
