@@ -121,19 +121,20 @@ def quiet_ultralytics():
         LOGGER.setLevel(level)
 
 
-def onnx_file(pt: Path) -> Path:
-    """The ONNX export of ``pt`` beside it (best.pt -> best.onnx): made on first use and again whenever the .pt
-    is newer, exported in a temporary folder and moved into place, so a killed export leaves no half file."""
+def onnx_file(pt: Path, target: Path | None = None) -> Path:
+    """The ONNX export of ``pt``, by default beside it (best.pt -> best.onnx): made on first use and again whenever
+    the .pt is newer, exported in a temporary folder and moved into place, so a killed export leaves no half file."""
     import shutil
     import tempfile
 
     from ultralytics import YOLO
 
-    target = pt.with_suffix(".onnx")
+    target = target or pt.with_suffix(".onnx")
     if target.is_file() and target.stat().st_mtime >= pt.stat().st_mtime:
         return target
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=pt.parent, prefix=".onnx-export-") as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".onnx-export-") as tmp:
         copy = Path(tmp) / pt.name
         shutil.copyfile(pt, copy)
         with quiet_ultralytics():  # dynamic: any batch and frame size; simplify would need onnxslim, for no gain
@@ -167,11 +168,21 @@ def load_detector(weights: str | Path | None, backend: str = "torch", device: st
         raise UserError(f"{path} is a YOLO {task} model ({type(model.model).__name__}), not a detection model; "
                         f"pass weights made by `detect train`")
     if chosen == "onnx" and is_bundled(path):
-        # the package is never written to: its export ships beside best.pt (an install's file times say nothing
-        # about which is newer; the card's SHA-256 ties the two), and without one the detector runs on PyTorch
+        # the package is never written to: an export shipped beside best.pt is used as it is (an install's file
+        # times say nothing about which is newer), else the export goes to the user's cache under best.pt's SHA-256
+        # (made once, about a second, 13 MB that the package does not have to carry)
         if path.with_suffix(".onnx").is_file():
             return _load_onnx(path.with_suffix(".onnx")), path, "onnx"
-        chosen = "torch"
+        from fashionkit.bundled import sha256
+        from fashionkit.data.fashion_mnist import cache_dir
+
+        try:
+            cached = cache_dir().parent / "onnx" / f"bundled-detector-{sha256(path)[:16]}.onnx"
+            return _load_onnx(onnx_file(path, cached)), path, "onnx"
+        except Exception as e:
+            print(f"warning: ONNX export of the bundled detector failed ({type(e).__name__}: {e}); running on "
+                  f"PyTorch", file=sys.stderr)
+            chosen = "torch"
     if chosen == "onnx":
         try:
             return _load_onnx(onnx_file(path)), path, "onnx"
