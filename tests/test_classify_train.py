@@ -211,7 +211,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(runs_dir, tmp
     shuffled order and DDP averages their gradients, so (no dropout, no augmentation, plain SGD) the weights must
     come out the same. Rank 0 alone makes the one run directory and writes every file."""
     opts = ["--model", "mlp", "--dropout", "0", "--augment", "none", "--subset", "2000", "--epochs", "2",
-            "--lr", "0.05", "--device", "cpu", "--no-test", "--momentum", "0", "--no-nesterov"]
+            "--lr", "0.05", "--device", "cpu", "--no-test", "--momentum", "0", "--no-nesterov", "--amp", "off"]
     env = {**os.environ, "FASHIONKIT_RUNS": str(runs_dir)}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "fashionkit", "classify", "train", *opts, "--batch-size", "128", "--name", "ddp"],
@@ -219,7 +219,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(runs_dir, tmp
     assert two.returncode == 0, two.stderr[-2000:]
     assert two.stdout.count("done: ") == 1 and "2 processes x batch 128" in two.stdout
     one, _ = train({"model": "mlp", "dropout": 0.0, "augment": "none", "subset": 2000, "epochs": 2, "lr": 0.05,
-                    "device": "cpu", "test": False, "momentum": 0.0, "nesterov": False, "batch_size": 256,
+                    "device": "cpu", "test": False, "momentum": 0.0, "nesterov": False, "batch_size": 256, "amp": "off",
                     "name": "single"})
     assert sorted(p.name for p in (runs_dir / "classify").iterdir()) == ["ddp", "single"]
     ddp = runs_dir / "classify" / "ddp"
