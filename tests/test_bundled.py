@@ -267,3 +267,10 @@ def test_the_package_bundled_models_are_whole_when_present(kind, monkeypatch):
     assert run == ROOT / "fashionkit" / "models" / kind
     card = bundled_mod.card(kind)
     assert card["commands"] and card["machine"]["cpu"] and card["headline"] in bundled_mod.message(kind)
+
+
+def test_track_decisions_of_the_bundled_detector_use_the_bundled_classifier_and_embedding(bundled):
+    from fashionkit.detect.tracks import auto_runs
+
+    weights = bundled / "detector" / "ultralytics" / "weights" / "best.pt"
+    assert auto_runs(weights) == {"classifier": bundled / "classifier", "metric": bundled / "metric"}

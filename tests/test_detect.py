@@ -795,14 +795,15 @@ def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_
     assert len(list((work / "unrelated-out" / "annotated").iterdir())) == 3
 
 
-def test_auto_picks_the_detectors_classifier_only_while_it_exists(trained, classify_run, work):
+def test_auto_picks_the_detectors_classifier_only_while_it_exists(trained, classify_run, metric_run, work):
     import shutil
 
     from fashionkit.detect.tracks import auto_runs, choose_runs
 
     run = trained[0]
     weights = run / "ultralytics" / "weights" / "best.pt"
-    assert auto_runs(weights) == {"classifier": classify_run, "metric": None}
+    # the classifier the detector was trained from, and the indexed metric run made from that classifier
+    assert auto_runs(weights) == {"classifier": classify_run, "metric": metric_run}
     assert choose_runs({"classifier": "auto", "metric": "none"}, run) == (classify_run, None)
     assert choose_runs({"classifier": "none", "metric": "x"}, run) == (None, Path("x"))
     moved = work / "moved-det"
