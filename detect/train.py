@@ -324,7 +324,7 @@ def write_summary(run: Path, trainer, base: dict, status: str) -> dict:
         "last": str(Path(trainer.last).relative_to(run.resolve())) if Path(trainer.last).is_file() else None,
         "val": _box_metrics(trainer.metrics),
         "train_images_per_s": round(images / seconds, 2) if seconds else None,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 3),  # 3 decimals: tiny test runs take under a second
         "epoch_seconds": [round(s[2], 1) for s in speed],
     }
     atomic_write_json(run / "summary.json", summary)
