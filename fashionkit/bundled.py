@@ -15,7 +15,6 @@ the runs root, and the detector's ONNX export is shipped rather than made on fir
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -71,11 +70,9 @@ def _broken(path: Path, what: str) -> UserError:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from fashionkit.runs import file_sha256
+
+    return file_sha256(path)
 
 
 def card(kind: str) -> dict:

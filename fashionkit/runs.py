@@ -9,6 +9,7 @@ half-written checkpoint, index or summary behind.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -89,6 +90,15 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

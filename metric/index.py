@@ -23,7 +23,6 @@ vectors came from: an index of a retrained (or resumed, or swapped) model is ref
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -41,11 +40,9 @@ VECTORS_FILE = "vectors.npy"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from fashionkit.runs import file_sha256
+
+    return file_sha256(path)
 
 
 # ---- building FAISS indexes ---------------------------------------------------------------------------------

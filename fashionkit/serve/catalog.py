@@ -23,7 +23,6 @@ from typing import Any
 
 STAGE_DIRS = ("classify", "metric", "detect")
 BUNDLED = {"classifier": "classify", "metric": "metric", "detector": "detect"}  # bundled kind -> stage
-MODELS_ENV = "FASHIONKIT_MODELS_DIR"  # as fashionkit.bundled: another folder of the bundled-models layout
 PLOT_EXTS = (".png", ".jpg", ".jpeg")
 # files that mark a directory as a (possibly half-written) run, so one without run.json still gets an error card
 RUN_MARKERS = ("config.yaml", "summary.json", "weights", "metrics.csv")
@@ -75,8 +74,9 @@ class Run:
 
 
 def models_root() -> Path:
-    env = os.environ.get(MODELS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
+    from fashionkit import bundled
+
+    return bundled.models_root()
 
 
 def bundled_available() -> bool:
