@@ -26,8 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scenes_bench beside it
 
 VARIANTS = {"classifier": None, "none": "none", "yolov8n": "yolov8n.yaml"}  # --from of each (None: the classify run)
 
@@ -77,18 +80,14 @@ def model_row(variant: str, source: str, threads: int, stem: int) -> dict:
 
 def curve_point(run: Path, budget: float, data: Path, device: str, args) -> dict:
     """Test mAP of the run's last epoch checkpoint that finished (validation included) within ``budget`` minutes."""
-    import csv
+    from scenes_bench import weights_at
 
-    from fashionkit.detect.train import ULTRALYTICS_DIR, evaluate
+    from fashionkit.detect.train import evaluate
 
-    ul = Path(run) / ULTRALYTICS_DIR
-    with open(ul / "results.csv") as f:
-        done = [(int(float(r["epoch"])), float(r["time"])) for r in csv.DictReader(f)]
-    within = [epoch for epoch, seconds in done if seconds <= budget * 60]
-    if not within:
+    weights = weights_at(str(run), budget)
+    if weights is None:
         return {"epochs": 0, "weights": None, "test": {}}  # not one epoch fitted in the budget
-    epoch = within[-1]
-    weights = ul / "weights" / f"epoch{epoch - 1}.pt"  # ultralytics numbers its epoch files from 0
+    epoch = int(weights.stem.removeprefix("epoch")) + 1  # ultralytics numbers its epoch files from 0
     test = evaluate(weights, data, "test", args.imgsz, args.batch, device, Path(run) / f"test-{budget:g}min",
                     plots=False, threads=args.threads)
     return {"epochs": epoch, "weights": weights.name, "test": test}

@@ -30,8 +30,8 @@ def pairs(values: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def weights_at(run: str, minutes: float | None) -> Path:
-    """best.pt of a detect run, or its last epoch checkpoint that ended within ``minutes``."""
+def weights_at(run: str, minutes: float | None) -> Path | None:
+    """best.pt of a detect run, or its last epoch checkpoint that ended within ``minutes`` (None if none did)."""
     import csv
 
     from fashionkit.detect.train import ULTRALYTICS_DIR
@@ -43,9 +43,7 @@ def weights_at(run: str, minutes: float | None) -> Path:
     with open(ul / "results.csv") as f:
         done = [(int(float(r["epoch"])), float(r["time"])) for r in csv.DictReader(f)]
     within = [epoch for epoch, seconds in done if seconds <= minutes * 60]
-    if not within:
-        raise SystemExit(f"{run}: no epoch ended within {minutes:g} minutes")
-    return ul / "weights" / f"epoch{within[-1] - 1}.pt"  # ultralytics numbers its epoch files from 0
+    return ul / "weights" / f"epoch{within[-1] - 1}.pt" if within else None  # ultralytics numbers them from 0
 
 
 def main() -> None:
@@ -66,7 +64,10 @@ def main() -> None:
     runs = {}
     for name, spec in pairs(args.run, "run").items():
         run, _, minutes = spec.partition("@")
-        runs[name] = (run, weights_at(run, float(minutes) if minutes else None))
+        weights = weights_at(run, float(minutes) if minutes else None)
+        if weights is None:
+            raise SystemExit(f"{run}: no epoch ended within {minutes} minutes")
+        runs[name] = (run, weights)
     results: dict = {"runs": {n: {"run": r, "weights": str(w)} for n, (r, w) in runs.items()}, "scenes": [],
                      "video": []}
     out = Path(args.out)
