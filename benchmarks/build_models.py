@@ -8,7 +8,8 @@
 
 The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
 
-    classify train --name bundled-classifier
+    classify train --name bundled-classifier --model vgg-small --epochs 25 --augment flip-rotate \
+        --resize-from 0 --no-tta
     metric train --from RUNS/classify/bundled-classifier --hard-classes 0,2,4,6 --name bundled-metric
     metric index RUNS/metric/bundled-metric
     metric resolve RUNS/metric/bundled-metric --classifier RUNS/classify/bundled-classifier
@@ -57,6 +58,9 @@ ONNX_LIMIT_MB = 0
 
 # --tiny: every step on a few hundred items and one epoch, a quarter-width vgg-small (16x fewer FLOPs) so the
 # 24,000-item index embeds in seconds: the whole build in about a minute on a 2-core CPU
+# the bundled classifier is the default of `classify train` before vgg-fast replaced it (the bundled embedding and
+# detector were trained on it); its flags are spelled out so the recipe keeps making the same model
+CLASSIFIER = ["--model", "vgg-small", "--epochs", "25", "--augment", "flip-rotate", "--resize-from", "0", "--no-tta"]
 TINY = {
     "classify": ["--model-opts", "width=0.25", "--subset", "500", "--epochs", "1", "--lr", "0.02"],
     "metric": ["--subset", "1000", "--epochs", "2", "--batch-size", "64", "--m-per-class", "16",
@@ -126,7 +130,7 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool) -> list[Step]:
     # save_period=1 keeps every epoch's checkpoint: the learning curve scenes_bench.py reads shorter budgets from
     budget = [] if tiny else ["--minutes", f"{detector_minutes:g}", "--extra", "save_period=1"]
     return [
-        Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *extra["classify"]],
+        Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
              cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file()),
         Step("metric train", ["metric", "train", "--from", str(cls), "--hard-classes", "0,2,4,6", "--name",
                               NAMES["metric"], *extra["metric"]],

@@ -10,7 +10,8 @@ WEIGHTS = Opt("best", "which checkpoint of the run: best (best validation) or la
 
 EVAL_OPTIONS = {
     "split": Opt("test", "test (the official 10k) or val (the run's own validation items)", choices=("test", "val")),
-    "tta": Opt(False, "test-time augmentation: average the probabilities of each image and its mirror image"),
+    "tta": Opt(False, "test-time augmentation: average the probabilities of the image and its mirror image, each "
+                      "also shifted a pixel both ways"),
     "weights": WEIGHTS,
     "batch_size": Opt(500, "images per forward pass"),
     "device": Opt("auto", DEVICE_HELP),
@@ -41,7 +42,8 @@ COMPARE_OPTIONS = {
 PREDICT_OPTIONS = {
     "top_k": Opt(3, "classes listed per image, most probable first"),
     "json": Opt(False, "print one JSON document instead of text"),
-    "tta": Opt(False, "average the probabilities of each image and its mirror image"),
+    "tta": Opt(False, "average the probabilities of the image and its mirror image, each also shifted a pixel "
+                      "both ways"),
     "weights": WEIGHTS,
     "device": Opt("auto", DEVICE_HELP),
 }

@@ -62,6 +62,9 @@ class Classifier(nn.Module):
         self.name: str = ""  # set by create_model
         self.options: dict = {}
         self.pretrained: str = "none"  # where the initial weights came from (resnet18-transfer's `weights`)
+        # whether the net takes images of other sizes (a global pool before the head); progressive resizing
+        # trains only such nets on smaller images
+        self.any_size = True
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.trunk(x))
@@ -88,6 +91,11 @@ def _ints(name: str, value, lo: int, hi: int) -> list[int]:
     return list(values)
 
 
+def _fixed_size(model: Classifier) -> Classifier:
+    model.any_size = False
+    return model
+
+
 def _common(activation: str, dropout: float, width: float) -> None:
     make_activation(activation)
     _check(isinstance(dropout, int | float) and 0 <= dropout < 1,
@@ -107,7 +115,8 @@ def mlp(num_classes: int = 10, *, hidden=(256, 128, 64), activation: str = "relu
     neck = [nn.Flatten()]
     for d_in, d_out in zip(sizes, sizes[1:]):
         neck += [nn.Linear(d_in, d_out), make_activation(activation), nn.Dropout(dropout)]
-    return Classifier(nn.Identity(), nn.Sequential(*neck), nn.Linear(sizes[-1], num_classes), trunk_channels=1)
+    return _fixed_size(Classifier(nn.Identity(), nn.Sequential(*neck), nn.Linear(sizes[-1], num_classes),
+                                  trunk_channels=1))
 
 
 def lenet(num_classes: int = 10, *, activation: str = "relu", dropout: float = 0.5, width: float = 1.0) -> Classifier:
@@ -123,33 +132,58 @@ def lenet(num_classes: int = 10, *, activation: str = "relu", dropout: float = 0
     )
     neck = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c3 * 3 * 3, 128), act(),
                          nn.Dropout(dropout), nn.Linear(128, 256), act())
-    return Classifier(trunk, neck, nn.Linear(256, num_classes), trunk_channels=c3)
+    return _fixed_size(Classifier(trunk, neck, nn.Linear(256, num_classes), trunk_channels=c3))
 
 
-def vgg(num_classes: int = 10, *, channels=(64, 128, 256), convs: int = 2, fc_layers: int = 1, fc_dim: int = 512,
-        activation: str = "relu", dropout: float = 0.4, width: float = 1.0) -> Classifier:
-    """VGG-style: per stage `convs` 3x3 conv+BN+act at `channels[i] * width`; max-pool 2 + dropout between
-    stages; global max pool (the report's 7x7 max pool, size-independent); `fc_layers` - 1 hidden dense
-    layers of `fc_dim` with dropout, then the Dense head. Defaults are the report's net: 1,147,722 parameters
-    (no conv biases: BN follows every conv)."""
+def vgg(num_classes: int = 10, *, channels=(64, 128, 256), convs=2, fc_layers: int = 1, fc_dim: int = 512,
+        activation: str = "relu", dropout: float = 0.4, width: float = 1.0, whiten: bool = False) -> Classifier:
+    """VGG-style: per stage `convs` 3x3 conv+BN+act at `channels[i] * width` (one number for every stage, or
+    one per stage); max-pool 2 + dropout between stages; global max pool (the report's 7x7 max pool,
+    size-independent); `fc_layers` - 1 hidden dense layers of `fc_dim` with dropout, then the Dense head.
+    Defaults are the report's net: 1,147,722 parameters (no conv biases: BN follows every conv). `whiten`: the
+    first convolution is frozen and, before training, set to whiten the data's 3x3 patches
+    (``whiten_first_conv``)."""
     _common(activation, dropout, width)
     # 28 -> 14 -> 7 -> 3: more than four stages would pool a 3x3 map away
     channels = [scaled(c, width) for c in _ints("channels", channels, 1, 4)]
-    _check(isinstance(convs, int) and 1 <= convs <= 4, f"option convs={convs!r}: give 1 to 4 convolutions per stage")
+    per_stage = [convs] * len(channels) if isinstance(convs, int) and not isinstance(convs, bool) else convs
+    _check(isinstance(per_stage, list | tuple) and len(per_stage) == len(channels)
+           and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 4 for n in per_stage),
+           f"option convs={convs!r}: give 1 to 4 convolutions per stage, as one number or one per stage "
+           f"({len(channels)} stages)")
     _check(isinstance(fc_layers, int) and 1 <= fc_layers <= 3, f"option fc_layers={fc_layers!r}: give 1, 2 or 3")
     _ints("fc_dim", fc_dim, 1, 1)
     stages, c_in = [], 1
     for i, c in enumerate(channels):
-        stage = [conv_bn_act(c_in if j == 0 else c, c, 3, activation) for j in range(convs)]
+        stage = [conv_bn_act(c_in if j == 0 else c, c, 3, activation) for j in range(per_stage[i])]
         if i < len(channels) - 1:
             stage += [nn.MaxPool2d(2), nn.Dropout(dropout)]
         stages.append(nn.Sequential(*stage))
         c_in = c
+    _check(isinstance(whiten, bool), f"option whiten={whiten!r}: give true or false")
+    if whiten:
+        stages[0][0][0].weight.requires_grad_(False)  # trainers leave it out; whiten_first_conv fills it in
     neck, d = [nn.AdaptiveMaxPool2d(1), nn.Flatten()], c_in
     for _ in range(fc_layers - 1):
         neck += [nn.Linear(d, fc_dim), make_activation(activation), nn.Dropout(dropout)]
         d = fc_dim
     return Classifier(nn.Sequential(*stages), nn.Sequential(*neck), nn.Linear(d, num_classes), trunk_channels=c_in)
+
+
+@torch.no_grad()
+def whiten_first_conv(model: Classifier, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """The airbench trick (Jordan 2024) for a grey image: set the trunk's first k x k convolution to a whitening
+    filter bank of the training images' patches, a pair of filters +-v / sqrt(lambda + eps) per eigenvector v
+    (eigenvalue lambda) of the patch covariance, largest first; filters past 2 k^2 keep their random init.
+    Decorrelated, equal-variance inputs let the layers after it learn at a high rate from the first step.
+    ``images``: normalised ``[N, 1, H, W]``."""
+    conv = next(m for m in model.trunk.modules() if isinstance(m, nn.Conv2d))
+    k = conv.kernel_size[0]
+    patches = F.unfold(images.float(), k, padding=conv.padding).transpose(1, 2).reshape(-1, k * k)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T.double()))  # ascending
+    filters = (eigenvectors.T / (eigenvalues.clamp_min(0) + eps).sqrt().unsqueeze(1)).flip(0).float()
+    filters = torch.cat([filters, -filters])[: conv.out_channels]
+    conv.weight[: len(filters)] = filters.view(-1, 1, k, k).to(conv.weight)
 
 
 class BasicBlock(nn.Module):
@@ -287,7 +321,7 @@ def simple(num_classes: int = 10, *, channels=(32,), dense: int = 100, activatio
         c_in, size = c, size // 2
     neck = nn.Sequential(nn.Flatten(), nn.Linear(c_in * size * size, dense), make_activation(activation),
                          nn.Dropout(dropout))
-    return Classifier(nn.Sequential(*layers), neck, nn.Linear(dense, num_classes), trunk_channels=c_in)
+    return _fixed_size(Classifier(nn.Sequential(*layers), neck, nn.Linear(dense, num_classes), trunk_channels=c_in))
 
 
 class GrayToImageNet(nn.Module):
@@ -361,7 +395,9 @@ def resnet18_transfer(num_classes: int = 10, *, size: int = 112, weights: str = 
     trunk = nn.Sequential(GrayToImageNet(size), net.conv1, net.bn1, net.relu, net.maxpool,
                           net.layer1, net.layer2, net.layer3, net.layer4)
     neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
-    return Classifier(trunk, neck, nn.Linear(net.fc.in_features, num_classes), trunk_channels=net.fc.in_features)
+    # it resizes every input to `size` itself: a smaller training image would only be blurred
+    return _fixed_size(Classifier(trunk, neck, nn.Linear(net.fc.in_features, num_classes),
+                                  trunk_channels=net.fc.in_features))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -395,6 +431,11 @@ register("simple-fanout", simple, "3 conv3x3+pool, channels growing 16-32-64, Le
 # 92.8% vs 94.2% test accuracy with 0.1, see BENCHMARKS.md).
 register("vgg-small", vgg, "VGG-style, conv pairs at 32-64-128 + BN, global max pool, dropout 0.1",
          channels=[32, 64, 128], dropout=0.1)
+# vgg-fast is the time-to-accuracy default (BENCHMARKS.md, "Time to accuracy"): a frozen whitening conv on
+# the 28 px image, then one stage of two convs per halving, no dropout (a 16-epoch run under-fits rather than
+# over-fits), about 40% of vgg-small's FLOPs
+register("vgg-fast", vgg, "VGG-style for time to accuracy: whitened frozen conv 24, conv pairs at 48-96 + BN",
+         channels=[24, 48, 96], convs=[1, 2, 2], dropout=0.0, whiten=True)
 register("vgg", vgg, "VGG-style, conv pairs at 64-128-256 + BN, global max pool (the report's, 1.15M)")
 register("vgg-large", vgg, "VGG-style, conv pairs at 96-192-384 + BN, global max pool, Dense512 + dropout",
          width=1.5, fc_layers=2)

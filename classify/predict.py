@@ -11,14 +11,39 @@ from fashionkit.classify.checkpoint import load_run_model
 from fashionkit.device import autocast, select_device
 from fashionkit.errors import UserError
 
+# test-time augmentation: the image and its mirror image, each also moved one pixel up-left and down-right (the
+# background comes in at the edge). On the vgg-fast default's weights this scored 93.90% test accuracy against
+# 93.59% for the image and its mirror alone and 93.37% for the image alone (BENCHMARKS.md, "Time to accuracy").
+TTA_SHIFTS = ((0, 0), (-1, -1), (1, 1))
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The views TTA averages for a normalised batch ``[B, 1, H, W]``: {image, mirror} x TTA_SHIFTS."""
+    from fashionkit.data.loader import normalize
+
+    background = float(normalize(torch.zeros(())))
+    padded = torch.nn.functional.pad(torch.cat([x, x.flip(-1)]), (1, 1, 1, 1), value=background)
+    h, w = x.shape[-2:]
+    views = [padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in TTA_SHIFTS]
+    return [v.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last)
+            else v for v in views]
+
+
+def tta_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean softmax probabilities over ``tta_views(x)`` (float32)."""
+    n = len(x)
+    probs = sum(model(v).float().softmax(1) for v in tta_views(x)) / len(TTA_SHIFTS)
+    return (probs[:n] + probs[n:]) / 2
+
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp=None,
                   batch_size: int = 500, tta: bool = False) -> torch.Tensor:
     """Softmax probabilities ``[N, C]`` (float32, CPU) for uint8 images ``[N, 28, 28]``.
 
-    ``tta``: average with the horizontally flipped image's probabilities. Training augments with flips, so a
-    flipped item is as familiar to the model as the original, and the two views' errors partly cancel.
+    ``tta``: average over the image and its mirror image, each also shifted a pixel both ways (``tta_views``).
+    Training augments with flips and shifts, so these views are as familiar to the model as the original, and
+    their errors partly cancel.
     """
     from fashionkit.data.loader import normalize, to_float
 
@@ -29,9 +54,7 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     for start in range(0, len(images), batch_size):
         x = normalize(to_float(images[start:start + batch_size].to(device)))
         with autocast(device, amp):
-            probs = model(x).float().softmax(1)
-            if tta:
-                probs = (probs + model(x.flip(-1)).float().softmax(1)) / 2
+            probs = tta_probs(model, x) if tta else model(x).float().softmax(1)
         out.append(probs.cpu())
     return torch.cat(out) if out else torch.zeros(0, getattr(model, "num_classes", 10))
 

@@ -107,6 +107,12 @@ class Trainer:
                                       indices=val_idx)
 
         self.model = model_from_config(cfg).to(self.device)
+        if self.model.options.get("whiten") and resume is None:
+            from fashionkit.classify.models import whiten_first_conv
+            from fashionkit.data.loader import normalize, to_float
+
+            sample = torch.as_tensor(train_idx[:5000])  # the same items on every rank: the same filters
+            whiten_first_conv(self.model, normalize(to_float(images[sample])).to(self.device))
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg["optimizer"], self.model, cfg["lr"], cfg["momentum"], cfg["nesterov"],
@@ -116,6 +122,14 @@ class Trainer:
         self.scheduler, self.per_batch = build_scheduler(cfg["scheduler"], self.optimizer, cfg["epochs"],
                                                          len(self.train_loader), cfg["lr"], cfg["step_size"],
                                                          cfg["gamma"])
+        # weight averaging: validation, best.pt and the test score use an exponential moving average of the
+        # weights (torch's AveragedModel, BatchNorm statistics averaged too), which is ahead of the raw weights
+        # while the learning rate is still high
+        self.ema = None
+        if cfg["ema"]:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
         self.forward = distributed.wrap(self.model, self.device)
         if cfg["compile"]:
@@ -123,7 +137,11 @@ class Trainer:
 
         self.epoch, self.best, self.bad_epochs, self.best_epoch = 0, None, 0, 0
         if resume is not None:
-            load_weights(self.model, resume)
+            if self.ema is not None:  # last.pt's weights are the averaged ones; training goes on from the raw ones
+                self.model.load_state_dict(resume["trained"])
+                self.ema.load_state_dict(resume["ema"])
+            else:
+                load_weights(self.model, resume)
             self.optimizer.load_state_dict(resume["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(resume["scheduler"])
@@ -151,8 +169,11 @@ class Trainer:
         total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", leave=False,
                    dynamic_ncols=True, disable=None if self.main else True)
+        size = self.image_size(self.epoch)
         for x, y in bar:
             interrupt.check()  # a Ctrl-C that a finaliser swallowed
+            if size != x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             loss, logits = self.loss(x, y)
             if distributed.any_true(not torch.isfinite(loss), self.device):  # any rank's NaN stops all ranks
                 raise NonFiniteLoss(f"loss became {loss.item()} in epoch {self.epoch + 1}")
@@ -167,6 +188,8 @@ class Trainer:
                 self.optimizer.step()
             if self.scheduler is not None and self.per_batch:
                 self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             n = len(y)
             total_loss += loss.item() * n
             correct += (logits.argmax(1) == y).sum().item()
@@ -178,12 +201,22 @@ class Trainer:
         return {"train_loss": total_loss / seen, "train_acc": correct / seen, "seconds": seconds,
                 "img_per_s": seen / seconds}
 
+    def image_size(self, epoch: int) -> int:
+        """Progressive resizing (--resize-from N): early epochs train on images scaled down to N px, which cost
+        about (N/28)^2 of a full-size epoch, growing linearly to full size by --resize-until of the run; the
+        rest, validation and test are at full size. Nets that need 28 px (a flattening neck) always get it."""
+        full, start = self.train_loader.images.shape[-1], self.cfg["resize_from"]
+        ramp = self.cfg["resize_until"] * self.cfg["epochs"]
+        if not start or start >= full or epoch >= ramp or not self.model.any_size:
+            return full
+        return round(start + (full - start) * epoch / ramp)
+
     def validate(self) -> dict:
         """Validation figures; under torchrun rank 0 measures them (on its plain model: the DDP wrapper would
         wait for the other ranks) and every rank gets the same numbers, so all take the same decisions."""
         row = None
         if self.main:
-            model = self.model if distributed.active() else self.forward
+            model = self.ema.module if self.ema is not None else self.model if distributed.active() else self.forward
             loss, acc = evaluate_loader(model, self.val_loader, self.device, self.amp)
             row = {"val_loss": loss, "val_acc": acc}
         return distributed.share(row)
@@ -241,7 +274,8 @@ class Trainer:
                 if self.improved(row):
                     self.best, self.best_epoch, self.bad_epochs = row[cfg["monitor"]], self.epoch, 0
                     if self.main:
-                        save_checkpoint(weights / "best.pt", self.model, epoch=self.epoch, metrics=row, config=cfg)
+                        save_checkpoint(weights / "best.pt", self.evaluated(), epoch=self.epoch, metrics=row,
+                                        config=cfg)
                 else:
                     self.bad_epochs += 1
                 if self.main:
@@ -265,8 +299,16 @@ class Trainer:
                 return "early_stopped"
         return "finished"
 
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and kept: the averaged ones with --ema, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
     def save_last(self, row: dict) -> None:
-        save_checkpoint(self.run / "weights" / "last.pt", self.model, epoch=self.epoch, metrics=row, config=self.cfg,
+        # last.pt holds the weights users load (averaged with --ema, like best.pt) and, for --resume, the raw ones
+        extra = {"ema": self.ema.state_dict(), "trained": {k: v.detach().cpu() for k, v in
+                                                           self.model.state_dict().items()}} if self.ema else {}
+        save_checkpoint(self.run / "weights" / "last.pt", self.evaluated(), epoch=self.epoch, metrics=row,
+                        config=self.cfg, **extra,
                         optimizer=self.optimizer.state_dict(), best=self.best, best_epoch=self.best_epoch,
                         bad_epochs=self.bad_epochs, rng=torch.get_rng_state(),
                         scheduler=self.scheduler.state_dict() if self.scheduler is not None else None)
@@ -279,9 +321,10 @@ class Trainer:
         load_weights(self.model, best)
         images, labels = load_split("test", self.cfg["data_dir"])
         loader = BatchLoader(images, labels, 500, device=self.device, channels_last=self.cfg["channels_last"])
-        loss, acc = evaluate_loader(self.model, loader, self.device, self.amp)
-        print(f"test (best epoch {best['epoch']}): loss {loss:.4f} acc {acc:.4f}")
-        return {"test_loss": loss, "test_acc": acc}
+        loss, acc = evaluate_loader(self.model, loader, self.device, self.amp, self.cfg["tta"])
+        tta = " with TTA" if self.cfg["tta"] else ""
+        print(f"test (best epoch {best['epoch']}{tta}): loss {loss:.4f} acc {acc:.4f}")
+        return {"test_loss": loss, "test_acc": acc, "test_tta": self.cfg["tta"]}
 
     def write_summary(self, status: str, **extra) -> dict:
         rows = self.metrics.rows()
@@ -308,14 +351,17 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate_loader(model, loader, device, amp) -> tuple[float, float]:
-    """Mean cross-entropy (no smoothing) and accuracy of ``model`` over a loader."""
+def evaluate_loader(model, loader, device, amp, tta: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy (no smoothing) and accuracy of ``model`` over a loader. ``tta``: score the mean
+    probabilities of the TTA views (``predict.tta_views``; the loss is then their negative log-likelihood)."""
+    from fashionkit.classify.predict import tta_probs
+
     was_training = model.training
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in loader:
         with autocast(device, amp):
-            logits = model(x).float()
+            logits = tta_probs(model, x).clamp_min(1e-12).log() if tta else model(x).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -392,4 +438,7 @@ def validate(cfg: dict) -> None:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
     if not cfg["lr"] > 0 or not math.isfinite(cfg["lr"]):
         raise UserError(f"--lr must be a positive number, got {cfg['lr']}")
+    if not 0 <= cfg["ema"] < 1:
+        raise UserError(f"--ema must be a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps), "
+                        f"got {cfg['ema']}")
     model_from_config(cfg)  # unknown model options fail here, before a run directory is made

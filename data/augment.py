@@ -109,6 +109,29 @@ def _homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return torch.cat([coeffs, torch.ones(len(coeffs), 1)], 1).view(-1, 3, 3)
 
 
+class RandomCrop:
+    """torchvision's ``RandomCrop(size, padding)`` at the input size: zero-pad by ``padding`` and cut the
+    original size back out at a random offset, i.e. shift each image by whole pixels (no interpolation blur,
+    and a gather instead of a ``grid_sample``: the cheapest geometric augmentation)."""
+
+    def __init__(self, padding: int = 2):
+        self.padding = padding
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        p = self.padding
+        dy, dx = (torch.randint(0, 2 * p + 1, (2, n), generator=g)).to(x.device)
+        padded = F.pad(x, (p, p, p, p))
+        rows = (torch.arange(h, device=x.device).view(1, h) + dy.view(n, 1)).view(n, 1, h, 1)
+        cols = (torch.arange(w, device=x.device).view(1, w) + dx.view(n, 1)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+        return padded[batch, chans, rows, cols]
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(padding={self.padding})"
+
+
 class RandomErasing:
     """With probability ``p`` blank a rectangle of ``scale`` of the area and aspect ``ratio`` (torchvision's)."""
 
@@ -157,6 +180,8 @@ PRESETS: dict[str, tuple[str, list]] = {
                           [RandomHorizontalFlip(), RandomErasing(), RandomRotation(5)]),
     "flip-perspective-erase": ("flip + perspective (0.115, p=0.4) + random erasing",
                                [RandomHorizontalFlip(), RandomPerspective(0.115, p=0.4), RandomErasing()]),
+    "flip-crop": ("flip + random crop with 2 px padding (a shift by whole pixels)",
+                  [RandomHorizontalFlip(), RandomCrop(2)]),
     "flip-affine": ("flip + affine (±10°, 10% shift)", [RandomHorizontalFlip(), RandomAffine(10, 0.1)]),
     "rotate-shift-flip": ("rotation ±15° + 20% shift + flip", [RandomAffine(15, 0.2), RandomHorizontalFlip()]),
 }

@@ -8,7 +8,7 @@ Every step is a product command run as a user types it (through the same command
 OUT/runs:
 
  1. data check      ``fashionkit data eda``: class balance, mean images, samples
- 2. classifier      ``classify train --epochs 4 --no-test`` (the default vgg-small, short), ``classify eval``
+ 2. classifier      ``classify train --epochs 4 --no-test`` (the default vgg-fast, short), ``classify eval``
  3. embedding       ``metric train --from <the classifier> --epochs 2``, ``metric index``, ``metric resolve``
  4. ambiguous items demos/ambiguous.py on the two runs above: the least-sure test items and their neighbours
  5. detector        ``detect make-data`` (``--preset realistic`` where this fashionkit has it; 1,000 scenes),
@@ -43,9 +43,11 @@ FULL = {
     "detect": [],
     "video_seconds": 8.0,
 }
-# --tiny: the same steps on a few hundred items, one epoch, a quarter-width vgg-small (16x fewer FLOPs)
+# --tiny: the same steps on a few hundred items, one epoch, a quarter-width vgg-small (16x fewer FLOPs; vgg-fast
+# at a quarter width would have 6 channels, and YOLO layers need multiples of 8)
 TINY = {
-    "classify": ["--model-opts", "width=0.25", "--subset", "500", "--epochs", "1", "--lr", "0.02"],
+    "classify": ["--model", "vgg-small", "--model-opts", "width=0.25", "--subset", "500", "--epochs", "1",
+                 "--lr", "0.02"],
     "metric": ["--subset", "1000", "--epochs", "2", "--batch-size", "64", "--m-per-class", "16",
                "--steps-per-epoch", "3", "--eval-subset", "200", "--plot-points", "100", "--dim", "32",
                "--head-hidden", "64"],

@@ -39,3 +39,32 @@ def test_index_scale_bench_quick_run_measures_recall_speed_rss_and_shards(tmp_pa
     assert rows["ivfpq + rerank 400"]["recall"] > 0.9 and rows["ivfpq + rerank 400"]["recall"] > rows["ivfpq"]["recall"]
     assert result["shards"]["recall"] > 0.9 and result["shards"]["same_top_k_as_single"] > 0.9
     assert result["build"]["rss_mib"]["VmHWM"] > 0 and "| 2 shards, 2 processes" in result["markdown"]
+
+
+def test_time_to_accuracy_quick_runs_all_three_recipes_under_the_avx2_cap(tmp_path):
+    out = tmp_path / "tta.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--quick", "--isa", "avx2",
+                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
+                          check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["isa"] == "avx2" and result["quick"] and result["cpu"]["model_name"]
+    recipes = {r["recipe"]: r for r in result["results"]}
+    assert set(recipes) == {"default", "previous", "reference"}
+    for r in recipes.values():
+        assert r["precision"] == "fp32"  # the AVX2 cap trains in fp32, as on an AVX2-only CPU
+        assert [c["epoch"] for c in r["curve"]] == [1, 2]
+        assert 0 < r["curve"][0]["seconds"] < r["curve"][1]["seconds"] <= r["seconds_total"]
+        assert all(0.05 < c["test_acc"] <= 1 for c in r["curve"])
+        first = r["first_passing"]
+        assert list(first) == ["92%", "93%", "94%", "95%"]
+        assert all(v is None or v in [c["seconds"] for c in r["curve"]] for v in first.values())
+    assert recipes["default"]["options"]["epochs"] == 2 and recipes["default"]["tta"] is True
+    assert recipes["previous"]["options"]["model"] == "vgg-small" and recipes["previous"]["tta"] is False
+    assert "speedup_vs_reference" in recipes["default"] and out.with_suffix(".png").stat().st_size > 10_000
+    assert "first passing" in proc.stdout
+
+
+def test_time_to_accuracy_rejects_an_unknown_recipe():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--recipes", "fastest"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "unknown recipe 'fastest'" in proc.stderr

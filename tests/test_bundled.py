@@ -74,8 +74,9 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
         summary = json.loads((runs / stage / f"bundled-{kind}" / "summary.json").read_text())
         if kind == "classifier":
             assert card["headline"] == f"test accuracy {summary['test_acc']:.4f}"
-            assert card["commands"][0]["command"].endswith("classify train --name bundled-classifier "
-                                                            "--model-opts width=0.25 --subset 500 --epochs 1 --lr 0.02")
+            assert card["commands"][0]["command"].endswith(
+                "classify train --name bundled-classifier --model vgg-small --epochs 25 --augment flip-rotate "
+                "--resize-from 0 --no-tta --model-opts width=0.25 --subset 500 --epochs 1 --lr 0.02")
         elif kind == "detector":
             assert card["headline"] == f"test mAP50 {summary['test']['mAP50']:.3f}"
             assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",

@@ -149,7 +149,7 @@ def test_eval_matches_the_training_engine_on_the_runs_val_split(runs, val_eval, 
     assert (out / "confusion.png").stat().st_size > 10_000 and (out / "mistakes.png").is_file()
 
 
-def test_eval_tta_averages_the_mirror_images_probabilities(runs, train_set):
+def test_eval_tta_averages_mirror_and_shifted_views(runs, train_set):
     tta = evaluate_run(runs["cnn"], split="val", tta=True, top_errors=0, device="cpu")
     out = runs["cnn"] / "eval" / "val-tta"
     assert 0 < tta["accuracy"] <= 1 and tta["tta"] and not (out / "mistakes.png").exists()
@@ -160,11 +160,28 @@ def test_eval_tta_averages_the_mirror_images_probabilities(runs, train_set):
     items = images[torch.as_tensor(make_splits(labels.numpy(), 5000, 0, 2000)[1])]
     model, _, _, _ = load_run_model(runs["cnn"])
     cpu = torch.device("cpu")
-    expected = (predict_probs(model, items, cpu) + predict_probs(model, items.flip(-1), cpu)) / 2
+    def moved(images, dy, dx):  # the uint8 items shifted by (dy, dx) pixels, background coming in
+        return torch.nn.functional.pad(images, (1, 1, 1, 1))[:, 1 + dy:29 + dy, 1 + dx:29 + dx]
+
+    views = [moved(view, dy, dx) for view in (items, items.flip(-1)) for dy, dx in ((0, 0), (-1, -1), (1, 1))]
+    expected = sum(predict_probs(model, v, cpu) for v in views) / 6
     assert torch.allclose(probs, expected, atol=1e-5)
     assert not torch.allclose(probs, predict_probs(model, items, cpu), atol=1e-3)  # the flip changed something
     truth = torch.tensor([int(r["label"]) for r in rows])
     assert tta["accuracy"] == pytest.approx((expected.argmax(1) == truth).float().mean().item())
+
+
+def test_engine_tta_scores_what_eval_tta_scores(runs, train_set):
+    """The training engine's TTA validation (--tta) and `classify eval --tta` average the same two views."""
+    images, labels = train_set
+    val_idx = make_splits(labels.numpy(), 5000, 0, 2000)[1]
+    model, _, _, _ = load_run_model(runs["cnn"])
+    loader = BatchLoader(images, labels, 500, indices=val_idx)
+    loss, acc = evaluate_loader(model, loader, torch.device("cpu"), None, tta=True)
+    expected = evaluate_run(runs["cnn"], split="val", tta=True, top_errors=0, device="cpu")
+    assert acc == pytest.approx(expected["accuracy"], abs=1e-9)
+    assert loss == pytest.approx(expected["loss"], rel=1e-4)
+    assert (loss, acc) != evaluate_loader(model, loader, torch.device("cpu"), None)
 
 
 def test_eval_cli_on_test_split(runs, cli, capsys):

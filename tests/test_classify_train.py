@@ -51,6 +51,14 @@ def test_train_writes_a_complete_run(runs_dir):
     assert run2.name == "tiny2"
 
 
+def test_the_default_recipe_is_deterministic_per_seed(runs_dir):
+    a, _ = train({"subset": 1500, "epochs": 2, "test": False})
+    b, _ = train({"subset": 1500, "epochs": 2, "test": False})
+    c, _ = train({"subset": 1500, "epochs": 2, "test": False, "seed": 1})
+    assert learned(metrics(a)) == learned(metrics(b)) != learned(metrics(c))
+    assert load_classifier(a)[1]["name"] == "vgg-fast"
+
+
 def test_same_seed_same_metrics(runs_dir):
     a, _ = train({**TINY, "model": "vgg-small", "test": False, "dropout": 0.3})
     b, _ = train({**TINY, "model": "vgg-small", "test": False, "dropout": 0.3})
@@ -74,8 +82,14 @@ def _wait_for_epochs(run, n, proc, timeout=120):
     raise AssertionError("training did not reach the epoch in time")
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(runs_dir):
+# the second case is the default recipe (vgg-fast with its whitening conv, progressive resizing, flip-crop, TTA)
+# plus weight averaging
+@pytest.mark.parametrize("extra", [{}, {"model": "vgg-fast", "ema": 0.9, "tta": True, "augment": "flip-crop",
+                                        "resize_from": 16}], ids=["simple", "default-recipe-ema"])
+def test_resume_after_sigkill_matches_uninterrupted_run(runs_dir, extra):
     args = ["--model", "simple", "--subset", "3000", "--epochs", "3", "--lr", "0.02", "--no-test", "--name", "killed"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     env = {**os.environ, "FASHIONKIT_RUNS": str(runs_dir)}
     proc = _cli(args, env)
     run = runs_dir / "classify" / "killed"
@@ -87,10 +101,38 @@ def test_resume_after_sigkill_matches_uninterrupted_run(runs_dir):
     assert done < 3, "the run finished before it could be killed"
     _, summary = resume(run)
     assert summary["status"] == "finished" and summary["epochs_done"] == 3
-    reference, _ = train({"model": "simple", "subset": 3000, "epochs": 3, "lr": 0.02, "test": False})
+    reference, _ = train({"model": "simple", "subset": 3000, "epochs": 3, "lr": 0.02, "test": False, **extra})
     assert learned(metrics(run)) == learned(metrics(reference))
+    for name in ("best.pt", "last.pt"):
+        assert torch.equal(*(torch.load(r / "weights" / name)["state_dict"]["head.weight"] for r in (run, reference)))
     with pytest.raises(UserError, match="already finished"):
         resume(run)
+
+
+def test_ema_keeps_validates_and_tests_the_averaged_weights(runs_dir):
+    run, summary = train({**TINY, "ema": 0.9, "tta": True, "name": "ema"})
+    last = torch.load(run / "weights" / "last.pt")
+    averaged, trained = last["state_dict"], last["trained"]
+    assert set(averaged) == set(trained)
+    assert not torch.equal(averaged["head.weight"], trained["head.weight"])
+    # the averaged weights are what was validated (without TTA): scoring them again gives the logged figures
+    from fashionkit.classify.train import evaluate_loader
+    from fashionkit.data import load_split
+    from fashionkit.data.loader import BatchLoader
+    from fashionkit.data.splits import make_splits
+    from fashionkit.device import amp_dtype
+
+    model, _ = load_classifier(run / "weights" / "last.pt")
+    images, labels = load_split("train")
+    val_idx = make_splits(labels.numpy(), 5000, 0, 1500)[1]
+    cpu = torch.device("cpu")  # scored at the run's precision (bf16 on CPUs that have it)
+    loss, acc = evaluate_loader(model, BatchLoader(images, labels, 500, indices=val_idx), cpu, amp_dtype(cpu, "auto"))
+    row = metrics(run)[-1]
+    assert acc == pytest.approx(float(row["val_acc"]), abs=1e-9) and loss == pytest.approx(float(row["val_loss"]),
+                                                                                            rel=1e-5)
+    assert summary["test_tta"] is True and 0.5 < summary["test_acc"] <= 1
+    with pytest.raises(UserError, match="--ema"):
+        train({**TINY, "ema": 1.5})
 
 
 def test_ctrl_c_saves_and_exits_cleanly(runs_dir):
@@ -235,3 +277,26 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(runs_dir, tmp
     for x, y in zip(metrics(ddp), metrics(one)):
         assert abs(float(x["train_loss"]) - float(y["train_loss"])) < 1e-4
         assert float(x["val_acc"]) == float(y["val_acc"])
+
+
+def test_progressive_resizing_grows_the_training_images(runs_dir, tmp_path):
+    from fashionkit.classify.defaults import TRAIN_OPTIONS
+    from fashionkit.classify.train import Trainer
+    from fashionkit.config import resolve
+
+    def sizes_per_epoch(**options):
+        cfg = resolve(TRAIN_OPTIONS, {"subset": 500, "epochs": 4, "resize_from": 16, "resize_until": 0.75,
+                                      "test": False, **options})
+        run = tmp_path / cfg["model"]
+        run.mkdir()
+        trainer = Trainer(cfg, run)
+        seen: dict[int, set] = {}
+        trainer.model.register_forward_pre_hook(
+            lambda m, args: seen.setdefault(trainer.epoch, set()).add(args[0].shape[-1]) if m.training else None)
+        trainer.fit()
+        return [sorted(seen[e]) for e in range(4)], metrics(run)
+
+    sizes, rows = sizes_per_epoch(model="vgg-small")
+    assert sizes == [[16], [20], [24], [28]]  # 16 px growing to 28 by 3 of the 4 epochs
+    assert all(float(r["val_acc"]) > 0 for r in rows)  # validation at full size throughout
+    assert sizes_per_epoch(model="mlp")[0] == [[28]] * 4  # a flattening neck needs 28 px: never resized

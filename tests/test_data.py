@@ -84,6 +84,25 @@ def test_flip_is_per_image_not_per_batch(train_set):
     assert 0.4 < flipped.float().mean() < 0.6
 
 
+def test_random_crop_shifts_each_image_by_whole_pixels(train_set):
+    """flip-crop's RandomCrop(2) is torchvision's RandomCrop(28, padding=2): every output is its input moved by
+    -2..2 pixels each way with zeros coming in, the shift drawn per image."""
+    import torch.nn.functional as F
+
+    from fashionkit.data.augment import RandomCrop
+
+    x = train_set[0][:200].float().div(255).unsqueeze(1)
+    y = RandomCrop(2)(x, torch.Generator().manual_seed(0))
+    padded = F.pad(x, (2, 2, 2, 2))
+    shifts = []
+    for a, p in zip(y, padded):
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(a, p[:, dy:dy + 28, dx:dx + 28])]
+        assert found, "an output is not a whole-pixel shift of its input"
+        shifts.append(found[0])
+    assert len(set(shifts)) >= 20  # of the 25 possible shifts, drawn per image
+    assert torch.equal(RandomCrop(2)(x, torch.Generator().manual_seed(0)), y)  # seeded
+
+
 def test_unknown_preset():
     with pytest.raises(UserError, match="unknown augmentation preset 'blur'"):
         build_augment("blur")

@@ -40,9 +40,11 @@ def test_every_model_runs_trains_and_rebuilds(name, train_set):
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     F.cross_entropy(logits, y).backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
-    # every parameter takes part: a branch left out of forward would keep its initial values
+    # every trainable parameter takes part: a branch left out of forward would keep its initial values
     unchanged = [k for k, p in model.named_parameters() if torch.equal(p, before[k])]
-    assert not unchanged
+    frozen = [k for k, p in model.named_parameters() if not p.requires_grad]
+    assert unchanged == frozen
+    assert frozen == (["trunk.0.0.0.weight"] if model.options.get("whiten") else [])  # vgg-fast's whitening conv
 
     rebuilt = create_model(model.name, **model.options)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
@@ -163,3 +165,37 @@ def test_transfer_default_weights_without_network(monkeypatch):
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(UserError, match="could not download.*weights=PATH.*weights=none"):
         create_model("resnet18-transfer", weights="DEFAULT")
+
+
+def test_whitening_init_decorrelates_patches_and_stays_frozen(train_set, runs_dir):
+    from fashionkit.classify.checkpoint import load_classifier
+    from fashionkit.classify.models import whiten_first_conv
+    from fashionkit.classify.train import train
+
+    x, _ = batch(train_set, 2000)
+    model = create_model("vgg", channels=[24, 48, 96], whiten=True)
+    conv = model.trunk[0][0][0]
+    assert not conv.weight.requires_grad
+    random_init = conv.weight.detach().clone()
+    whiten_first_conv(model, x)
+    # the first 9 filters turn the 3x3 patches into unit-variance, uncorrelated channels; the next 9 are their
+    # negatives; the last 6 keep their random init
+    out = F.conv2d(x, conv.weight[:9], padding=1).permute(0, 2, 3, 1).reshape(-1, 9)
+    assert torch.allclose(torch.cov(out.T), torch.eye(9), atol=0.03)
+    assert torch.equal(conv.weight[9:18], -conv.weight[:9])
+    assert torch.equal(conv.weight[18:], random_init[18:])
+
+    # in a real run the filters are computed from the training items, then left alone by the optimizer
+    run, _ = train({"model": "vgg", "model_opts": "channels=[24,48,96],whiten=true", "subset": 1000, "epochs": 1,
+                    "test": False})
+    trained, _ = load_classifier(run)
+    first = trained.trunk[0][0][0].weight
+    images, _ = train_set
+    again = create_model("vgg", channels=[24, 48, 96], whiten=True)
+    from fashionkit.data.splits import make_splits
+
+    train_idx, _ = make_splits(train_set[1].numpy(), 5000, 0, 1000)
+    whiten_first_conv(again, normalize(to_float(images[torch.as_tensor(train_idx)])))
+    assert torch.allclose(first[:18], again.trunk[0][0][0].weight[:18], atol=1e-6)
+    with pytest.raises(UserError, match="whiten"):
+        create_model("vgg", whiten="yes")

@@ -40,7 +40,7 @@ def test_console_scripts_help(argv):
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
     if argv[-2:] == ["train", "--help"]:
-        assert "(default: vgg-small)" in result.stdout  # defaults are shown
+        assert "(default: vgg-fast)" in result.stdout and "(default: 17)" in result.stdout  # defaults are shown
 
 
 def test_umbrella_lists_every_stage():
