@@ -27,8 +27,9 @@ from fashionkit.device import autocast, select_device
 TRAIN_ITEMS = 55_000
 
 
-def throughput(name: str, device, dtype, train_mode: bool, batch: int, steps: int = 8) -> float:
-    model = create_model(name).to(device).to(memory_format=torch.channels_last)
+def throughput(name: str, device, dtype, train_mode: bool, batch: int, steps: int = 8, **options) -> float:
+    """Images/s of the registry model ``name`` (built with ``options``) on synthetic batches, after 2 warm-up steps."""
+    model = create_model(name, **options).to(device).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -19,7 +19,8 @@ recipe is called (after Python and torch are imported: about 2 s more from a she
 
 --isa avx2 caps torch's kernels at AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) and
 trains in fp32: on an AVX-512 CPU the nearest it gets to the 2-core AVX2-only CPU the targets name; it is still
-another CPU, so say which one a figure came from (the JSON records lscpu's model name and flags).
+another CPU, so say which one a figure came from (the JSON records the CPU's name, family, model and widest
+vector unit).
 --set KEY=VALUE (repeatable) changes an option of the default recipe (and of the reference, which follows it),
 to time a variant: --set epochs=12 --set model_opts=width=1.5.
 --quick trains each recipe 2 epochs on 2,000 items: a check that the script works, not a measurement.
@@ -31,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,21 +45,11 @@ PREVIOUS_DEFAULT = {"model": "vgg-small", "model_opts": "", "epochs": 25, "batch
                     "weight_decay": 5e-4, "scheduler": "onecycle", "optimizer": "sgd"}
 
 
-def cpu_name() -> dict:
-    info = {"machine": platform.machine(), "model_name": "", "flags": []}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return info
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            info["model_name"] = value.strip()
-        elif key.strip() in ("CPU family", "Model", "CPU(s)"):
-            info[key.strip().lower().replace(" ", "_").replace("(s)", "s")] = value.strip()
-        elif key.strip() == "Flags":
-            info["flags"] = [f for f in value.split() if f.startswith(("avx", "fma", "amx"))]
-    return info
+def cap_isa(isa: str) -> None:
+    """--isa avx2: start this script again with torch's kernels capped at AVX2 (the caps are read when torch loads
+    its kernels, so they cannot be set from inside a running process)."""
+    if isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
 
 
 class Clock:
@@ -125,6 +114,7 @@ def _mean_rate(run: Path) -> float:
 def reference_recipe(args, test) -> dict:
     """The default recipe as a plain loop (torchvision references style); same net and hyperparameters."""
     import torch
+    from loader_bench import PerImage  # the per-image Dataset the loader and engine benchmarks compare against
     from torch import nn
     from torchvision.transforms import v2
 
@@ -149,7 +139,7 @@ def reference_recipe(args, test) -> dict:
     transform = v2.Compose([v2.ToDtype(torch.float32, scale=True), *per_image[cfg["augment"]],
                             v2.Normalize([MEAN], [STD])])
     idx = torch.as_tensor(train_idx)
-    dataset = _PerImage(images[idx], labels[idx], transform)
+    dataset = PerImage(images[idx], labels[idx], transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=2,
                                          drop_last=True, persistent_workers=True)
     model = model_from_config(cfg)
@@ -192,19 +182,6 @@ def reference_recipe(args, test) -> dict:
             "img_per_s": round(seen / total, 1)}
 
 
-class _PerImage:
-    """One uint8 image at a time through per-image transforms, as a notebook's Dataset does."""
-
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(self.images[i].unsqueeze(0)), self.labels[i]
-
-
 def first_passing(curve: list[dict]) -> dict:
     """Seconds at which test accuracy first reached each threshold (None: never)."""
     return {f"{t:.0%}": next((c["seconds"] for c in curve if c["test_acc"] >= t), None) for t in THRESHOLDS}
@@ -244,9 +221,7 @@ def main() -> None:
     unknown = [r for r in recipes if r not in ("default", "previous", "reference")]
     if unknown:
         sys.exit(f"time_to_accuracy: unknown recipe {unknown[0]!r}; choose from default, previous, reference")
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        # the caps are read when torch loads its kernels: start again with them set
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+    cap_isa(args.isa)
     import yaml
 
     args.overrides = {}
@@ -294,9 +269,11 @@ def main() -> None:
         best = max((c["test_acc"] for c in r["curve"]), default=None)
         print(f"{r['recipe']:10s} total {r['seconds_total']:7.1f} s  best test {best:.4f}  first passing: "
               + "  ".join(f"{k} {'-' if v is None else f'{v:.0f} s'}" for k, v in r["first_passing"].items()))
-    result = {"cpu": cpu_name(), "isa": args.isa, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "quick": args.quick, "thresholds": list(THRESHOLDS), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                          time.gmtime()),
+    from faiss_bench import cpu_name  # the CPU as every benchmark names it
+
+    result = {"cpu": {"model_name": cpu_name()}, "isa": args.isa, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "quick": args.quick, "thresholds": list(THRESHOLDS),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
