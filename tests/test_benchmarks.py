@@ -28,7 +28,7 @@ def test_faiss_bench_sweeps_nprobe_and_exact_search_has_full_recall(tmp_path):
 def test_index_scale_bench_quick_run_measures_recall_speed_rss_and_shards(tmp_path):
     out = tmp_path / "scale.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/index_scale_bench.py"), "--quick", "--vectors", "20000",
-                    "--queries", "100", "--nlist", "32", "--nprobe", "32", "--pq-m", "8", "--rerank", "400",
+                    "--queries", "100", "--nlist", "32", "--nprobe", "32,1", "--pq-m", "8", "--rerank", "400",
                     "--shards", "2",
                     "--repeats", "1", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
@@ -36,9 +36,15 @@ def test_index_scale_bench_quick_run_measures_recall_speed_rss_and_shards(tmp_pa
     rows = result["search"]["rows"]
     assert result["config"]["vectors"] == 20000 and not (tmp_path / "work" / "vectors.npy").exists()
     # 8 bytes for 64 dims is a rough code: re-ranking 400 candidates by exact distance makes up for it
-    assert rows["ivfpq + rerank 400"]["recall"] > 0.9 and rows["ivfpq + rerank 400"]["recall"] > rows["ivfpq"]["recall"]
+    full, pq_only = rows["ivfpq, nprobe 32 + rerank 400"], rows["ivfpq, nprobe 32"]
+    assert full["recall"] > 0.9 and full["recall"] > pq_only["recall"]
+    # the sweep searches the one built index at each --nprobe, with and without re-ranking; one list of 32 cannot
+    # find more of the true neighbours than all 32 do
+    assert sorted(r["nprobe"] for r in rows.values()) == [1, 1, 32, 32]
+    assert rows["ivfpq, nprobe 1"]["recall"] <= pq_only["recall"]
+    assert rows["ivfpq, nprobe 1 + rerank 400"]["recall"] <= full["recall"]
     assert result["shards"]["recall"] > 0.9 and result["shards"]["same_top_k_as_single"] > 0.9
-    assert result["build"]["rss_mib"]["VmHWM"] > 0 and "| 2 shards, 2 processes" in result["markdown"]
+    assert result["build"]["rss_mib"]["VmHWM"] > 0 and "| 2 shards, 2 processes, nprobe 32" in result["markdown"]
 
 
 def test_time_to_accuracy_quick_runs_all_three_recipes_under_the_avx2_cap(tmp_path):
