@@ -4,12 +4,13 @@
     .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --reuse   # package runs made by hand; run
                                                                                 # only the steps not finished yet
     .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --package-only
+    .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --reuse --only detector  # one model anew
     .venv/bin/python benchmarks/build_models.py --tiny               # CI: tiny subsets/epochs into a temp --out
 
 The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
 
     classify train --name bundled-classifier --model vgg-small --epochs 25 --augment flip-rotate \
-        --resize-from 0 --no-tta
+        --resize-from 0 --no-tta --label-smoothing 0.1
     metric train --from RUNS/classify/bundled-classifier --hard-classes 0,2,4,6 --name bundled-metric
     metric index RUNS/metric/bundled-metric
     metric resolve RUNS/metric/bundled-metric --classifier RUNS/classify/bundled-classifier
@@ -60,7 +61,8 @@ ONNX_LIMIT_MB = 0
 # 24,000-item index embeds in seconds: the whole build in about a minute on a 2-core CPU
 # the bundled classifier is the default of `classify train` before vgg-fast replaced it (the bundled embedding and
 # detector were trained on it); its flags are spelled out so the recipe keeps making the same model
-CLASSIFIER = ["--model", "vgg-small", "--epochs", "25", "--augment", "flip-rotate", "--resize-from", "0", "--no-tta"]
+CLASSIFIER = ["--model", "vgg-small", "--epochs", "25", "--augment", "flip-rotate", "--resize-from", "0", "--no-tta",
+              "--label-smoothing", "0.1"]
 TINY = {
     "classify": ["--model-opts", "width=0.25", "--subset", "500", "--epochs", "1", "--lr", "0.02"],
     "metric": ["--subset", "1000", "--epochs", "2", "--batch-size", "64", "--m-per-class", "16",
@@ -69,6 +71,12 @@ TINY = {
     "scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--train", "16", "--val", "8", "--test", "4"],
     "detect": ["--imgsz", "160", "--epochs", "1", "--batch", "8"],
 }
+
+
+# the recipe's steps each bundled model is made by (what its card lists, and what --only runs)
+STEPS_OF = {"classifier": ["classify train"],
+            "metric": ["classify train", "metric train", "metric index", "metric resolve"],
+            "detector": ["classify train", "detect make-data", "detect train"]}
 
 
 @dataclass
@@ -248,7 +256,8 @@ def card_markdown(card: dict) -> str:
              f"- made: {card['date']} by fashionkit {card['fashionkit']} (commit {card['git_commit'] or 'unknown'})",
              f"- machine: {m['cpu']}; {m['cores']} cores; GPU: {m['gpu'] or 'none'} (torch {m['torch']})",
              f"- seed: {card['seed']}",
-             f"- data: {card['data']}", "", "## Commands (in this order; wall time on the machine above)", ""]
+             f"- data: {card['data']}", *([f"- note: {card['note']}"] if card.get("note") else []), "",
+             "## Commands (in this order; wall time on the machine above)", ""]
     for s in card["commands"]:
         took = (f"made earlier and reused (training time it recorded: {s.get('recorded_seconds')} s)" if s["reused"]
                 else f"{s['wall_seconds']} s wall, {s.get('cpu_seconds')} s CPU")
@@ -319,7 +328,7 @@ def describe(kind: str, run: Path, runs: Path) -> tuple[str, str, dict, dict, in
 
 
 def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extra_steps: list[dict] = (),
-            onnx_limit_mb: float = ONNX_LIMIT_MB) -> Path:
+            onnx_limit_mb: float = ONNX_LIMIT_MB, note: str = "") -> Path:
     """Copy the slimmed run into ``out/kind`` with its cards; replaces an older bundled model only when complete."""
     from fashionkit.bundled import CARD_JSON, CARD_MD
     from fashionkit.runs import atomic_write_json, atomic_write_text
@@ -348,9 +357,7 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
         if ship_onnx:  # the export must not look older than best.pt, or detect video would export again
             os.utime(tmp / best.with_suffix(".onnx"), (time.time() + 1, time.time() + 1))
     description, data, metrics, headline, seed = describe(kind, run, runs)
-    used = {"classifier": ["classify train"], "metric": ["classify train", "metric train", "metric index",
-                                                         "metric resolve"],
-            "detector": ["classify train", "detect make-data", "detect train"]}[kind]
+    used = STEPS_OF[kind]
     import fashionkit
 
     card = {"kind": kind, "headline": headline, "description": description, "run": NAMES[kind],
@@ -358,7 +365,7 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
             "data": data, "seed": seed, "machine": machine(), "metrics": metrics,
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "fashionkit": fashionkit.__version__, "git_commit": git_commit(),
-            "rebuild": "python benchmarks/build_models.py", "files": manifest(tmp)}
+            "rebuild": "python benchmarks/build_models.py", "note": note, "files": manifest(tmp)}
     card["bytes"] = sum(f["bytes"] for f in card["files"].values())
     atomic_write_json(tmp / CARD_JSON, card)
     atomic_write_text(tmp / CARD_MD, card_markdown(card))
@@ -405,11 +412,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--detector-minutes", type=float, default=60.0, help="detect train --minutes (default: 60)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
+    p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
+                   "classifier, metric, detector (default: all three); the others in --out stay as they are")
+    p.add_argument("--note", default="", help="a sentence for the cards of the models packaged now (how the runs "
+                   "were made where the commands alone do not say it, e.g. the CPU's limits)")
     p.add_argument("--tiny", action="store_true", help="CI: tiny subsets and one epoch, into a temporary --out "
                    "(never the package's models)")
     p.add_argument("--results", default=None, help="JSON of the build's steps and cards (default: "
                    "benchmarks/results/build_models.json; --tiny: OUT/build_models.json)")
     args = p.parse_args(argv)
+    kinds = [k.strip() for k in args.only.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(NAMES):
+        raise SystemExit(f"error: --only {args.only!r}: choose from {', '.join(NAMES)}")
 
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="fashionkit-tiny-models-")) if args.tiny
                                            else PACKAGE_MODELS)
@@ -425,24 +439,29 @@ def main(argv: list[str] | None = None) -> dict:
               "default scenes", flush=True)
 
     start = time.perf_counter()
-    steps = recipe(runs, args.detector_minutes, args.tiny)
+    needed = {key for kind in kinds for key in STEPS_OF[kind]}
+    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny) if s.key in needed]
     run_steps(steps, runs, args.reuse, args.package_only)
-    det = runs / "detect" / NAMES["detector"]
-    best = det / (read_json(det / "summary.json") or {})["best"]
-    onnx_path, onnx_seconds = export_onnx(best)
-    export = {"step": "onnx export", "command": f"(detect video's first use) export of {best} to {onnx_path.name}",
-              "wall_seconds": onnx_seconds, "reused": False}
+    export = None
+    if "detector" in kinds:
+        det = runs / "detect" / NAMES["detector"]
+        best = det / (read_json(det / "summary.json") or {})["best"]
+        onnx_path, onnx_seconds = export_onnx(best)
+        export = {"step": "onnx export", "command": f"(detect video's first use) export of {best} to {onnx_path.name}",
+                  "wall_seconds": onnx_seconds, "reused": False}
     made = {}
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
+        if kind not in kinds:
+            continue
         target = package(kind, runs / stage / NAMES[kind], out, steps, runs, [export] if kind == "detector" else [],
-                         args.onnx_limit_mb)
+                         args.onnx_limit_mb, args.note)
         made[kind] = read_json(target / "card.json")
         print(f"[build] packaged {target} ({made[kind]['bytes'] / 2**20:.2f} MB): {made[kind]['headline']}",
               flush=True)
     messages = check_bundle(out)
     result = {"out": str(out), "runs": str(runs), "tiny": args.tiny, "machine": machine(),
               "total_wall_seconds": round(time.perf_counter() - start, 1),
-              "steps": [s.record(runs) for s in steps] + [export],
+              "steps": [s.record(runs) for s in steps] + ([export] if export else []),
               "bytes": {kind: card["bytes"] for kind, card in made.items()},
               "headlines": {kind: card["headline"] for kind, card in made.items()}, "messages": messages}
     results = Path(args.results) if args.results else (out / "build_models.json" if args.tiny

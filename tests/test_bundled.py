@@ -7,6 +7,7 @@ The bundled models here are the tiny real stand-ins of the ``tiny_bundle`` fixtu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
             assert card["headline"] == f"test accuracy {summary['test_acc']:.4f}"
             assert card["commands"][0]["command"].endswith(
                 "classify train --name bundled-classifier --model vgg-small --epochs 25 --augment flip-rotate "
-                "--resize-from 0 --no-tta --model-opts width=0.25 --subset 500 --epochs 1 --lr 0.02")
+                "--resize-from 0 --no-tta --label-smoothing 0.1 --model-opts width=0.25 --subset 500 --epochs 1 "
+                "--lr 0.02")
         elif kind == "detector":
             assert card["headline"] == f"test mAP50 {summary['test']['mAP50']:.3f}"
             assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",
@@ -94,6 +96,37 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
     # the ONNX export stays out of the package (13 MB for the real detector): detect video makes it in the user's cache
     assert not (out / "detector" / "ultralytics" / "weights" / "best.onnx").exists()
     assert set(result["messages"]) == {"classifier", "metric", "detector"}
+
+
+def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_leaves_the_others(tiny_bundle,
+                                                                                                  tmp_path):
+    from conftest import load_script
+
+    src, result = tiny_bundle
+    out = tmp_path / "models"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("runs"))
+    before = {kind: (out / kind / "card.json").read_text() for kind in ("classifier", "metric", "detector")}
+    build_models = load_script("benchmarks/build_models.py")
+    saved = os.environ.get("FASHIONKIT_RUNS")
+    try:
+        again = build_models.main(["--tiny", "--out", str(out), "--runs-dir", result["runs"], "--reuse", "--only",
+                                   "detector", "--note", "trained under an AVX2 cap", "--results",
+                                   str(tmp_path / "build.json")])
+    finally:  # the script sets the runs root for its commands
+        if saved is None:
+            os.environ.pop("FASHIONKIT_RUNS", None)
+        else:
+            os.environ["FASHIONKIT_RUNS"] = saved
+    # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
+    assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train", "onnx export"]
+    assert all(s["reused"] for s in again["steps"][:3]) and set(again["headlines"]) == {"detector"}
+    assert (out / "classifier" / "card.json").read_text() == before["classifier"]
+    assert (out / "metric" / "card.json").read_text() == before["metric"]
+    card = json.loads((out / "detector" / "card.json").read_text())
+    assert card["note"] == "trained under an AVX2 cap" and card["date"] >= json.loads(before["detector"])["date"]
+    assert "- note: trained under an AVX2 cap" in (out / "detector" / "card.md").read_text()
+    with pytest.raises(SystemExit, match="--only 'detectors'"):
+        build_models.main(["--tiny", "--out", str(out), "--only", "detectors"])
 
 
 def test_build_script_tiny_refuses_the_package_models():
