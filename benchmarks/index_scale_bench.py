@@ -177,8 +177,8 @@ def main(argv=None) -> int:
 
         reset_peak()
         start = time.perf_counter()
-        index, nprobe = empty_index("ivfpq", n, d, args.nlist, nprobes[0], pq_m=args.pq_m, opq=args.opq,
-                                    train_size=args.train)
+        index, _ = empty_index("ivfpq", n, d, args.nlist, nprobes[0], pq_m=args.pq_m, opq=args.opq,
+                               train_size=args.train)
         take = min(1.0, args.train / n)
         blocks = (read_rows(vectors_path, offset, d, s, min(n, s + CHUNK)) for s in range(0, n, CHUNK))
         sample = np.concatenate([block[rng.random(len(block)) < take] for block in blocks])
@@ -201,17 +201,16 @@ def main(argv=None) -> int:
         reset_peak()
         mapped = read_index_mmap(index_path)
         vectors = np.load(vectors_path, mmap_mode="r")
-        rows, single = {}, None
+        rows = {}
         for probe in nprobes:
             set_search_params(mapped, nprobe=probe)
-            for name, searcher in ((f"ivfpq, nprobe {probe}", mapped),
-                                   (f"ivfpq, nprobe {probe} + rerank {args.rerank}",
-                                    Reranked(mapped, vectors, args.rerank))):
+            for reranked, searcher in ((False, mapped), (True, Reranked(mapped, vectors, args.rerank))):
+                name = f"ivfpq, nprobe {probe}" + (f" + rerank {args.rerank}" if reranked else "")
                 found, seconds = timed_batches(searcher.search, queries, k, args.repeats)
                 rows[name] = {"nprobe": probe, "recall": round(recall(found, exact), 4),
                               "batch_seconds": round(seconds, 4), "queries_per_s": round(len(queries) / seconds, 1)}
-                if single is None and "rerank" in name:
-                    single = found  # what the shards (at the first nprobe) are compared with
+                if reranked and probe == nprobes[0]:
+                    single = found  # what the shards (at the first nprobe, re-ranked) are compared with
                 print(f"{name}: recall@{k} {rows[name]['recall']}, {rows[name]['queries_per_s']} q/s", flush=True)
         result["search"] = {"rows": rows, "rss_mib": rss_mib()}
 

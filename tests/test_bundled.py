@@ -7,7 +7,6 @@ The bundled models here are the tiny real stand-ins of the ``tiny_bundle`` fixtu
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -99,7 +98,8 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
 
 
 def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_leaves_the_others(tiny_bundle,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
     from conftest import load_script
 
     src, result = tiny_bundle
@@ -107,16 +107,11 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("runs"))
     before = {kind: (out / kind / "card.json").read_text() for kind in ("classifier", "metric", "detector")}
     build_models = load_script("benchmarks/build_models.py")
-    saved = os.environ.get("FASHIONKIT_RUNS")
-    try:
-        again = build_models.main(["--tiny", "--out", str(out), "--runs-dir", result["runs"], "--reuse", "--only",
-                                   "detector", "--note", "trained under an AVX2 cap", "--results",
-                                   str(tmp_path / "build.json")])
-    finally:  # the script sets the runs root for its commands
-        if saved is None:
-            os.environ.pop("FASHIONKIT_RUNS", None)
-        else:
-            os.environ["FASHIONKIT_RUNS"] = saved
+    # the script sets the runs root for its commands; monkeypatch puts the test session's back afterwards
+    monkeypatch.setenv("FASHIONKIT_RUNS", result["runs"])
+    again = build_models.main(["--tiny", "--out", str(out), "--runs-dir", result["runs"], "--reuse", "--only",
+                               "detector", "--note", "trained under an AVX2 cap", "--results",
+                               str(tmp_path / "build.json")])
     # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
     assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train", "onnx export"]
     assert all(s["reused"] for s in again["steps"][:3]) and set(again["headlines"]) == {"detector"}
