@@ -69,7 +69,7 @@ TINY = {
                "--steps-per-epoch", "3", "--eval-subset", "200", "--plot-points", "100", "--dim", "32",
                "--head-hidden", "64"],
     "scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--train", "16", "--val", "8", "--test", "4"],
-    "detect": ["--imgsz", "160", "--epochs", "1", "--batch", "8"],
+    "detect": ["--imgsz", "160", "--epochs", "1", "--batch", "8", "--reader-epochs", "1"],
 }
 
 
@@ -323,8 +323,15 @@ def describe(kind: str, run: Path, runs: Path) -> tuple[str, str, dict, dict, in
     metrics = {"test": test, "val": val, "epochs_done": summary.get("epochs_done"), "status": summary.get("status"),
                "train_images_per_s": summary.get("train_images_per_s"), "train_seconds": summary.get("train_seconds"),
                "params": summary.get("params")}
+    headline = f"test mAP50 {test.get('mAP50', float('nan')):.3f}"
+    reader = read_json(run / "reader" / "summary.json")
+    if reader:  # the crop reader: share of the test scenes' ground-truth crops named right, classifier -> reader
+        metrics["reader_accuracy_tta"] = reader["accuracy_tta"]
+        before, after = reader["accuracy_tta"]["classifier"]["test"], reader["accuracy_tta"]["reader"]["test"]
+        if before is not None and after is not None:
+            headline += f"; crop reader: test crops named right {before:.3f} -> {after:.3f}"
     return (f"YOLO detector on the bundled classifier's backbone ({summary.get('description', '')})", data, metrics,
-            f"test mAP50 {test.get('mAP50', float('nan')):.3f}", cfg.get("seed"))
+            headline, cfg.get("seed"))
 
 
 def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extra_steps: list[dict] = (),
@@ -356,6 +363,10 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
                     "test/confusion_matrix_normalized.png"])
         if ship_onnx:  # the export must not look older than best.pt, or detect video would export again
             os.utime(tmp / best.with_suffix(".onnx"), (time.time() + 1, time.time() + 1))
+        if (run / "reader" / "weights" / "best.pt").is_file():  # the crop reader `detect video --track` reads with
+            copy_files(run, tmp, ["reader/run.json", "reader/config.yaml", "reader/summary.json"], [])
+            (tmp / "reader" / "weights").mkdir()
+            slim_classifier_checkpoint(run / "reader" / "weights" / "best.pt", tmp / "reader" / "weights" / "best.pt")
     description, data, metrics, headline, seed = describe(kind, run, runs)
     used = STEPS_OF[kind]
     import fashionkit
@@ -442,18 +453,26 @@ def main(argv: list[str] | None = None) -> dict:
     needed = {key for kind in kinds for key in STEPS_OF[kind]}
     steps = [s for s in recipe(runs, args.detector_minutes, args.tiny) if s.key in needed]
     run_steps(steps, runs, args.reuse, args.package_only)
-    export = None
+    after_steps = None
     if "detector" in kinds:
         det = runs / "detect" / NAMES["detector"]
         best = det / (read_json(det / "summary.json") or {})["best"]
         onnx_path, onnx_seconds = export_onnx(best)
-        export = {"step": "onnx export", "command": f"(detect video's first use) export of {best} to {onnx_path.name}",
-                  "wall_seconds": onnx_seconds, "reused": False}
+        after_steps = [{"step": "onnx export", "command": f"(detect video's first use) export of {best} to "
+                        f"{onnx_path.name}", "wall_seconds": onnx_seconds, "reused": False}]
+        if (read_json(det / "reader" / "run.json") or {}).get("command") == "detect reader":  # made by hand after
+            r = read_json(det / "reader" / "summary.json") or {}
+            o = r.get("options", {})
+            after_steps.insert(0, {"step": "detect reader", "command": f"FASHIONKIT_RUNS={shlex.quote(str(runs))} "
+                                   + shlex.join(["detect", "reader", str(det), "--data", r.get("data", "?"), "--from",
+                                                 r.get("classifier_run", "?"), "--epochs", str(o.get("epochs"))]),
+                                   "wall_seconds": None, "reused": True,
+                                   "recorded_seconds": (r.get("seconds") or {}).get("total")})
     made = {}
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
         if kind not in kinds:
             continue
-        target = package(kind, runs / stage / NAMES[kind], out, steps, runs, [export] if kind == "detector" else [],
+        target = package(kind, runs / stage / NAMES[kind], out, steps, runs, after_steps if kind == "detector" else [],
                          args.onnx_limit_mb, args.note)
         made[kind] = read_json(target / "card.json")
         print(f"[build] packaged {target} ({made[kind]['bytes'] / 2**20:.2f} MB): {made[kind]['headline']}",
@@ -461,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
     messages = check_bundle(out)
     result = {"out": str(out), "runs": str(runs), "tiny": args.tiny, "machine": machine(),
               "total_wall_seconds": round(time.perf_counter() - start, 1),
-              "steps": [s.record(runs) for s in steps] + ([export] if export else []),
+              "steps": [s.record(runs) for s in steps] + (after_steps or []),
               "bytes": {kind: card["bytes"] for kind, card in made.items()},
               "headlines": {kind: card["headline"] for kind, card in made.items()}, "messages": messages}
     results = Path(args.results) if args.results else (out / "build_models.json" if args.tiny

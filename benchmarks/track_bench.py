@@ -2,7 +2,7 @@
 flicker and per-track class accuracy, precision/recall.
 
     .venv/bin/python benchmarks/track_bench.py --weights runs/detect/<run> --video clip.mp4 \\
-        [--metric runs/metric/<run>] [--classifier auto] [--imgsz 320] [--repeat 1] \\
+        [--metric runs/metric/<run>] [--classifier auto] [--reader auto] [--imgsz 320] [--repeat 1] \\
         [--out benchmarks/results/track.json]
 
 The clip's ground truth is its .json beside it (``detect make-video`` writes both). Variants, each a full
@@ -12,7 +12,10 @@ The clip's ground truth is its .json beside it (``detect make-video`` writes bot
 * ``track-votes``: ``--track --classifier none --metric none``: each track's class from its frames' votes;
 * ``track-classifier``: plus the classifier reading each track's crops (``--classifier``, auto: the classify run
   the detector was trained from);
-* ``track-knn``: plus the metric run's kNN resolver for unsure tracks of its hard classes (only with ``--metric``).
+* ``track-reader``: the same with the detector's crop reader instead (``--reader``, auto: RUN/reader from
+  ``detect reader``, the bundled detector's own for the bundled one; left out when there is none);
+* ``track-knn``: plus the metric run's kNN resolver for unsure tracks of its hard classes (only with ``--metric``),
+  with the reader where there is one, else the classifier.
 
 For each: frames/s (the best of ``--repeat`` runs: on a shared machine the best is the least disturbed), the CPU
 time per frame (all threads of the process: what a run costs, whatever else shares the cores), the time
@@ -42,13 +45,28 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def variants(classifier: str, metric: str | None) -> dict[str, dict]:
+def variants(classifier: str, reader: str | None, metric: str | None) -> dict[str, dict]:
     out = {"per-frame": {"track": False},
            "track-votes": {"track": True, "classifier": "none", "metric": "none"},
            "track-classifier": {"track": True, "classifier": classifier, "metric": "none"}}
+    if reader:
+        out["track-reader"] = {"track": True, "classifier": reader, "metric": "none"}
     if metric:
-        out["track-knn"] = {"track": True, "classifier": classifier, "metric": metric}
+        out["track-knn"] = {"track": True, "classifier": reader or classifier, "metric": metric}
     return out
+
+
+def readers(weights: str, classifier: str, reader: str) -> tuple[str, str | None]:
+    """``--classifier`` and ``--reader`` with auto made explicit: the classify run the detector was trained from, and
+    its crop reader (None when it has none)."""
+    from fashionkit.detect.tracks import auto_runs
+
+    if classifier == "auto":
+        classifier = str(auto_runs(Path(weights), reader=False)["classifier"] or "none")
+    if reader == "auto":
+        found = auto_runs(Path(weights))["classifier"]
+        reader = str(found) if found is not None and str(found) != classifier else None
+    return classifier, None if reader in (None, "none") else reader
 
 
 def row(name: str, s: dict) -> dict:
@@ -89,7 +107,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="detect run directory (or its best.pt / best.onnx)")
     p.add_argument("--video", required=True, help="a `detect make-video` clip; its .json is the ground truth")
-    p.add_argument("--classifier", default="auto", help="classify run for the track-classifier variants (auto)")
+    p.add_argument("--classifier", default="auto", help="classify run for the track-classifier variant (auto: the "
+                   "one the detector was trained from)")
+    p.add_argument("--reader", default="auto", help="crop reader (a classify run) for the track-reader variant "
+                   "(auto: the detector's RUN/reader; none: leave the variant out)")
     p.add_argument("--metric", default=None, help="metric run with its index: adds the track-knn variant")
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--conf", type=float, default=VIDEO_OPTIONS["conf"].default)
@@ -116,7 +137,8 @@ def main() -> None:
                     "tracker": args.tracker, "crops": args.crops, "vote_weight": args.vote_weight,
                     "resolve_margin": args.resolve_margin,
                     "machine": {"cpu": cpu_name(), "load_before": os.getloadavg()}, "rows": []}
-    for name, opts in variants(args.classifier, args.metric).items():
+    classifier, reader = readers(args.weights, args.classifier, args.reader)
+    for name, opts in variants(classifier, reader, args.metric).items():
         runs = []
         for i in range(args.repeat):
             cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "imgsz": args.imgsz, "gt": str(gt),

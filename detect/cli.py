@@ -92,6 +92,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_reader(args) -> int:
+    from fashionkit.detect.defaults import READER_OPTIONS
+    from fashionkit.detect.reader import format_summary, train_reader
+
+    reader, summary = train_reader(args.run, resolve(READER_OPTIONS, args))
+    print(format_summary(reader, summary))
+    return 0
+
+
 def cmd_video(args) -> int:
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.video import format_summary, run_video
@@ -110,7 +119,7 @@ def cmd_eval(args) -> int:
 
 
 def register(sub, formatter) -> None:
-    from fashionkit.detect.defaults import EVAL_OPTIONS, TRAIN_OPTIONS, VIDEO_OPTIONS
+    from fashionkit.detect.defaults import EVAL_OPTIONS, READER_OPTIONS, TRAIN_OPTIONS, VIDEO_OPTIONS
 
     p = sub.add_parser("make-data", help="write a synthetic YOLO dataset of items on random backgrounds",
                        formatter_class=formatter,
@@ -141,6 +150,18 @@ def register(sub, formatter) -> None:
                        "results.csv, plots) and test/ (test-split mAP).")
     add_options(p, TRAIN_OPTIONS)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reader", help="fine-tune the classifier on a detect run's scene crops, for --track",
+                       formatter_class=formatter,
+                       description="Cut the items out of the training scenes of RUN's dataset the way `detect video "
+                       "--track` cuts a track's crops (ground-truth boxes, jittered), fine-tune the classify run RUN "
+                       "was trained from on them, and write RUN/reader/: a classify run directory (config.yaml, "
+                       "weights/best.pt, run.json, summary.json with the share of validation and test crops named "
+                       "right before and after). `detect video --classifier auto` then reads tracks with it. "
+                       "`detect train` does this itself after training from a classify run (--reader-epochs).")
+    p.add_argument("run", metavar="RUN", help="detect run directory (runs/detect/<run>)")
+    add_options(p, READER_OPTIONS)
+    p.set_defaults(func=cmd_reader)
 
     p = sub.add_parser("video", help="detect items in a video, a folder of images or an image",
                        formatter_class=formatter,

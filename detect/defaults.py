@@ -43,6 +43,9 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "test": Opt(True, "evaluate best.pt on the dataset's test split at the end"),
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
+    "reader_epochs": Opt(8, "after training from a classify run: epochs of `detect reader`, the classifier fine-tuned "
+                         "on the training scenes' crops into RUN/reader for --track (about 4 minutes for 3,000 "
+                         "scenes on a 2-core CPU, outside --minutes; 0 = none)"),
     "device": Opt("auto", DEVICE_HELP + "; several GPUs as 0,1,... (ultralytics' multi-GPU DDP; each worker "
                   "starts from RUN/initial.pt, the prepared detector)"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
@@ -66,17 +69,21 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                  "resolver; a folder of images: each detection is its own track"),
     "tracker": Opt("bytetrack.yaml", "tracker config with --track: bytetrack.yaml or botsort.yaml"),
     # --track's class decision (detect/tracks.py)
-    "classifier": Opt("auto", "with --track: classify run that reads each track's crops: RUN, auto (the classify "
-                      "run the detector was trained --from, if it exists; the bundled classifier for the bundled "
-                      "detector) or none (the detector's votes alone)",
+    "classifier": Opt("auto", "with --track: classify run that reads each track's crops: RUN, auto (the detector's "
+                      "crop reader, RUN/reader from `detect reader`, if it has one, else the classify run it was "
+                      "trained --from, if it exists; for the bundled detector its reader) or none (the detector's "
+                      "votes alone)",
                       type=str),
     "metric": Opt("auto", "with --track: metric run (with its FAISS index) whose kNN vote re-decides tracks of its "
                   "hard classes with a small top-1/top-2 margin: RUN, auto (the newest indexed metric run made from "
                   "the classifier; the bundled embedding for the bundled detector) or none", type=str),
     "crops": Opt(4, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
-    "vote_weight": Opt(0.5, "with --track: weight of the detector's per-frame votes against the classifier's reading "
+    # 0.2 and 0.05: chosen on a validation clip (BENCHMARKS.md, "The crop reader"): with the crop reader, vote
+    # weights 0.1-0.2 named 27 of 32 tracks right against 23 at 0.5; the kNN resolver changed 5 tracks at margin
+    # 0.2, all to a wrong class, 2 at 0.1 (both wrong), none at 0.05
+    "vote_weight": Opt(0.2, "with --track: weight of the detector's per-frame votes against the classifier's reading "
                        "of the crops (1: votes only)"),
-    "resolve_margin": Opt(0.3, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
+    "resolve_margin": Opt(0.05, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
                           "this go to the kNN resolver"),
     "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
     "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5, and "
@@ -87,6 +94,24 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                    ".onnx beside it) or auto (onnx on a CPU where onnxruntime is installed, torch on a GPU)",
                    choices=("auto", "torch", "onnx")),
     "threads": Opt(0, "CPU threads for torch (0 = all cores); ONNX Runtime uses all cores"),
+}
+
+# `detect reader` (detect/reader.py): the classifier fine-tuned on crops of the detector's training scenes. 8 epochs
+# of 2 jittered crops per box: on the bundled data the test crops named right went 61% -> 78% after 4 epochs, 80%
+# after 10 (BENCHMARKS.md, "The crop reader")
+READER_OPTIONS: dict[str, Opt] = {
+    "data": Opt(None, "dataset from `detect make-data` (directory or data.yaml); none: the one RUN trained on",
+                type=str),
+    "from": Opt(None, "classify run to fine-tune; none: the one RUN was trained --from", type=str),
+    "epochs": Opt(8, "epochs over the training crops"),
+    "lr": Opt(0.02, "peak learning rate (one-cycle, Nesterov SGD)"),
+    "batch_size": Opt(128, "crops per step"),
+    "copies": Opt(2, "crops cut per training box, each from a differently jittered box"),
+    "jitter": Opt(0.08, "box jitter: standard deviation of the centre shift and size change, as a fraction of the "
+                  "box (a detector's boxes are a few pixels off)"),
+    "label_smoothing": Opt(0.05, "label smoothing of the loss"),
+    "seed": Opt(0, "random seed"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }
 
 EVAL_OPTIONS: dict[str, Opt] = {

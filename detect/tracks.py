@@ -7,8 +7,9 @@ every track collects
 * a few crops of the item from the original frames (the best ``--crops`` by confidence x size, sampled every few
   frames so they are not near-copies), each made into a 28x28 item the way ``data/images.py`` frames a photo.
 
-When the pass over the input is done, the crops of all tracks go through the classifier (``--classifier``) in
-batches; its mean probabilities and the normalised votes are mixed (``--vote-weight``) into one distribution per
+When the pass over the input is done, the crops of all tracks go through the classifier (``--classifier``; by
+default the detector's crop reader, the classifier fine-tuned on crops of its training scenes: ``detect/reader.py``)
+in batches; its mean probabilities and the normalised votes are mixed (``--vote-weight``) into one distribution per
 track, whose top class and probability are the track's class and confidence. A track whose class is one of the
 metric run's hard classes (T-shirt/top, pullover, coat, shirt by default) and whose top-1 minus top-2 margin is
 under ``--resolve-margin`` is re-decided by the metric stage's kNN resolver (``--metric``): its crops are embedded,
@@ -43,12 +44,14 @@ RESOLVE_K = 10  # neighbours per crop, as `metric resolve`'s default
 
 # ---- which classifier and metric run ---------------------------------------------------------------------------
 
-def auto_runs(weights: Path) -> dict:
+def auto_runs(weights: Path, reader: bool = True) -> dict:
     """What ``--classifier auto`` and ``--metric auto`` mean for the detector ``weights``; the one place that
-    decides it. The bundled detector: the bundled classifier and embedding (it was trained from that classifier).
-    A detect run: the classify run it was trained ``--from`` (its run.json's classifier_run) if that directory still
-    exists, and the newest metric run made from that classifier that has an index."""
+    decides it. The classifier: the detect run's crop reader (``RUN/reader``, ``detect/reader.py``) if it has one
+    (``reader``), else the classify run it was trained ``--from`` (its run.json's classifier_run) if that directory
+    still exists. The metric run: the newest one with an index made from that classify run. The bundled detector:
+    its reader, else the bundled classifier, and the bundled embedding (made from that classifier)."""
     from fashionkit import bundled
+    from fashionkit.detect.reader import reader_of
     from fashionkit.runs import read_json
 
     chosen: dict = {"classifier": None, "metric": None}
@@ -56,6 +59,8 @@ def auto_runs(weights: Path) -> dict:
         for kind in ("classifier", "metric"):
             if bundled.available(kind):
                 chosen[kind] = bundled.bundled_run(kind)
+        own = reader_of(bundled.bundled_dir("detector")) if reader else None
+        chosen["classifier"] = own or chosen["classifier"]
         return chosen
     run = detect_run_of(weights)
     recorded = (read_json(run / "run.json", missing_ok=True) or {}).get("classifier_run") if run else None
@@ -74,6 +79,8 @@ def auto_runs(weights: Path) -> dict:
                        .resolve() == made_from]
         if metric_runs:
             chosen["metric"] = max(metric_runs, key=lambda m: m.stat().st_mtime).parent
+    own = reader_of(run) if reader else None
+    chosen["classifier"] = own or chosen["classifier"]
     return chosen
 
 

@@ -60,8 +60,10 @@ def check_options(cfg: dict) -> None:
             raise UserError(f"--{key} must be at least 1, got {cfg[key]}")
     if cfg["imgsz"] < 64 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32, at least 64 (e.g. 320)")
-    if min(cfg["minutes"], cfg["freeze_epochs"], cfg["patience"], cfg["close_mosaic"], cfg["warmup_epochs"]) < 0:
-        raise UserError("--minutes, --freeze-epochs, --patience, --close-mosaic and --warmup-epochs cannot be negative")
+    if min(cfg["minutes"], cfg["freeze_epochs"], cfg["patience"], cfg["close_mosaic"], cfg["warmup_epochs"],
+           cfg["reader_epochs"]) < 0:
+        raise UserError("--minutes, --freeze-epochs, --patience, --close-mosaic, --warmup-epochs and --reader-epochs "
+                        "cannot be negative")
     if not 0 < cfg["fraction"] <= 1:
         raise UserError(f"--fraction {cfg['fraction']}: give a fraction in (0, 1]")
 
@@ -212,6 +214,23 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
                                    cfg["plots"], cfg["threads"])
         atomic_write_json(run / "summary.json", summary)
+    if cfg["reader_epochs"] and source.kind == "classifier" and summary["best"]:
+        from fashionkit.detect.defaults import READER_OPTIONS
+        from fashionkit.detect.reader import format_summary, train_reader
+
+        reader_cfg = {k: opt.default for k, opt in READER_OPTIONS.items()}
+        reader_cfg |= {"epochs": cfg["reader_epochs"], "from": cfg["from"], "data": str(data), "seed": cfg["seed"],
+                       "threads": cfg["threads"]}
+        try:
+            reader, reader_summary = train_reader(run, reader_cfg, made_by="detect train")
+        except UserError as e:  # the detector is made and kept; only the reader is missing
+            print(f"note: no crop reader: {e}; `detect video --track` reads crops with the classifier itself",
+                  file=sys.stderr)
+            return run, summary
+        summary["reader"] = {"dir": str(reader), "accuracy_tta": reader_summary["accuracy_tta"],
+                             "seconds": reader_summary["seconds"]["total"]}
+        atomic_write_json(run / "summary.json", summary)
+        print(format_summary(reader, reader_summary), flush=True)
     return run, summary
 
 

@@ -79,7 +79,13 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
                 "--resize-from 0 --no-tta --label-smoothing 0.1 --model-opts width=0.25 --subset 500 --epochs 1 "
                 "--lr 0.02")
         elif kind == "detector":
-            assert card["headline"] == f"test mAP50 {summary['test']['mAP50']:.3f}"
+            reader = summary["reader"]["accuracy_tta"]  # detect train made its crop reader, which ships with it
+            assert card["headline"] == (f"test mAP50 {summary['test']['mAP50']:.3f}; crop reader: test crops named "
+                                        f"right {reader['classifier']['test']:.3f} -> {reader['reader']['test']:.3f}")
+            assert card["metrics"]["reader_accuracy_tta"] == reader
+            ckpt = torch.load(out / kind / "reader" / "weights" / "best.pt", map_location="cpu", weights_only=False)
+            assert "state_dict" in ckpt and "reader" not in ckpt  # slimmed like the classifier's
+            assert json.loads((out / kind / "reader" / "run.json").read_text())["command"] == "detect train"
             assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",
                                                              "onnx export"]
         else:
@@ -97,7 +103,7 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
     assert set(result["messages"]) == {"classifier", "metric", "detector"}
 
 
-def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_leaves_the_others(tiny_bundle,
+def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_leaves_the_others(tiny_bundle, cli,
                                                                                                   tmp_path,
                                                                                                   monkeypatch):
     from conftest import load_script
@@ -109,11 +115,16 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
     build_models = load_script("benchmarks/build_models.py")
     # the script sets the runs root for its commands; monkeypatch puts the test session's back afterwards
     monkeypatch.setenv("FASHIONKIT_RUNS", result["runs"])
+    # a crop reader made by hand after the detector (as for a detector trained before readers existed)
+    det = Path(result["runs"]) / "detect" / "bundled-detector"
+    assert cli("detect", "reader", det, "--epochs", 1) == 0
     again = build_models.main(["--tiny", "--out", str(out), "--runs-dir", result["runs"], "--reuse", "--only",
                                "detector", "--note", "trained under an AVX2 cap", "--results",
                                str(tmp_path / "build.json")])
     # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
-    assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train", "onnx export"]
+    assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train",
+                                                   "detect reader", "onnx export"]
+    assert again["steps"][3]["command"].endswith("--epochs 1") and again["steps"][3]["recorded_seconds"] > 0
     assert all(s["reused"] for s in again["steps"][:3]) and set(again["headlines"]) == {"detector"}
     assert (out / "classifier" / "card.json").read_text() == before["classifier"]
     assert (out / "metric" / "card.json").read_text() == before["metric"]
@@ -298,8 +309,13 @@ def test_the_package_bundled_models_are_whole_when_present(kind, monkeypatch):
     assert card["commands"] and card["machine"]["cpu"] and card["headline"] in bundled_mod.message(kind)
 
 
-def test_track_decisions_of_the_bundled_detector_use_the_bundled_classifier_and_embedding(bundled):
+def test_track_decisions_of_the_bundled_detector_use_its_crop_reader_and_the_bundled_embedding(bundled):
+    from fashionkit.classify.checkpoint import load_run_model
     from fashionkit.detect.tracks import auto_runs
 
     weights = bundled / "detector" / "ultralytics" / "weights" / "best.pt"
-    assert auto_runs(weights) == {"classifier": bundled / "classifier", "metric": bundled / "metric"}
+    assert auto_runs(weights) == {"classifier": bundled / "detector" / "reader", "metric": bundled / "metric"}
+    assert auto_runs(weights, reader=False) == {"classifier": bundled / "classifier", "metric": bundled / "metric"}
+    reader, _, _, _ = load_run_model(bundled / "detector" / "reader")  # a classify run as shipped, slimmed
+    classifier, _, _, _ = load_run_model(bundled / "classifier")
+    assert reader.name == classifier.name and reader.options == classifier.options

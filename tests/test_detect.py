@@ -3,6 +3,7 @@ Fashion-MNIST items (tiny classify run, 16 scenes at 160 px, 1-2 epochs: seconds
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -70,7 +71,8 @@ def trained(work, classify_run, dataset):
     from fashionkit.detect.train import train
 
     return train({"from": str(classify_run), "data": str(dataset), "imgsz": 160, "epochs": 2, "batch": 8,
-                  "freeze_epochs": 1, "extra": "save_period=1,nbs=8", "runs_dir": str(work / "runs"), "name": "det"})
+                  "freeze_epochs": 1, "extra": "save_period=1,nbs=8", "runs_dir": str(work / "runs"), "name": "det",
+                  "reader_epochs": 1})
 
 
 @pytest.fixture(scope="module")
@@ -703,8 +705,7 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
         load_readers(classify_run, None, {0: "cat", 1: "dog"}, torch.device("cpu"))
 
 
-def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, classify_run, metric_run, low_tracker,
-                                                                 work):
+def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, metric_run, low_tracker, work):
     from fashionkit.detect.video import format_summary, run_video
 
     path, gt = clip
@@ -713,7 +714,7 @@ def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, c
                                   resolve_margin=1.0, gt=str(path.with_suffix(".json")), tracker=low_tracker),
                   progress=False)
     t = s["tracks"]
-    assert t["classifier"] == str(classify_run)  # auto: the classify run the detector was trained --from
+    assert t["classifier"] == str(trained[0] / "reader")  # auto: the detector's crop reader (made by detect train)
     assert t["metric"] == str(metric_run) and t["count"] == len(t["items"]) > 0
     decisions = {row["track_id"]: row for row in t["items"]}
     assert all(row["classifier_class_id"] is not None for row in t["items"] if row["crops"])
@@ -802,16 +803,105 @@ def test_auto_picks_the_detectors_classifier_only_while_it_exists(trained, class
 
     run = trained[0]
     weights = run / "ultralytics" / "weights" / "best.pt"
-    # the classifier the detector was trained from, and the indexed metric run made from that classifier
-    assert auto_runs(weights) == {"classifier": classify_run, "metric": metric_run}
-    assert choose_runs({"classifier": "auto", "metric": "none"}, run) == (classify_run, None)
+    # the detector's crop reader (detect train made it), and the indexed metric run made from the classifier the
+    # detector was trained from; without the reader, that classifier
+    assert auto_runs(weights) == {"classifier": run / "reader", "metric": metric_run}
+    assert auto_runs(weights, reader=False) == {"classifier": classify_run, "metric": metric_run}
+    assert choose_runs({"classifier": "auto", "metric": "none"}, run) == (run / "reader", None)
     assert choose_runs({"classifier": "none", "metric": "x"}, run) == (None, Path("x"))
     moved = work / "moved-det"
-    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("ultralytics", "test", "eval"))
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("ultralytics", "test", "eval", "reader"))
     info = json.loads((moved / "run.json").read_text())
     (moved / "run.json").write_text(json.dumps({**info, "classifier_run": str(work / "gone" / "cls")}))
     assert auto_runs(moved) == {"classifier": None, "metric": None}
     assert auto_runs(work / "plain.pt") == {"classifier": None, "metric": None}
+
+
+# ---- the crop reader --------------------------------------------------------------------------------------------
+
+def test_train_makes_a_crop_reader_that_loads_as_a_classify_run(trained, classify_run, classifier, dataset):
+    from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.detect.reader import scene_crops
+
+    run, summary = trained
+    reader = run / "reader"
+    assert summary["reader"]["dir"] == str(reader)
+    info = json.loads((reader / "run.json").read_text())
+    assert info["stage"] == "classify" and info["classifier_run"] == str(classify_run)
+    model, _, _, _ = load_run_model(reader)  # same architecture as its config.yaml says
+    assert model.name == classifier.name
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), classifier.state_dict().values()))
+    s = json.loads((reader / "summary.json").read_text())
+    # every box of the split big enough to read, twice (two jittered copies) for training
+    boxes = {split: sum(1 for f in (dataset / "labels" / split).glob("*.txt") for line in f.read_text().splitlines()
+                        if min(float(line.split()[3]), float(line.split()[4])) * 160 >= 8)
+             for split in ("train", "val", "test")}
+    assert s["crops"]["val"] == boxes["val"] and s["crops"]["test"] == boxes["test"]
+    assert abs(s["crops"]["train"] - 2 * boxes["train"]) <= 0.1 * boxes["train"]  # jitter may shrink a few below 8 px
+    for who in ("classifier", "reader"):
+        assert 0 <= s["accuracy_tta"][who]["val"] <= 1
+    assert len(s["history"]) == 1 and s["options"]["epochs"] == 1
+    items, labels = scene_crops(dataset / "data.yaml", "val")
+    assert items.dtype == torch.uint8 and items.shape[1:] == (28, 28) and len(items) == len(labels) == boxes["val"]
+
+
+def test_scene_crops_are_cut_as_a_tracks_crops_are(dataset):
+    from fashionkit.detect.reader import scene_crops
+    from fashionkit.detect.tracks import crop_grey, crop_item
+
+    items, labels = scene_crops(dataset / "data.yaml", "test")
+    first = sorted((dataset / "images" / "test").iterdir())[0]
+    frame = cv2.imread(str(first))
+    rows = np.loadtxt(dataset / "labels" / "test" / f"{first.stem}.txt", ndmin=2)
+    c, cx, cy, w, h = rows[0]
+    box = ((cx - w / 2) * 160, (cy - h / 2) * 160, (cx + w / 2) * 160, (cy + h / 2) * 160)
+    assert int(labels[0]) == int(c)
+    assert torch.equal(items[0], crop_item(crop_grey(frame, box)))
+    jittered, _ = scene_crops(dataset / "data.yaml", "test", copies=2, jitter=0.1, seed=1)
+    assert len(jittered) >= 1.8 * len(items) and not torch.equal(jittered[0], jittered[1])
+    again, _ = scene_crops(dataset / "data.yaml", "test", copies=2, jitter=0.1, seed=1)
+    assert torch.equal(jittered, again)  # seeded
+
+
+def test_reader_command_and_its_errors(cli, trained, classify_run, dataset, work, capsys, monkeypatch):
+    import shutil
+
+    copy = work / "runs" / "detect" / "det-copy"
+    shutil.copytree(trained[0], copy, ignore=shutil.ignore_patterns("reader", "eval"))
+    assert cli("detect", "reader", copy, "--epochs", 2, "--batch-size", 32) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"reader: {copy / 'reader'}") and "test" in out
+    s = json.loads((copy / "reader" / "summary.json").read_text())
+    assert len(s["history"]) == 2 and s["options"]["batch_size"] == 32
+    before = (copy / "reader" / "weights" / "best.pt").read_bytes()
+    assert cli("detect", "reader", copy, "--epochs", 2, "--batch-size", 32) == 0  # same seed: the same reader
+    capsys.readouterr()
+    assert (copy / "reader" / "weights" / "best.pt").read_bytes() != b"" and not (copy / ".reader.tmp").exists()
+    reread = torch.load(copy / "reader" / "weights" / "best.pt", weights_only=False)["state_dict"]
+    first = torch.load(io.BytesIO(before), weights_only=False)["state_dict"]
+    assert all(torch.equal(reread[k], first[k]) for k in first)
+
+    def fails(*argv, says):
+        assert cli("detect", "reader", *argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+
+    fails(classify_run, says="is a classify run, not a detect run")
+    fails(copy, "--from", copy, says="is a detect run, not a classify run")
+    fails(copy, "--data", work / "nowhere", says="dataset not found")
+    fails(copy, "--epochs", 0, says="--epochs must be at least 1")
+    fails(copy, "--jitter", 0.7, says="--jitter 0.7")
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "classifier_run": str(work / "gone" / "cls")}))
+    fails(copy, says="pass --from RUN")
+    empty = work / "empty-scenes"
+    shutil.copytree(dataset, empty)
+    (empty / "data.yaml").write_text((dataset / "data.yaml").read_text().replace(str(dataset), str(empty)))
+    for f in (empty / "labels" / "train").glob("*.txt"):
+        f.write_text("")
+    fails(copy, "--from", classify_run, "--data", empty, says="no item big enough to read")
+    monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(work / "runs" / "detect"))  # the copy's folder as the bundle
+    fails(copy, "--from", classify_run, says="bundled detector, which is never written to")
 
 
 def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, metric_run, low_tracker, work,
@@ -826,7 +916,8 @@ def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, me
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "track_bench.py"), run_name="__main__")
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["per-frame", "track-votes", "track-classifier", "track-knn"]
+    assert list(rows) == ["per-frame", "track-votes", "track-classifier", "track-reader", "track-knn"]
+    assert rows["track-reader"]["classifier"] == str(trained[0] / "reader") == rows["track-knn"]["classifier"]
     assert all(r["fps"] > 0 and r["cpu_ms_per_frame"] > 0 for r in rows.values())
     assert "flicker_per_frame" not in rows["per-frame"] and rows["track-votes"]["classifier"] is None
     assert rows["track-knn"]["metric"] == str(metric_run) and rows["track-votes"]["flicker_track"] == 0

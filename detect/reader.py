@@ -1,0 +1,242 @@
+"""The crop reader: the classifier, fine-tuned on items cut out of the detector's own training scenes.
+
+``detect video --track`` reads each track's crops with a classifier. The classifier learnt clean, centred 28x28
+items; the crops are items on photographs, tinted, blurred, noisy, JPEG-compressed, partly covered, cut by boxes a
+few pixels off. On the ground-truth boxes of the realistic test scenes the bundled classifier names 61% of the crops
+right; fine-tuned for a few minutes on the training scenes' crops it names about 80% (BENCHMARKS.md, "The crop
+reader").
+
+The crops are cut exactly as a track's are (``tracks.crop_grey`` + ``tracks.crop_item``), from the dataset's
+ground-truth boxes; each training box is cut ``copies`` times, its centre and size jittered by about a detector's
+error (``jitter``), so the reader learns boxes as the detector draws them rather than as the labels do. Validation
+and test crops use the exact boxes. The training set's photographs, items and split are the detector's: the
+validation and test crops show backgrounds and items neither has seen.
+
+``detect reader RUN`` (and ``detect train``, when it trains from a classify run) writes ``RUN/reader/``, an ordinary
+classify run directory (config.yaml and weights/best.pt of the same architecture, run.json, summary.json), so
+anything that takes a classifier takes it; ``detect video --classifier auto`` prefers it to the classifier the
+detector was trained from.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionkit.errors import UserError
+
+READER_DIR = "reader"
+
+
+def reader_of(detect_run: Path | None) -> Path | None:
+    """``RUN/reader`` when the detect run has a finished crop reader."""
+    if detect_run is None:
+        return None
+    reader = Path(detect_run) / READER_DIR
+    return reader if (reader / "run.json").is_file() and (reader / "weights" / "best.pt").is_file() else None
+
+
+def split_dirs(data_yaml: Path, split: str) -> tuple[Path, Path] | None:
+    """(images, labels) folders of a make-data split; None when the dataset has no such split."""
+    from fashionkit.config import load_yaml
+
+    info = load_yaml(data_yaml)
+    if split not in info:
+        return None
+    root = Path(info.get("path") or data_yaml.parent)
+    root = root if root.is_absolute() else data_yaml.parent / root
+    images = root / info[split]
+    labels = images.parent.parent / "labels" / images.name  # ultralytics' rule: .../images/x -> .../labels/x
+    return (images, labels) if images.is_dir() else None
+
+
+def scene_crops(data_yaml: Path, split: str, copies: int = 1, jitter: float = 0.0, seed: int = 0):
+    """``(items uint8 [N, 28, 28], labels int64 [N])`` cut from the ground-truth boxes of a split's scenes the way a
+    track's crops are cut; each box ``copies`` times with its centre and size moved by N(0, ``jitter``) of its size.
+    Boxes too small to read (``tracks.CROP_MIN_SIDE``) are left out, as in a track."""
+    import cv2
+    import torch
+
+    from fashionkit.detect.tracks import crop_grey, crop_item
+
+    dirs = split_dirs(data_yaml, split)
+    if dirs is None:
+        return torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    images, labels = dirs
+    rng = np.random.default_rng(seed)
+    items, classes = [], []
+    for file in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        label_file = labels / f"{file.stem}.txt"
+        rows = np.loadtxt(label_file, ndmin=2) if label_file.is_file() and label_file.stat().st_size else []
+        if not len(rows):
+            continue
+        frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if frame is None:
+            continue
+        H, W = frame.shape[:2]
+        for c, cx, cy, w, h in rows:
+            for _ in range(copies):
+                dx, dy, dw, dh = rng.normal(0.0, jitter, 4) if jitter else (0.0, 0.0, 0.0, 0.0)
+                bw, bh = w * W * (1 + dw), h * H * (1 + dh)
+                x, y = cx * W + dx * w * W, cy * H + dy * h * H
+                grey = crop_grey(frame, (x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2))
+                if grey is not None:
+                    items.append(crop_item(grey))
+                    classes.append(int(c))
+    if not items:
+        return torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    return torch.stack(items), torch.tensor(classes, dtype=torch.long)
+
+
+def accuracy(model, items, labels, device, tta: bool = True) -> float | None:
+    from fashionkit.classify.predict import predict_probs
+
+    if not len(labels):
+        return None
+    probs = predict_probs(model, items, device, tta=tta)
+    return round(float((probs.argmax(1) == labels).float().mean()), 4)
+
+
+def sources(run: Path, cfg: dict) -> tuple[Path, Path]:
+    """(data.yaml, classify run) the reader is made from: the options, else what the detect run trained on/from."""
+    from fashionkit.detect.tracks import auto_runs
+    from fashionkit.detect.train import data_yaml
+    from fashionkit.runs import read_json
+
+    summary = read_json(run / "summary.json", missing_ok=True) or {}
+    data = cfg["data"] or summary.get("data")
+    if not data:
+        raise UserError(f"{run} does not record its dataset; pass --data DIR (a `detect make-data` dataset)")
+    data = data_yaml(data)
+    if cfg["from"]:
+        classifier = Path(cfg["from"])
+    else:
+        classifier = auto_runs(run, reader=False)["classifier"]
+        if classifier is None:
+            raise UserError(f"{run} was not trained from a classify run that still exists; pass --from RUN (a "
+                            f"classify run trained on Fashion-MNIST)")
+    return data, classifier
+
+
+def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = True, made_by: str = "detect reader"
+                 ) -> tuple[Path, dict]:
+    """Fine-tune the classifier on the scenes' crops and write ``RUN/reader``; returns (reader dir, summary).
+    ``made_by``: the command, recorded in its run.json (`detect reader`, or `detect train` at its end)."""
+    import torch
+    from tqdm import tqdm
+
+    from fashionkit import bundled
+    from fashionkit.classify.checkpoint import load_run_model, save_checkpoint
+    from fashionkit.config import load_yaml
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.data.loader import normalize, to_float
+    from fashionkit.runs import atomic_write_json, open_run, write_run_info
+
+    run = open_run(detect_run, "detect", what="detect run")
+    if bundled.is_bundled(run):
+        raise UserError(f"{run} is the bundled detector, which is never written to; copy it (cp -r {run} "
+                        f"runs/detect/mine) and pass the copy")
+    for key in ("epochs", "batch_size", "copies"):
+        if cfg[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    if not 0 <= cfg["jitter"] < 0.5 or cfg["lr"] <= 0 or not 0 <= cfg["label_smoothing"] < 1:
+        raise UserError(f"--jitter {cfg['jitter']} must lie in [0, 0.5), --lr {cfg['lr']} above 0 and "
+                        f"--label-smoothing {cfg['label_smoothing']} in [0, 1)")
+    data, classifier_run = sources(run, cfg)
+    names = load_yaml(data).get("names") or {}
+    if [names[i] for i in sorted(names)] != list(CLASSES):
+        raise UserError(f"{data}: its classes are not Fashion-MNIST's ten, which a classifier reads; the crop reader "
+                        f"needs a `detect make-data` dataset")
+    device = torch.device("cpu")
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    model, _, classifier_cfg, classifier_run = load_run_model(open_run(classifier_run, "classify",
+                                                                       what="--from classify run"), device)
+    from fashionkit.detect.tracks import _output_size
+
+    if _output_size(model, torch, what=f"--from {classifier_run}") != len(CLASSES):
+        raise UserError(f"--from {classifier_run}: its model does not have Fashion-MNIST's ten outputs; pass a "
+                        f"classify run trained on Fashion-MNIST")
+
+    started = time.perf_counter()
+    train_x, train_y = scene_crops(data, "train", cfg["copies"], cfg["jitter"], cfg["seed"])
+    if not len(train_y):
+        raise UserError(f"{data}: its training scenes hold no item big enough to read; make scenes with items "
+                        f"(`detect make-data --min-items 1`)")
+    batch_size = min(cfg["batch_size"], len(train_y))
+    val_x, val_y = scene_crops(data, "val")
+    test_x, test_y = scene_crops(data, "test")
+    cut_seconds = time.perf_counter() - started
+    before = {"val": accuracy(model, val_x, val_y, device), "test": accuracy(model, test_x, test_y, device)}
+
+    torch.manual_seed(cfg["seed"])
+    reader = copy.deepcopy(model).train()
+    steps_per_epoch = len(train_y) // batch_size
+    optimizer = torch.optim.SGD(reader.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
+                                                   pct_start=0.2)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    history = []
+    with tqdm(total=cfg["epochs"] * steps_per_epoch, unit="batch", desc="reader", disable=not progress) as bar:
+        for epoch in range(1, cfg["epochs"] + 1):
+            reader.train()
+            order = torch.randperm(len(train_y))
+            total = 0.0
+            for step in range(steps_per_epoch):
+                batch = order[step * batch_size:(step + 1) * batch_size]
+                x = normalize(to_float(train_x[batch]))
+                flip = torch.rand(len(batch)) < 0.5  # a mirrored item is the same item
+                x[flip] = x[flip].flip(-1)
+                loss = loss_fn(reader(x), train_y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item()
+                bar.update()
+            history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4),
+                            "val_accuracy": accuracy(reader, val_x, val_y, device, tta=False)})
+            bar.set_postfix(loss=history[-1]["train_loss"], val=history[-1]["val_accuracy"])
+    reader.eval()
+    after = {"val": accuracy(reader, val_x, val_y, device), "test": accuracy(reader, test_x, test_y, device)}
+    summary = {
+        "classifier_run": str(classifier_run), "data": str(data), "detect_run": str(run),
+        "crops": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
+        "options": {k: cfg[k] for k in ("epochs", "lr", "batch_size", "copies", "jitter", "label_smoothing", "seed")},
+        "accuracy_tta": {"classifier": before, "reader": after},
+        "history": history,
+        "seconds": {"crops": round(cut_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+
+    # the new reader replaces an older one only when complete
+    tmp, target, old = run / f".{READER_DIR}.tmp", run / READER_DIR, run / f".{READER_DIR}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "weights").mkdir(parents=True)
+    shutil.copy2(classifier_run / "config.yaml", tmp / "config.yaml")  # the architecture, which loading checks
+    write_run_info(tmp, "classify", made_by, classifier_run=str(classifier_run), detect_run=str(run),
+                   data=str(data))
+    save_checkpoint(tmp / "weights" / "best.pt", reader, epoch=cfg["epochs"], config=classifier_cfg, reader=cfg)
+    atomic_write_json(tmp / "summary.json", summary)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target, summary
+
+
+def format_summary(reader: Path, s: dict) -> str:
+    a = s["accuracy_tta"]
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    return (f"reader: {reader} ({s['crops']['train']:,} training crops, {s['options']['epochs']} epochs, "
+            f"{s['seconds']['total']:.0f}s); crops named right, validation {pct(a['classifier']['val'])} -> "
+            f"{pct(a['reader']['val'])}, test {pct(a['classifier']['test'])} -> {pct(a['reader']['test'])}")
+
