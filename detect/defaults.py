@@ -44,7 +44,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
     "reader_epochs": Opt(8, "after training from a classify run: epochs of `detect reader`, the classifier fine-tuned "
-                         "on the training scenes' crops into RUN/reader for --track (about 4 minutes for 3,000 "
+                         "on the training scenes' crops into RUN/reader for --track (about 5 minutes for 3,000 "
                          "scenes on a 2-core CPU, outside --minutes; 0 = none)"),
     "device": Opt("auto", DEVICE_HELP + "; several GPUs as 0,1,... (ultralytics' multi-GPU DDP; each worker "
                   "starts from RUN/initial.pt, the prepared detector)"),
