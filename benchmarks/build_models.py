@@ -338,7 +338,7 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
             onnx_limit_mb: float = ONNX_LIMIT_MB, note: str = "") -> Path:
     """Copy the slimmed run into ``out/kind`` with its cards; replaces an older bundled model only when complete."""
     from fashionkit.bundled import CARD_JSON, CARD_MD
-    from fashionkit.runs import atomic_write_json, atomic_write_text
+    from fashionkit.runs import atomic_write_json, atomic_write_text, replace_dir
 
     tmp = out / f".{kind}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -380,13 +380,7 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
     card["bytes"] = sum(f["bytes"] for f in card["files"].values())
     atomic_write_json(tmp / CARD_JSON, card)
     atomic_write_text(tmp / CARD_MD, card_markdown(card))
-    target, old = out / kind, out / f".{kind}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+    return replace_dir(tmp, out / kind)
 
 
 def check_bundle(out: Path) -> dict:

@@ -135,7 +135,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     from fashionkit.config import load_yaml
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.data.loader import normalize, to_float
-    from fashionkit.runs import atomic_write_json, open_run, write_run_info
+    from fashionkit.runs import atomic_write_json, open_run, replace_dir, write_run_info
 
     run = open_run(detect_run, "detect", what="detect run")
     if bundled.is_bundled(run):
@@ -214,7 +214,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     }
 
     # the new reader replaces an older one only when complete
-    tmp, target, old = run / f".{READER_DIR}.tmp", run / READER_DIR, run / f".{READER_DIR}.old"
+    tmp = run / f".{READER_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "weights").mkdir(parents=True)
     shutil.copy2(classifier_run / "config.yaml", tmp / "config.yaml")  # the architecture, which loading checks
@@ -222,12 +222,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
                    data=str(data))
     save_checkpoint(tmp / "weights" / "best.pt", reader, epoch=cfg["epochs"], config=classifier_cfg, reader=cfg)
     atomic_write_json(tmp / "summary.json", summary)
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target, summary
+    return replace_dir(tmp, run / READER_DIR), summary
 
 
 def format_summary(reader: Path, s: dict) -> str:

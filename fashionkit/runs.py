@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,18 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def atomic_save(write: Callable[[str], None], path: str | Path) -> Path:
     """Call ``write(tmp_path)`` (e.g. ``lambda p: torch.save(obj, p)``), then rename over ``path``."""
     return _atomic(path, write)
+
+
+def replace_dir(tmp: Path, target: Path) -> Path:
+    """Put the finished folder ``tmp`` in place of ``target``: the old one goes only once the new one is complete
+    (a crash in between leaves ``.NAME.old`` beside it, never nothing)."""
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def _json_default(o: Any) -> Any:
