@@ -44,13 +44,12 @@ def reader_of(detect_run: Path | None) -> Path | None:
 def split_dirs(data_yaml: Path, split: str) -> tuple[Path, Path] | None:
     """(images, labels) folders of a make-data split; None when the dataset has no such split."""
     from fashionkit.config import load_yaml
+    from fashionkit.detect.train import dataset_root
 
     info = load_yaml(data_yaml)
     if split not in info:
         return None
-    root = Path(info.get("path") or data_yaml.parent)
-    root = root if root.is_absolute() else data_yaml.parent / root
-    images = root / info[split]
+    images = dataset_root(data_yaml, info) / info[split]
     labels = images.parent.parent / "labels" / images.name  # ultralytics' rule: .../images/x -> .../labels/x
     return (images, labels) if images.is_dir() else None
 
@@ -131,10 +130,12 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     from tqdm import tqdm
 
     from fashionkit import bundled
-    from fashionkit.classify.checkpoint import load_run_model, save_checkpoint
+    from fashionkit.classify.checkpoint import save_checkpoint
     from fashionkit.config import load_yaml
+    from fashionkit.data.augment import RandomHorizontalFlip
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.data.loader import normalize, to_float
+    from fashionkit.detect.tracks import open_classifier
     from fashionkit.runs import atomic_write_json, open_run, replace_dir, write_run_info
 
     run = open_run(detect_run, "detect", what="detect run")
@@ -155,13 +156,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     device = torch.device("cpu")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    model, _, classifier_cfg, classifier_run = load_run_model(open_run(classifier_run, "classify",
-                                                                       what="--from classify run"), device)
-    from fashionkit.detect.tracks import _output_size
-
-    if _output_size(model, torch, what=f"--from {classifier_run}") != len(CLASSES):
-        raise UserError(f"--from {classifier_run}: its model does not have Fashion-MNIST's ten outputs; pass a "
-                        f"classify run trained on Fashion-MNIST")
+    model, classifier_cfg, classifier_run = open_classifier(classifier_run, device, "--from", "")
 
     started = time.perf_counter()
     train_x, train_y = scene_crops(data, "train", cfg["copies"], cfg["jitter"], cfg["seed"])
@@ -181,6 +176,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
                                                    pct_start=0.2)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    mirror = RandomHorizontalFlip()
     history = []
     with tqdm(total=cfg["epochs"] * steps_per_epoch, unit="batch", desc="reader", disable=not progress) as bar:
         for epoch in range(1, cfg["epochs"] + 1):
@@ -190,8 +186,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
             for step in range(steps_per_epoch):
                 batch = order[step * batch_size:(step + 1) * batch_size]
                 x = normalize(to_float(train_x[batch]))
-                flip = torch.rand(len(batch)) < 0.5  # a mirrored item is the same item
-                x[flip] = x[flip].flip(-1)
+                x = mirror(x)  # a mirrored item is the same item
                 loss = loss_fn(reader(x), train_y[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

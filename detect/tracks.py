@@ -136,15 +136,7 @@ def load_readers(classifier_run: Path | None, metric_run: Path | None, names: di
                         f"Fashion-MNIST's ten, which classify and metric runs know; pass --classifier none "
                         f"--metric none")
     if classifier_run is not None:
-        from fashionkit.classify.checkpoint import load_run_model
-        from fashionkit.runs import open_run
-
-        run = open_run(classifier_run, "classify", what="--classifier classify run")
-        model, _, _, _ = load_run_model(run, device)
-        classes = _output_size(model, torch)
-        if classes != len(CLASSES):
-            raise UserError(f"--classifier {run}: its model has {classes} outputs, not the detector's {len(CLASSES)} "
-                            f"classes; pass a classify run trained on Fashion-MNIST's ten classes, or none")
+        model, _, run = open_classifier(classifier_run, device)
         readers.classifier, readers.classifier_run = model, run
     if metric_run is not None:
         from fashionkit.metric.index import open_run_index
@@ -161,6 +153,25 @@ def load_readers(classifier_run: Path | None, metric_run: Path | None, names: di
         index = open_run_index(run, ckpt["model_hash"], device)
         readers.embedder, readers.index, readers.metric_run, readers.hard = net, index, run, hard
     return readers
+
+
+def open_classifier(path: Path, device, flag: str = "--classifier", alternative: str = ", or none"
+                    ) -> tuple[object, dict, Path]:
+    """``(model, run config, run dir)`` of a classify run that reads 28x28 crops into Fashion-MNIST's ten classes;
+    another is a UserError naming ``flag`` (and ``alternative`` to passing one)."""
+    import torch
+
+    from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.runs import open_run
+
+    run = open_run(path, "classify", what=f"{flag} classify run")
+    model, _, cfg, run = load_run_model(run, device)
+    classes = _output_size(model, torch, what=flag)
+    if classes != len(CLASSES):
+        raise UserError(f"{flag} {run}: its model has {classes} outputs, not the detector's {len(CLASSES)} classes; "
+                        f"pass a classify run trained on Fashion-MNIST's ten classes{alternative}")
+    return model, cfg, run
 
 
 def _output_size(model, torch, what: str = "--classifier") -> int:

@@ -44,12 +44,17 @@ def dataset_info(path: Path) -> dict:
     if not names or "train" not in info or "val" not in info:
         raise UserError(f"{path} is not a detection dataset YAML (needs train, val and names); make one with "
                         f"`detect make-data`")
-    root = Path(info.get("path") or path.parent)
-    root = root if root.is_absolute() else path.parent / root
+    root = dataset_root(path, info)
     for split in ("train", "val"):
         if not (root / info[split]).exists():
             raise UserError(f"{path}: the {split} images {root / info[split]} are missing; re-run `detect make-data`")
     return info
+
+
+def dataset_root(path: Path, info: dict) -> Path:
+    """The folder a data.yaml's split paths are relative to: its ``path``, itself relative to the YAML's folder."""
+    root = Path(info.get("path") or path.parent)
+    return root if root.is_absolute() else path.parent / root
 
 
 def check_options(cfg: dict) -> None:
@@ -218,9 +223,8 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         from fashionkit.detect.defaults import READER_OPTIONS
         from fashionkit.detect.reader import format_summary, train_reader
 
-        reader_cfg = {k: opt.default for k, opt in READER_OPTIONS.items()}
-        reader_cfg |= {"epochs": cfg["reader_epochs"], "from": cfg["from"], "data": str(data), "seed": cfg["seed"],
-                       "threads": cfg["threads"]}
+        reader_cfg = resolve(READER_OPTIONS, {"epochs": cfg["reader_epochs"], "from": cfg["from"], "data": str(data),
+                                              "seed": cfg["seed"], "threads": cfg["threads"]})
         try:
             reader, reader_summary = train_reader(run, reader_cfg, made_by="detect train")
         except UserError as e:  # the detector is made and kept; only the reader is missing
