@@ -18,12 +18,17 @@ NETS = {  # name: (registry model, options)
     "24-48-96 convs 1-2-2": ("vgg", {"channels": [24, 48, 96], "convs": [1, 2, 2], "dropout": 0.1}),
     "48-96-192 convs 1-1-1": ("vgg", {"channels": [48, 96, 192], "convs": 1, "dropout": 0.1}),
     "vgg-fast": ("vgg-fast", {}),
+    # candidates for the 60-minute recipe (BENCHMARKS.md, "Best CPU recipe within 60 minutes")
+    "40-80-160 convs 1-2-2": ("vgg", {"channels": [40, 80, 160], "convs": [1, 2, 2], "dropout": 0.1}),
+    "48-96-192 convs 1-2-2": ("vgg", {"channels": [48, 96, 192], "convs": [1, 2, 2], "dropout": 0.1}),
+    "vgg": ("vgg", {}),
 }
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--isa", choices=("native", "avx2"), default="native")
     p.add_argument("--batches", default="128,256")
+    p.add_argument("--nets", default="", help="comma-separated names from NETS (default: all)")
     args = p.parse_args()
     from time_to_accuracy import cap_isa
 
@@ -34,7 +39,9 @@ def main() -> None:
     from fashionkit.classify.models import count_mflops, create_model
 
     torch.manual_seed(0)
-    for label, (name, options) in NETS.items():
+    chosen = args.nets.split(",") if args.nets else list(NETS)
+    for label in chosen:
+        name, options = NETS[label]
         mflops = count_mflops(create_model(name, **options))
         for batch in (int(b) for b in args.batches.split(",")):
             rate = throughput(name, torch.device("cpu"), None, True, batch, **options)

@@ -436,6 +436,10 @@ register("vgg-small", vgg, "VGG-style, conv pairs at 32-64-128 + BN, global max 
 # over-fits), about 40% of vgg-small's FLOPs
 register("vgg-fast", vgg, "VGG-style for time to accuracy: whitened frozen conv 24, conv pairs at 48-96 + BN",
          channels=[24, 48, 96], convs=[1, 2, 2], dropout=0.0, whiten=True)
+# vgg-fast-wide is vgg-fast at twice the width (4x the FLOPs) for the 60-minute CPU recipe (BENCHMARKS.md, "Best CPU
+# recipe within 60 minutes"): with a longer run the width pays where vgg-fast's 157k parameters saturate
+register("vgg-fast-wide", vgg, "vgg-fast at twice the width: whitened frozen conv 48, conv pairs at 96-192 + BN",
+         channels=[48, 96, 192], convs=[1, 2, 2], dropout=0.0, whiten=True)
 register("vgg", vgg, "VGG-style, conv pairs at 64-128-256 + BN, global max pool (the report's, 1.15M)")
 register("vgg-large", vgg, "VGG-style, conv pairs at 96-192-384 + BN, global max pool, Dense512 + dropout",
          width=1.5, fc_layers=2)

@@ -182,6 +182,8 @@ PRESETS: dict[str, tuple[str, list]] = {
                                [RandomHorizontalFlip(), RandomPerspective(0.115, p=0.4), RandomErasing()]),
     "flip-crop": ("flip + random crop with 2 px padding (a shift by whole pixels)",
                   [RandomHorizontalFlip(), RandomCrop(2)]),
+    "flip-crop-erase": ("flip + random crop with 2 px padding + random erasing",
+                        [RandomHorizontalFlip(), RandomCrop(2), RandomErasing()]),
     "flip-affine": ("flip + affine (±10°, 10% shift)", [RandomHorizontalFlip(), RandomAffine(10, 0.1)]),
     "rotate-shift-flip": ("rotation ±15° + 20% shift + flip", [RandomAffine(15, 0.2), RandomHorizontalFlip()]),
 }

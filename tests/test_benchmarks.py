@@ -70,6 +70,19 @@ def test_time_to_accuracy_quick_runs_all_three_recipes_under_the_avx2_cap(tmp_pa
     assert "first passing" in proc.stdout
 
 
+def test_time_to_accuracy_scores_from_a_given_epoch_the_60_minute_recipe(tmp_path):
+    """The 60-minute recipe's augmentation through --set, scored from epoch 2 only (its wide net would make the
+    test-split scoring here take a minute)."""
+    out = tmp_path / "hour.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--quick", "--recipes", "default",
+                    "--set", "augment=flip-crop-erase", "--score-from", "2",
+                    "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["options"]["augment"] == "flip-crop-erase"
+    assert [c["epoch"] for c in r["curve"]] == [2] and r["curve"][0]["seconds"] <= r["seconds_total"]
+
+
 def test_time_to_accuracy_rejects_an_unknown_recipe():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--recipes", "fastest"],
                           capture_output=True, text=True, timeout=60)
