@@ -2,8 +2,8 @@
 flicker and per-track class accuracy, precision/recall.
 
     .venv/bin/python benchmarks/track_bench.py --weights runs/detect/<run> --video clip.mp4 \\
-        [--metric runs/metric/<run>] [--classifier auto] [--reader auto] [--imgsz 320] [--repeat 1] \\
-        [--out benchmarks/results/track.json]
+        [--metric runs/metric/<run>] [--classifier auto] [--reader auto] [--imgsz 320] [--conf 0.25] \\
+        [--min-track-frames 1] [--fill-gaps 0] [--repeat 1] [--out benchmarks/results/track.json]
 
 The clip's ground truth is its .json beside it (``detect make-video`` writes both). Variants, each a full
 ``detect video`` run (read, infer, draw, encode the annotated video, write the detections):
@@ -78,6 +78,7 @@ def row(name: str, s: dict) -> dict:
     if "tracks" in s:
         t = s["tracks"]
         r.update(tracks=t["count"], resolved=t["resolved"], changed_by_resolver=t["changed_by_resolver"],
+                 dropped_short=t["dropped_short"], filled_boxes=t["filled_boxes"],
                  classifier=t["classifier"], metric=t["metric"], phase_seconds=t["seconds"])
     if "tracks" in g:
         gt_tracks, track_classes = g["tracks"], g["with_track_classes"]
@@ -118,6 +119,8 @@ def main() -> None:
     p.add_argument("--vote-weight", type=float, default=VIDEO_OPTIONS["vote_weight"].default)
     p.add_argument("--resolve-margin", type=float, default=VIDEO_OPTIONS["resolve_margin"].default)
     p.add_argument("--crops", type=int, default=VIDEO_OPTIONS["crops"].default)
+    p.add_argument("--min-track-frames", type=int, default=VIDEO_OPTIONS["min_track_frames"].default)
+    p.add_argument("--fill-gaps", type=int, default=VIDEO_OPTIONS["fill_gaps"].default)
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--work", default="runs/detect/track-bench", help="where each run's outputs go")
@@ -135,7 +138,8 @@ def main() -> None:
     load_detector(args.weights, "auto", ultralytics_device("auto"))  # a first ONNX export is not the first run's cost
     result: dict = {"weights": args.weights, "video": str(video), "imgsz": args.imgsz, "conf": args.conf,
                     "tracker": args.tracker, "crops": args.crops, "vote_weight": args.vote_weight,
-                    "resolve_margin": args.resolve_margin,
+                    "resolve_margin": args.resolve_margin, "min_track_frames": args.min_track_frames,
+                    "fill_gaps": args.fill_gaps,
                     "machine": {"cpu": cpu_name(), "load_before": os.getloadavg()}, "rows": []}
     classifier, reader = readers(args.weights, args.classifier, args.reader)
     for name, opts in variants(classifier, reader, args.metric).items():
@@ -144,6 +148,7 @@ def main() -> None:
             cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "imgsz": args.imgsz, "gt": str(gt),
                                           "conf": args.conf, "tracker": args.tracker, "crops": args.crops,
                                           "vote_weight": args.vote_weight, "resolve_margin": args.resolve_margin,
+                                          "min_track_frames": args.min_track_frames, "fill_gaps": args.fill_gaps,
                                           "threads": args.threads, "out": str(Path(args.work) / f"{name}-{i}"),
                                           **opts})
             start, cpu = time.perf_counter(), cpu_seconds()

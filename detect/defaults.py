@@ -85,6 +85,14 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                        "of the crops (1: votes only)"),
     "resolve_margin": Opt(0.05, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
                           "this go to the kNN resolver"),
+    # 3 and 0: chosen on the validation clip (BENCHMARKS.md, "Short tracks and gaps"): leaving out tracks of 1-2
+    # frames took the false tracks from 7 to 3 at the same recall; filling gaps raised recall there but cost more
+    # precision than it gained on the test clip, so it stays an option
+    "min_track_frames": Opt(3, "with --track on a video: leave out tracks seen in fewer frames than this (a false "
+                            "detection flashes for a frame or two; 1 = keep every track)"),
+    "fill_gaps": Opt(0, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
+                     "missed the item, the tracker kept it) with boxes interpolated between the detections either "
+                     "side (0 = off)"),
     "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
     "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5, and "
               "with --track class flicker and per-track class accuracy", type=str),

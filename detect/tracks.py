@@ -20,6 +20,11 @@ A second pass then writes the outputs: detections.jsonl/csv with each detection'
 class, and the annotated video (re-read from the input, drawn from the stored detections: decoding and drawing
 cost a few milliseconds a frame, inference ten times that) labelled with the track's class.
 
+Before deciding, two clean-ups that only a tracker makes possible (video input): tracks seen in fewer than
+``--min-track-frames`` frames are left out (a false detection on the background flashes for a frame or two; an item
+stays), and a track's gaps of up to ``--fill-gaps`` frames, where the detector missed an item the tracker kept
+following, get boxes interpolated between the detections either side (ByteTrack's own offline interpolation).
+
 A folder of images is a set of unrelated pictures: each detection is a track of its own (no tracker), so each item
 still gets the classifier's and the resolver's reading.
 """
@@ -227,6 +232,7 @@ class Track:
     last: int
     frames: int = 0
     crops: list = field(default_factory=list)  # (score, frame index, grey crop), the best --crops
+    seen: dict = field(default_factory=dict)  # frame index -> its detection (gaps are filled from these)
 
 
 class TrackCollector:
@@ -254,6 +260,7 @@ class TrackCollector:
             track.counts[d["class_id"]] += 1
             track.last = index
             track.frames += 1
+            track.seen[index] = d
             if self.max_crops and (track.frames - 1) % CROP_EVERY == 0:
                 self._offer(track, index, frame, d)
 
@@ -367,11 +374,44 @@ def nearest(index, dist: np.ndarray, rows: np.ndarray, k: int, names: dict) -> l
 
 # ---- the outputs ---------------------------------------------------------------------------------------------
 
+def gap_fills(collector: TrackCollector, stride: int, max_gap: int) -> dict[int, list[dict]]:
+    """Boxes for the frames where a track lost its item for at most ``max_gap`` processed frames and found it again:
+    linear interpolation between the detections on either side, as ByteTrack's own offline post-processing does (a
+    detector misses an item for a frame or two under blur or overlap while the tracker still follows it). Each filled
+    detection carries the class and confidence of the detection before the gap and ``"interpolated": true``.
+    Returns frame index -> the detections to add there."""
+    fills: dict[int, list[dict]] = {}
+    if max_gap <= 0:
+        return fills
+    for t in collector.tracks.values():
+        frames = sorted(t.seen)
+        for a, b in zip(frames, frames[1:]):
+            if not 1 < (b - a) // stride <= max_gap + 1:
+                continue
+            box_a, box_b = np.array(t.seen[a]["box"]), np.array(t.seen[b]["box"])
+            for f in range(a + stride, b, stride):
+                w = (f - a) / (b - a)
+                fills.setdefault(f, []).append({
+                    **{k: t.seen[a][k] for k in ("class_id", "class_name", "conf", "track_id")},
+                    "box": [round(float(v), 1) for v in (1 - w) * box_a + w * box_b], "interpolated": True})
+    return fills
+
+
+def drop_short(collector: TrackCollector, min_frames: int) -> set[int]:
+    """Take the tracks seen in fewer than ``min_frames`` frames out of ``collector`` (a false detection flashes for
+    a frame or two; an item stays) and return their ids."""
+    short = {tid for tid, t in collector.tracks.items() if t.frames < min_frames}
+    for tid in short:
+        del collector.tracks[tid]
+    return short
+
+
 def label(d: dict, decisions: dict[int, dict]) -> dict:
     """A detection with its track's class added (the per-frame fields stay as they are)."""
     t = decisions.get(d.get("track_id"))
     return {**d, "track_class_id": t["class_id"] if t else None, "track_class_name": t["class_name"] if t else None,
-            "track_conf": t["conf"] if t else None, "track_resolved": t["resolved"] if t else None}
+            "track_conf": t["conf"] if t else None, "track_resolved": t["resolved"] if t else None,
+            "interpolated": bool(d.get("interpolated", False))}
 
 
 def draw(image: np.ndarray, dets: list[dict], names: dict) -> np.ndarray:
@@ -391,15 +431,19 @@ def draw(image: np.ndarray, dets: list[dict], names: dict) -> np.ndarray:
     return annotator.result()
 
 
-def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names: dict, frames: bool
+def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names: dict, frames: bool,
+                    fills: dict[int, list[dict]] | None = None, dropped: set[int] = frozenset()
                     ) -> Iterator[tuple[dict, str, np.ndarray | None]]:
-    """The second pass: each stored line with its track classes added, and (``frames``) its frame re-read from the
-    input and drawn."""
+    """The second pass: each stored line with its track classes added, the ``fills`` of its frame (``gap_fills``)
+    added and the detections of ``dropped`` tracks left out, and (``frames``) its frame re-read from the input and
+    drawn."""
     images = iter(_reread(source)) if frames else None
+    fills = fills or {}
     with Path(lines_path).open() as f:
         for text in f:
             line = json.loads(text)
-            line["detections"] = [label(d, decisions) for d in line["detections"]]
+            dets = line["detections"] + fills.get(line["frame"], [])
+            line["detections"] = [label(d, decisions) for d in dets if d.get("track_id") not in dropped]
             name = line.get("source") or f"frame {line['frame']}"
             image = None
             if images is not None:
@@ -424,9 +468,12 @@ def _reread(source) -> Iterator[tuple[int, str, np.ndarray]]:
             yield i * source.stride, file.name, to_bgr8(image)
 
 
-def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict) -> dict:
+def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict, dropped: int = 0,
+            filled: int = 0) -> dict:
     rows = sorted(decisions.values(), key=lambda t: t["track_id"])
     return {
+        "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped,
+        "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
         "classifier": str(readers.classifier_run) if readers.classifier_run else None,
         "metric": str(readers.metric_run) if readers.metric_run else None,
         "hard_classes": readers.hard, "vote_weight": cfg["vote_weight"], "resolve_margin": cfg["resolve_margin"],
@@ -447,6 +494,9 @@ def format_lines(s: dict) -> list[str]:
                    f"kNN resolver {t['metric']}" if t["metric"] else "no kNN resolver"]
         lines.append(f"tracks: {t['count']} items, one class each ({', '.join(readers)}); {t['resolved']} resolved "
                      f"by kNN; {t['seconds']['decide']:.2f}s deciding, {t['seconds']['second_pass']:.2f}s writing")
+        if t.get("dropped_short") or t.get("filled_boxes"):
+            lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames), "
+                         f"{t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
     g = s.get("gt", {}).get("tracks")
     if g:
         a, b = g["per_frame"], g["track"]
@@ -460,6 +510,9 @@ def format_lines(s: dict) -> list[str]:
 def check_options(cfg: dict) -> None:
     if cfg["crops"] < 0:
         raise UserError(f"--crops must be at least 0, got {cfg['crops']}")
+    if cfg["min_track_frames"] < 1 or cfg["fill_gaps"] < 0:
+        raise UserError(f"--min-track-frames must be at least 1 and --fill-gaps at least 0, got "
+                        f"{cfg['min_track_frames']} and {cfg['fill_gaps']}")
     if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1:
         raise UserError(f"--vote-weight {cfg['vote_weight']} and --resolve-margin {cfg['resolve_margin']} must lie in "
                         f"[0, 1]")

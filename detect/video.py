@@ -13,7 +13,9 @@ on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``--out``:
   "class_name", "conf", "box": [x1, y1, x2, y2], "track_id"}]}`` in pixels of the original frame (``track_id``
   only with ``--track``; null for a detection ByteTrack has not confirmed as a track); with ``--track`` each
   detection also carries its track's class: ``track_class_id``, ``track_class_name``, ``track_conf``,
-  ``track_resolved`` (detect/tracks.py decides them; the annotated output is labelled with them),
+  ``track_resolved`` (detect/tracks.py decides them; the annotated output is labelled with them) and
+  ``interpolated`` (a box ``--fill-gaps`` added where the detector missed a tracked item for a frame or two;
+  tracks seen in fewer than ``--min-track-frames`` frames are left out),
 * ``detections.csv``: one row per detection (the same fields),
 * ``summary.json``: frames read and processed, frames/s end to end, items seen per class (detections, frames,
   most in one frame, unique tracks with ``--track``), with ``--track`` a ``tracks`` section (each track's class,
@@ -50,7 +52,8 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm",
 WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # annotated images keep these
 DEFAULT_FPS = 25.0  # for videos whose header has no usable frame rate
 ENGINES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
-TRACK_COLUMNS = ["track_class_id", "track_class_name", "track_conf", "track_resolved"]  # --track: the track's class
+# --track: the track's class, and whether the box was interpolated into a gap of the track (--fill-gaps)
+TRACK_COLUMNS = ["track_class_id", "track_class_name", "track_conf", "track_resolved", "interpolated"]
 
 
 # ---- the detector --------------------------------------------------------------------------------------------
@@ -570,9 +573,13 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                     flush()
             if track:
                 phases["first_pass"] = time.perf_counter() - t0
+                # short tracks and gaps exist only where a tracker linked frames (not in a folder of images)
+                dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
+                fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
                 decisions = tracks.decide_tracks(collector, readers, names, cfg["vote_weight"], cfg["resolve_margin"])
                 phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
-                for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, names, writer.enabled):
+                for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, names, writer.enabled,
+                                                                fills, dropped):
                     emit(line, name, image)
                 phases["second_pass"] = time.perf_counter() - t0 - phases["first_pass"] - phases["decide"]
         keep = True
@@ -605,7 +612,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         "items": tally.result(cfg["track"]),
     }
     if track:
-        summary["tracks"] = tracks.summary(decisions, readers, cfg, phases)
+        summary["tracks"] = tracks.summary(decisions, readers, cfg, phases, len(dropped),
+                                           sum(len(v) for v in fills.values()))
     if source.kind == "video":
         summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
     if source.unreadable:

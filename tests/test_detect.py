@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import cv2
@@ -97,7 +98,8 @@ def low_tracker(work):
 
 
 def video_cfg(**overrides):
-    return resolve(VIDEO_OPTIONS, {"conf": 0.001, **overrides})
+    # a 2-epoch detector's tracks are short: keep every one unless a test asks otherwise
+    return resolve(VIDEO_OPTIONS, {"conf": 0.001, "min_track_frames": 1, **overrides})
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
@@ -549,6 +551,32 @@ def test_collector_keeps_the_best_spaced_crops_and_new_ids_for_images():
     assert all(t.frames == 1 for t in images.tracks.values())
 
 
+def test_gaps_in_a_track_are_filled_by_interpolation_and_short_tracks_left_out():
+    from fashionkit.detect.tracks import TrackCollector, drop_short, gap_fills
+
+    frame = np.zeros((120, 160, 3), np.uint8)
+    collector = TrackCollector(10, crops=0)
+    coat = {"class_id": 4, "class_name": "Coat", "track_id": 1}
+    # track 1 is seen at frames 0, 1, 4 (missed at 2 and 3) and 10 (missed 5-9); track 2 flashes at frame 2 only
+    for index, x, conf in [(0, 10, 0.9), (1, 12, 0.8), (4, 20, 0.7), (10, 40, 0.6)]:
+        collector.add(index, frame, [{**coat, "conf": conf, "box": [x, 10, x + 30, 50]}])
+    collector.add(2, frame, [{"class_id": 8, "class_name": "Bag", "track_id": 2, "conf": 0.3, "box": [90, 90, 99, 99]}])
+    assert drop_short(collector, 2) == {2} and set(collector.tracks) == {1}
+    fills = gap_fills(collector, stride=1, max_gap=3)
+    assert sorted(fills) == [2, 3]  # the gap of 2 frames is filled; the one of 5 is longer than 3
+    assert fills[2][0]["box"] == [round(12 + 8 / 3, 1), 10, round(42 + 8 / 3, 1), 50]  # a third of 12 -> 20
+    assert fills[3][0]["box"] == [round(12 + 16 / 3, 1), 10, round(42 + 16 / 3, 1), 50]
+    assert all(d["interpolated"] and d["track_id"] == 1 and d["class_id"] == 4 and d["conf"] == 0.8
+               for d in fills[2] + fills[3])  # the class and confidence of the detection before the gap
+    assert sorted(gap_fills(collector, stride=1, max_gap=5)) == [2, 3, 5, 6, 7, 8, 9]
+    assert gap_fills(collector, stride=1, max_gap=0) == {} and drop_short(collector, 1) == set()
+    # every 2nd frame processed (--stride 2): frames 0, 2, 4 follow each other; 4 then 10 leaves out 6 and 8
+    strided = TrackCollector(10, crops=0)
+    for index in (0, 2, 4, 10):
+        strided.add(index, frame, [{**coat, "conf": 0.5, "box": [index, 0, index + 10, 10]}])
+    assert sorted(gap_fills(strided, stride=2, max_gap=2)) == [6, 8]
+
+
 def paste_item(item: np.ndarray, ground: int, dark_item: bool, scale: int = 3) -> tuple[np.ndarray, list]:
     """A Fashion-MNIST item on a flat BGR ground, lighter than the ground or (``dark_item``) darker, and its box."""
     big = cv2.resize(item, (28 * scale, 28 * scale), interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -700,6 +728,8 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     shutil.copytree(metric_run, no_index, ignore=shutil.ignore_patterns("index"))
     assert "has no FAISS index" in error("--metric", no_index)
     assert "--vote-weight" in error("--vote-weight", "1.5")
+    assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
+    assert "--fill-gaps at least 0" in error("--fill-gaps", "-2")
     assert not (work / "refused").exists()  # refused before any output
     with pytest.raises(UserError, match="not Fashion-MNIST's ten"):
         load_readers(classify_run, None, {0: "cat", 1: "dog"}, torch.device("cpu"))
@@ -730,7 +760,8 @@ def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, m
     assert all({"class_id", "class_name", "conf", "box", "track_id"} <= set(d) for d in tracked)
     with (out / "detections.csv").open() as f:
         header = f.readline().strip().split(",")
-        assert header[-5:] == ["track_id", "track_class_id", "track_class_name", "track_conf", "track_resolved"]
+        assert header[-6:] == ["track_id", "track_class_id", "track_class_name", "track_conf", "track_resolved",
+                               "interpolated"]
         assert len(f.readlines()) == sum(len(ln["detections"]) for ln in lines)
     frames, _ = read_video(out / "annotated.mp4")
     assert len(frames) == len(gt)
@@ -777,6 +808,40 @@ def test_video_track_labels_the_annotated_video_with_the_track_class(trained, cl
         expected = draw(source[line["frame"]].copy(), line["detections"], names)
         # the annotated video went through the mp4v encoder once more: compare loosely
         assert np.abs(frame.astype(int) - expected.astype(int)).mean() < 6
+
+
+def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work):
+    """On the bundled detector (a 2-epoch one's tracks last a frame): a 3 s clip where it loses an item for a few
+    frames and flashes a short false track."""
+    import fashionkit
+    from fashionkit.detect.scenes import make_video
+    from fashionkit.detect.video import run_video
+
+    path = work / "gappy.mp4"
+    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0}), progress=False)
+    bundled = str(Path(fashionkit.__file__).parent / "models" / "detector")
+    opts = dict(weights=bundled, backend="torch", track=True, classifier="none", metric="none", crops=0,
+                save_video=False, conf=0.25)
+    out = work / "filled"
+    s = run_video(path, video_cfg(**opts, out=str(out), min_track_frames=3, fill_gaps=4), progress=False)
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    own, filled = defaultdict(list), defaultdict(list)
+    for ln in lines:
+        for d in ln["detections"]:
+            if d["track_id"] is not None:
+                (filled if d["interpolated"] else own)[d["track_id"]].append(ln["frame"])
+    assert own and all(len(frames) >= 3 for frames in own.values())  # no track of fewer than 3 frames is left
+    assert filled and set(filled) <= set(own)
+    for tid, frames in filled.items():  # inside the track's span, where it had no detection of its own
+        assert not set(frames) & set(own[tid]) and min(own[tid]) < min(frames) and max(frames) < max(own[tid])
+    t = s["tracks"]
+    assert t["filled_boxes"] == sum(map(len, filled.values())) and t["count"] == len(own) and t["dropped_short"]
+    assert t["min_track_frames"] == 3 and t["fill_gaps"] == 4
+    with (out / "detections.csv").open() as f:
+        assert sum(row.rstrip().endswith(",True") for row in f) == t["filled_boxes"]
+    # the same run without either: every track the tracker made is there, and nothing is interpolated
+    plain = run_video(path, video_cfg(**opts, out=str(work / "unfilled")), progress=False)
+    assert plain["tracks"]["count"] == len(own) + t["dropped_short"] and plain["tracks"]["filled_boxes"] == 0
 
 
 def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
@@ -912,7 +977,8 @@ def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, me
     out = work / "track-bench.json"
     monkeypatch.setattr("sys.argv", ["track_bench.py", "--weights", str(trained[0]), "--video", str(path),
                                      "--metric", str(metric_run), "--conf", "0.001", "--tracker", low_tracker,
-                                     "--work", str(work / "track-bench"), "--out", str(out)])
+                                     "--min-track-frames", "1", "--work", str(work / "track-bench"),
+                                     "--out", str(out)])
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "track_bench.py"), run_name="__main__")
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}

@@ -1,0 +1,70 @@
+"""``detect video --track`` over a grid of confidence threshold, shortest track kept and longest gap filled, on a
+``detect make-video`` clip: how `--conf`, `--min-track-frames` and `--fill-gaps` were chosen.
+
+    .venv/bin/python benchmarks/track_sweep.py --video runs/detect/val-clip.mp4 \\
+        [--weights fashionkit/models/detector] [--metric fashionkit/models/metric] \\
+        [--conf 0.25,0.15,0.1] [--min-track-frames 1,3,6] [--fill-gaps 0,5,15] [--out benchmarks/results/x.json]
+
+Every other option is `detect video`'s default (the crop reader, vote weight, resolver margin). Choose on a
+validation clip (`detect make-video ... --split val`), then confirm on the test clip. Per setting: precision /
+recall at IoU 0.5 with the per-frame class, with the track's class and for boxes alone; tracks matched to an item,
+named right, and false; tracks left out and boxes filled in. No annotated video is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", required=True, help="a `detect make-video` clip; its .json is the ground truth")
+    p.add_argument("--weights", default="fashionkit/models/detector")
+    p.add_argument("--metric", default="fashionkit/models/metric")
+    p.add_argument("--conf", default="0.25")
+    p.add_argument("--min-track-frames", default="1,3")
+    p.add_argument("--fill-gaps", default="0,5")
+    p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
+    p.add_argument("--out", default="benchmarks/results/track_sweep.json")
+    args = p.parse_args()
+
+    from fashionkit.config import resolve
+    from fashionkit.detect.defaults import VIDEO_OPTIONS
+    from fashionkit.detect.video import run_video
+
+    video = Path(args.video)
+    grid = itertools.product([float(c) for c in args.conf.split(",")],
+                             [int(m) for m in args.min_track_frames.split(",")],
+                             [int(f) for f in args.fill_gaps.split(",")])
+    rows = []
+    for conf, min_frames, fill in grid:
+        out = Path(args.work) / f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}"
+        cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "metric": args.metric, "track": True, "conf": conf,
+                                      "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,
+                                      "gt": str(video.with_suffix(".json")), "out": str(out)})
+        s = run_video(video, cfg, progress=False)
+        g, t = s["gt"], s["tracks"]
+        track = g["tracks"]["track"]
+        rows.append({"conf": conf, "min_track_frames": min_frames, "fill_gaps": fill,
+                     "precision": g["precision"], "recall": g["recall"],
+                     "precision_track_classes": g["with_track_classes"]["precision"],
+                     "recall_track_classes": g["with_track_classes"]["recall"],
+                     "box_precision": g["box_precision"], "box_recall": g["box_recall"],
+                     "tracks_matched": track["matched_tracks"], "tracks_right": track["correct_tracks"],
+                     "tracks_false": track["unmatched_tracks"], "per_track_accuracy": track["accuracy"],
+                     "dropped_short": t["dropped_short"], "filled_boxes": t["filled_boxes"], "fps": s["fps"]})
+        r = rows[-1]
+        print(f"conf {conf} min {min_frames} fill {fill}: P/R track class {r['precision_track_classes']} / "
+              f"{r['recall_track_classes']}, boxes {r['box_precision']} / {r['box_recall']}, tracks right "
+              f"{r['tracks_right']} of {r['tracks_matched']}, {r['tracks_false']} false", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"video": str(video), "weights": args.weights, "metric": args.metric,
+                                          "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
