@@ -85,6 +85,8 @@ RESOLVE_OPTIONS: dict[str, Opt] = {
     "classifier": Opt(None, "classify run whose predictions are re-decided (required with a RUN; without one: "
                       "the bundled classifier)", type=str),
     "k": Opt(10, "neighbours in the vote"),
+    "tta": Opt(False, "the classifier's probabilities averaged over the image and its mirror image, each also "
+                      "shifted a pixel both ways (as `classify eval --tta`), on validation and test alike"),
     "threshold": Opt(None, "margin threshold to use instead of the validation sweep", type=float),
     "sweep_step": Opt(0.05, "step of the threshold sweep over [0, 1] on the validation split"),
     "out": Opt(None, "directory for resolve.json and the confusion PNGs (default: the metric run)", type=str),

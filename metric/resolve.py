@@ -24,7 +24,12 @@ from fashionkit.errors import UserError
 EPS = 1e-6
 
 
-def probabilities(classifier, images, device, batch_size: int) -> np.ndarray:
+def probabilities(classifier, images, device, batch_size: int, tta: bool = False) -> np.ndarray:
+    """The classifier's softmax probabilities; ``tta``: averaged over the six views ``classify eval --tta`` uses."""
+    if tta:
+        from fashionkit.classify.predict import predict_probs
+
+        return predict_probs(classifier, images, device, None, batch_size, tta=True).numpy()
     from fashionkit.metric.data import embed
 
     return torch.softmax(embed(classifier, images, device, None, batch_size), 1).numpy()
@@ -149,7 +154,7 @@ def resolve_run(run: str | Path, opts: dict) -> dict:
                         f"the metric run was trained --from, or pass --threshold")
 
     def decide_inputs(images, exclude=None):
-        top1, margin = top2(probabilities(classifier, images, device, bs))
+        top1, margin = top2(probabilities(classifier, images, device, bs, opts["tta"]))
         candidates = np.flatnonzero(np.isin(top1, hard))
         votes = np.full(len(top1), -1)
         votes[candidates] = knn_votes(net, index, images[torch.as_tensor(candidates)], hard, k, device, bs,
@@ -171,7 +176,8 @@ def resolve_run(run: str | Path, opts: dict) -> dict:
 
     out = ensure_dir(opts["out"] or output_home(run, "metric"))
     result = {
-        "metric_run": str(run), "classifier": str(classifier_run), "k": k, "index": index.meta["kind"],
+        "metric_run": str(run), "classifier": str(classifier_run), "tta": opts["tta"], "k": k,
+        "index": index.meta["kind"],
         "model_hash": ckpt["model_hash"], "hard_classes": hard, "hard_class_names": [CLASSES[c] for c in hard],
         "threshold": chosen, "threshold_source": source,
         "validation": {"items": len(val), "hard_items": int(np.isin(val_labels, hard).sum()),
@@ -219,7 +225,8 @@ def format_report(result: dict) -> str:
     t = result["test"]
     names = result["hard_class_names"]
     lines = [f"threshold {result['threshold']:.2f} ({result['threshold_source']}, "
-             f"{result['validation']['items']} validation items); k = {result['k']}; {result['index']} index", "",
+             f"{result['validation']['items']} validation items); k = {result['k']}; {result['index']} index"
+             + ("; classifier with six-view TTA" if result.get("tta") else ""), "",
              f"{'test':<22}{'classifier':>12}{'resolved':>12}"]
     for key, name in (("accuracy", "overall accuracy"), ("hard_accuracy", "hard-class accuracy")):
         lines.append(f"{name:<22}{t['classifier'][key]:>12.4f}{t['resolved'][key]:>12.4f}")

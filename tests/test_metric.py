@@ -253,7 +253,20 @@ def test_resolve_sweeps_on_validation_and_reports_test(indexed, classify_run, cl
         assert sum(map(sum, report["confusion"])) + sum(report["predicted_other"]) == 4000  # test items of 4 classes
         assert set(report["per_class"]) == {"T-shirt/top", "Pullover", "Coat", "Shirt"}
         assert (run / f"confusion_{key}.png").is_file()
-    assert result["test"]["items"] == 10_000
+    assert result["test"]["items"] == 10_000 and result["tta"] is False
+
+
+def test_resolve_with_tta_starts_from_the_classifiers_tta_predictions(indexed, classify_run, cli, capsys):
+    from fashionkit.classify.evaluate import evaluate_run
+
+    run, _ = indexed
+    out = run / "resolve-tta"
+    assert cli("metric", "resolve", run, "--classifier", classify_run, "--tta", "--threshold", 0.2, "--out", out) == 0
+    assert "six-view TTA" in capsys.readouterr().out
+    result = json.loads((out / "resolve.json").read_text())
+    tta = evaluate_run(classify_run, tta=True, out=run / "eval-tta")
+    assert result["tta"] is True
+    assert result["test"]["classifier"]["accuracy"] == pytest.approx(tta["accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize("options, message", [
