@@ -40,6 +40,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     chosen = args.nets.split(",") if args.nets else list(NETS)
+    unknown = [n for n in chosen if n not in NETS]
+    if unknown:
+        raise SystemExit(f"net_throughput: unknown net {unknown[0]!r}; choose from: {', '.join(NETS)}")
     for label in chosen:
         name, options = NETS[label]
         mflops = count_mflops(create_model(name, **options))

@@ -228,11 +228,20 @@ class Track:
     track_id: int
     votes: np.ndarray  # summed detector confidence per class
     counts: np.ndarray  # frames per detector class
-    first: int
-    last: int
-    frames: int = 0
     crops: list = field(default_factory=list)  # (score, frame index, grey crop), the best --crops
-    seen: dict = field(default_factory=dict)  # frame index -> its detection (gaps are filled from these)
+    seen: dict = field(default_factory=dict)  # frame index -> its detection, in frame order (gaps are filled from it)
+
+    @property
+    def frames(self) -> int:
+        return len(self.seen)
+
+    @property
+    def first(self) -> int:
+        return next(iter(self.seen))
+
+    @property
+    def last(self) -> int:
+        return next(reversed(self.seen))
 
 
 class TrackCollector:
@@ -254,12 +263,9 @@ class TrackCollector:
                 continue
             track = self.tracks.get(tid)
             if track is None:
-                track = self.tracks[tid] = Track(tid, np.zeros(self.num_classes), np.zeros(self.num_classes, int),
-                                                 index, index)
+                track = self.tracks[tid] = Track(tid, np.zeros(self.num_classes), np.zeros(self.num_classes, int))
             track.votes[d["class_id"]] += d["conf"]
             track.counts[d["class_id"]] += 1
-            track.last = index
-            track.frames += 1
             track.seen[index] = d
             if self.max_crops and (track.frames - 1) % CROP_EVERY == 0:
                 self._offer(track, index, frame, d)
@@ -384,7 +390,7 @@ def gap_fills(collector: TrackCollector, stride: int, max_gap: int) -> dict[int,
     if max_gap <= 0:
         return fills
     for t in collector.tracks.values():
-        frames = sorted(t.seen)
+        frames = list(t.seen)
         for a, b in zip(frames, frames[1:]):
             if not 1 < (b - a) // stride <= max_gap + 1:
                 continue

@@ -26,13 +26,9 @@ EPS = 1e-6
 
 def probabilities(classifier, images, device, batch_size: int, tta: bool = False) -> np.ndarray:
     """The classifier's softmax probabilities; ``tta``: averaged over the six views ``classify eval --tta`` uses."""
-    if tta:
-        from fashionkit.classify.predict import predict_probs
+    from fashionkit.classify.predict import predict_probs
 
-        return predict_probs(classifier, images, device, None, batch_size, tta=True).numpy()
-    from fashionkit.metric.data import embed
-
-    return torch.softmax(embed(classifier, images, device, None, batch_size), 1).numpy()
+    return predict_probs(classifier, images, device, None, batch_size, tta).numpy()
 
 
 def top2(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
