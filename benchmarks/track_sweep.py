@@ -1,9 +1,11 @@
-"""``detect video --track`` over a grid of confidence threshold, shortest track kept and longest gap filled, on a
-``detect make-video`` clip: how `--conf`, `--min-track-frames` and `--fill-gaps` were chosen.
+"""``detect video --track`` over a grid of confidence threshold, shortest track kept, longest gap filled and
+inference size, on a ``detect make-video`` clip: how `--conf`, `--min-track-frames`, `--fill-gaps` and `--imgsz`
+were chosen.
 
     .venv/bin/python benchmarks/track_sweep.py --video runs/detect/val-clip.mp4 \\
         [--weights fashionkit/models/detector] [--metric fashionkit/models/metric] \\
-        [--conf 0.25,0.15,0.1] [--min-track-frames 1,3,6] [--fill-gaps 0,5,15] [--out benchmarks/results/x.json]
+        [--conf 0.25,0.15,0.1] [--min-track-frames 1,3,6] [--fill-gaps 0,5,15] [--imgsz 320,416] \\
+        [--out benchmarks/results/x.json]
 
 Every other option is `detect video`'s default (the crop reader, vote weight, resolver margin). Choose on a
 validation clip (`detect make-video ... --split val`), then confirm on the test clip. Per setting: precision /
@@ -27,6 +29,7 @@ def main() -> None:
     p.add_argument("--conf", default="0.25")
     p.add_argument("--min-track-frames", default="1,3")
     p.add_argument("--fill-gaps", default="0,5")
+    p.add_argument("--imgsz", default="320", help="inference sizes (multiples of 32)")
     p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
     p.add_argument("--out", default="benchmarks/results/track_sweep.json")
     args = p.parse_args()
@@ -38,17 +41,19 @@ def main() -> None:
     video = Path(args.video)
     grid = itertools.product([float(c) for c in args.conf.split(",")],
                              [int(m) for m in args.min_track_frames.split(",")],
-                             [int(f) for f in args.fill_gaps.split(",")])
+                             [int(f) for f in args.fill_gaps.split(",")],
+                             [int(i) for i in args.imgsz.split(",")])
     rows = []
-    for conf, min_frames, fill in grid:
-        out = Path(args.work) / f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}"
+    for conf, min_frames, fill, imgsz in grid:
+        out = Path(args.work) / f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}-imgsz{imgsz}"
         cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "metric": args.metric, "track": True, "conf": conf,
+                                      "imgsz": imgsz,
                                       "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,
                                       "gt": str(video.with_suffix(".json")), "out": str(out)})
         s = run_video(video, cfg, progress=False)
         g, t = s["gt"], s["tracks"]
         track = g["tracks"]["track"]
-        rows.append({"conf": conf, "min_track_frames": min_frames, "fill_gaps": fill,
+        rows.append({"conf": conf, "min_track_frames": min_frames, "fill_gaps": fill, "imgsz": imgsz,
                      "precision": g["precision"], "recall": g["recall"],
                      "precision_track_classes": g["with_track_classes"]["precision"],
                      "recall_track_classes": g["with_track_classes"]["recall"],
@@ -57,9 +62,10 @@ def main() -> None:
                      "tracks_false": track["unmatched_tracks"], "per_track_accuracy": track["accuracy"],
                      "dropped_short": t["dropped_short"], "filled_boxes": t["filled_boxes"], "fps": s["fps"]})
         r = rows[-1]
-        print(f"conf {conf} min {min_frames} fill {fill}: P/R track class {r['precision_track_classes']} / "
-              f"{r['recall_track_classes']}, boxes {r['box_precision']} / {r['box_recall']}, tracks right "
-              f"{r['tracks_right']} of {r['tracks_matched']}, {r['tracks_false']} false", flush=True)
+        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz}: P/R track class "
+              f"{r['precision_track_classes']} / {r['recall_track_classes']}, boxes {r['box_precision']} / "
+              f"{r['box_recall']}, tracks right {r['tracks_right']} of {r['tracks_matched']}, "
+              f"{r['tracks_false']} false, {r['fps']} f/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"video": str(video), "weights": args.weights, "metric": args.metric,
                                           "rows": rows}, indent=1) + "\n")
