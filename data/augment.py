@@ -39,6 +39,30 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+class AlternatingFlip:
+    """airbench's derandomised flip (Jordan 2024, arXiv 2404.00498, section 3.6): each image starts mirrored or not
+    by a coin fixed per image and seed, and is mirrored in every other epoch after that. A random flip shows some
+    images the same way several epochs running; this one shows every image both ways in any two consecutive epochs.
+    Needs the images' dataset indices and the epoch (``BatchLoader`` passes them); without them it is a random flip.
+    """
+
+    takes_index = True
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None, index: torch.Tensor | None = None,
+                 epoch: int = 0, seed: int = 0) -> torch.Tensor:
+        if index is None:
+            return RandomHorizontalFlip()(x, g)
+        # the per-image coin: a bit of an integer hash of (index, seed) (no state to store or resume); int64 holds
+        # every product here for indices under 2^31
+        h = (index.long().cpu() * 2_654_435_761 + (seed + 1) * 2_246_822_519) % (1 << 32)
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) % (1 << 32)
+        flip = (((h ^ (h >> 16)) & 1) ^ (epoch % 2)).bool().to(x.device).view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x)
+
+    def __repr__(self) -> str:
+        return "AlternatingFlip()"
+
+
 class RandomAffine:
     """Rotation by up to ``degrees``, shift by up to ``translate`` of the size, optional ``scale`` range."""
 
@@ -161,9 +185,11 @@ class Compose:
     def __init__(self, transforms: list):
         self.transforms = transforms
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None, **where) -> torch.Tensor:
+        """``where``: ``index`` (dataset indices of the batch), ``epoch`` and ``seed``, for the transforms that
+        take them (``takes_index``); the others draw from ``g`` alone."""
         for t in self.transforms:
-            x = t(x, g)
+            x = t(x, g, **where) if where and getattr(t, "takes_index", False) else t(x, g)
         return x
 
     def __repr__(self) -> str:
@@ -182,6 +208,8 @@ PRESETS: dict[str, tuple[str, list]] = {
                                [RandomHorizontalFlip(), RandomPerspective(0.115, p=0.4), RandomErasing()]),
     "flip-crop": ("flip + random crop with 2 px padding (a shift by whole pixels)",
                   [RandomHorizontalFlip(), RandomCrop(2)]),
+    "altflip-crop": ("alternating flip (every image mirrored in every other epoch) + random crop with 2 px padding",
+                     [AlternatingFlip(), RandomCrop(2)]),
     "flip-crop-erase": ("flip + random crop with 2 px padding + random erasing",
                         [RandomHorizontalFlip(), RandomCrop(2), RandomErasing()]),
     "flip-affine": ("flip + affine (±10°, 10% shift)", [RandomHorizontalFlip(), RandomAffine(10, 0.1)]),

@@ -71,7 +71,7 @@ class BatchLoader:
             idx = order[start:start + self.batch_size]
             x = to_float(self.images[idx])
             if self.augment is not None:
-                x = self.augment(x, g)
+                x = self.augment(x, g, index=idx, epoch=self.epoch, seed=self.seed)
             x = normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

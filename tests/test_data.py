@@ -84,6 +84,33 @@ def test_flip_is_per_image_not_per_batch(train_set):
     assert 0.4 < flipped.float().mean() < 0.6
 
 
+def test_alternating_flip_shows_every_image_both_ways_in_two_epochs(train_set):
+    """altflip-crop's AlternatingFlip through the loader: each image is mirrored in exactly one of any two
+    consecutive epochs, the pattern repeats every two epochs, half the images start mirrored, and the coin
+    changes with the seed."""
+    from fashionkit.data.augment import AlternatingFlip, Compose, RandomHorizontalFlip
+
+    x, y = train_set[0][:600], train_set[1][:600]
+    original = torch.cat([b for b, _ in BatchLoader(x, y, 200)])
+
+    def mirrored(epoch: int, seed: int = 0) -> torch.Tensor:
+        loader = BatchLoader(x, y, 200, augment=Compose([AlternatingFlip()]), seed=seed)
+        loader.set_epoch(epoch)
+        seen = torch.cat([b for b, _ in loader])
+        return torch.tensor([torch.equal(a, o.flip(-1)) and not torch.equal(a, o) for a, o in zip(seen, original)])
+
+    first, second = mirrored(0), mirrored(1)
+    symmetric = torch.tensor([torch.equal(o, o.flip(-1)) for o in original])
+    assert not symmetric.any()
+    assert torch.equal(first, ~second) and torch.equal(first, mirrored(2)) and torch.equal(second, mirrored(7))
+    assert 0.4 < first.float().mean() < 0.6
+    assert not torch.equal(first, mirrored(0, seed=1))
+    # without indices (a preview, a single batch) it is a random flip
+    plain = Compose([AlternatingFlip()])(x[:8].float().div(255).unsqueeze(1), torch.Generator().manual_seed(0))
+    assert torch.equal(plain, RandomHorizontalFlip()(x[:8].float().div(255).unsqueeze(1),
+                                                    torch.Generator().manual_seed(0)))
+
+
 def test_random_crop_shifts_each_image_by_whole_pixels(train_set):
     """flip-crop's RandomCrop(2) is torchvision's RandomCrop(28, padding=2): every output is its input moved by
     -2..2 pixels each way with zeros coming in, the shift drawn per image."""
