@@ -17,7 +17,9 @@ The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
     detect make-data --preset realistic --out RUNS/detect/bundled-data   (the default scenes where this fashionkit
                                                                           has no --preset)
     detect train --from RUNS/classify/bundled-classifier --data RUNS/detect/bundled-data --minutes 60 \\
-        --extra save_period=1 --name bundled-detector
+        --extra save_period=1 --name bundled-detector-start
+    detect train --from RUNS/detect/bundled-detector-start --data RUNS/detect/bundled-data --minutes 60 \\
+        --extra save_period=1 --name bundled-detector       (the same detector, trained a second hour)
 
 then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
 in this process through the product's own command line, so what the card records is what a user types. The runs
@@ -51,6 +53,9 @@ from faiss_bench import cpu_name  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_MODELS = ROOT / "fashionkit" / "models"
 NAMES = {"classifier": "bundled-classifier", "metric": "bundled-metric", "detector": "bundled-detector"}
+# the detector trains in two runs: an hour from the classifier, then a second hour from that run's best.pt (one
+# ultralytics schedule of two hours would be better, but the first hour is then a detector of its own, kept)
+DETECTOR_START = "bundled-detector-start"
 DATA_NAME = "bundled-data"
 # ship the ONNX export (fp32, about twice the fp16 best.pt: 12.8 of the bundle's MB) only when at most this big; by
 # default not: `detect video` exports the bundled detector once into the user's cache (site-packages is never
@@ -76,7 +81,7 @@ TINY = {
 # the recipe's steps each bundled model is made by (what its card lists, and what --only runs)
 STEPS_OF = {"classifier": ["classify train"],
             "metric": ["classify train", "metric train", "metric index", "metric resolve"],
-            "detector": ["classify train", "detect make-data", "detect train"]}
+            "detector": ["classify train", "detect make-data", "detect train", "detect train more"]}
 
 
 @dataclass
@@ -110,8 +115,9 @@ def recorded_seconds(key: str, runs: Path) -> float | None:
     if key == "metric index":
         meta = read_json(met / "index" / "index.json") or {}
         return round(meta.get("embed_seconds", 0) + meta.get("build_seconds", 0), 1) if meta else None
-    if key == "detect train":
-        return (read_json(runs / "detect" / NAMES["detector"] / "summary.json") or {}).get("train_seconds")
+    if key in ("detect train", "detect train more"):
+        name = DETECTOR_START if key == "detect train" else NAMES["detector"]
+        return (read_json(runs / "detect" / name / "summary.json") or {}).get("train_seconds")
     return None
 
 
@@ -128,15 +134,25 @@ def preset_available() -> bool:
     return "preset" in MAKE_DATA_OPTIONS
 
 
-def recipe(runs: Path, detector_minutes: float, tiny: bool) -> list[Step]:
+def detector_done(summary: dict) -> bool:
+    return (summary.get("status") in ("finished", "early_stopped", "time_limit") and bool(summary.get("best"))
+            and "mAP50" in (summary.get("test") or {}))
+
+
+def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: float = 60.0) -> list[Step]:
+    """The build's steps. ``more_minutes`` 0: the detector trains once, straight into bundled-detector."""
     cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
     data, det = runs / "detect" / DATA_NAME, runs / "detect" / NAMES["detector"]
+    start = runs / "detect" / (DETECTOR_START if more_minutes else NAMES["detector"])
     extra = TINY if tiny else {k: [] for k in TINY}
-    cls_sum, met_sum, det_sum = (read_json(p / "summary.json") or {} for p in (cls, met, det))
+    cls_sum, met_sum, det_sum, start_sum = (read_json(p / "summary.json") or {} for p in (cls, met, det, start))
     resolved = read_json(met / "resolve.json") or {}
     preset = ["--preset", "realistic"] if preset_available() else []
     # save_period=1 keeps every epoch's checkpoint: the learning curve scenes_bench.py reads shorter budgets from
     budget = [] if tiny else ["--minutes", f"{detector_minutes:g}", "--extra", "save_period=1"]
+    more = [] if tiny else ["--minutes", f"{more_minutes:g}", "--extra", "save_period=1"]
+    second = [Step("detect train more", ["detect", "train", "--from", str(start), "--data", str(data), *more, "--name",
+                                         NAMES["detector"], *extra["detect"]], detector_done(det_sum))]
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
              cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file()),
@@ -149,9 +165,8 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool) -> list[Step]:
         Step("detect make-data", ["detect", "make-data", *preset, "--out", str(data), *extra["scenes"]],
              (data / "data.yaml").is_file()),
         Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget, "--name",
-                              NAMES["detector"], *extra["detect"]],
-             det_sum.get("status") in ("finished", "early_stopped", "time_limit") and bool(det_sum.get("best"))
-             and "mAP50" in (det_sum.get("test") or {})),
+                              start.name, *extra["detect"]], detector_done(start_sum)),
+        *(second if more_minutes else []),
     ]
 
 
@@ -163,9 +178,11 @@ def run_steps(steps: list[Step], runs: Path, reuse: bool, package_only: bool) ->
     from fashionkit.cli import main as fashionkit
 
     # a step whose run directory exists but is unfinished would make bundled-classifier2 etc.: refuse instead
+    two = any(s.key == "detect train more" for s in steps)
     targets = {"classify train": runs / "classify" / NAMES["classifier"], "metric train": runs / "metric" /
                NAMES["metric"], "detect make-data": runs / "detect" / DATA_NAME,
-               "detect train": runs / "detect" / NAMES["detector"]}
+               "detect train": runs / "detect" / (DETECTOR_START if two else NAMES["detector"]),
+               "detect train more": runs / "detect" / NAMES["detector"]}
     for step in steps:
         if step.done and (reuse or package_only):
             step.reused = True
@@ -415,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "made by hand with the same commands without retraining)")
     p.add_argument("--package-only", action="store_true", help="run nothing: package the finished runs")
     p.add_argument("--detector-minutes", type=float, default=60.0, help="detect train --minutes (default: 60)")
+    p.add_argument("--detector-more-minutes", type=float, default=60.0, help="--minutes of the second detect train, "
+                   "from the first one's detector (default: 60; 0: train the detector once)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
     p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
@@ -445,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     needed = {key for kind in kinds for key in STEPS_OF[kind]}
-    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny) if s.key in needed]
+    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, args.detector_more_minutes) if s.key in needed]
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None
     if "detector" in kinds:

@@ -13,8 +13,10 @@ from fashionkit.config import Opt
 from fashionkit.device import DEVICE_HELP
 
 TRAIN_OPTIONS: dict[str, Opt] = {
-    "from": Opt(None, "initial backbone: a classify run directory (runs/classify/<run>), none (same shape, random "
-                "init) or an ultralytics model YAML such as yolov8n.yaml (stock model, random init)", type=str),
+    "from": Opt(None, "initial backbone: a classify run directory (runs/classify/<run>), a detect run directory "
+                "(its detector fine-tuned as a whole, e.g. the bundled fashionkit/models/detector: to train longer or "
+                "on other scenes), none (same shape, random init) or an ultralytics model YAML such as yolov8n.yaml "
+                "(stock model, random init)", type=str),
     "data": Opt(None, "dataset from `detect make-data`: its directory or data.yaml; none means <runs>/detect/data",
                 type=str),
     "epochs": Opt(10, "epochs (with --minutes only a first plan: ultralytics re-plans them after the first epoch)"),
@@ -23,7 +25,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "batch": Opt(16, "batch size"),
     "freeze_epochs": Opt(1, "epochs to train with the backbone (copied, or its random twin with --from none) frozen, "
                          "BatchNorm statistics too, before fine-tuning all of it; 0 = never frozen; ignored for "
-                         "stock YAML models"),
+                         "stock YAML models and detect runs"),
     "stem": Opt(4, "input downscale before the copied trunk: 4 (avg-pool + Focus, default; half the GFLOPs of 2), "
                 "2 (Focus; sharper for small items, for long or GPU runs) or 1 (none)",
                 choices=(1, 2, 4)),
@@ -43,9 +45,9 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "test": Opt(True, "evaluate best.pt on the dataset's test split at the end"),
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
-    "reader_epochs": Opt(8, "after training from a classify run: epochs of `detect reader`, the classifier fine-tuned "
-                         "on the training scenes' crops into RUN/reader for --track (about 5 minutes for 3,000 "
-                         "scenes on a 2-core CPU, outside --minutes; 0 = none)"),
+    "reader_epochs": Opt(8, "after training from a classify run (or a detect run made from one): epochs of `detect "
+                         "reader`, the classifier fine-tuned on the training scenes' crops into RUN/reader for --track "
+                         "(about 5 minutes for 3,000 scenes on a 2-core CPU, outside --minutes; 0 = none)"),
     "device": Opt("auto", DEVICE_HELP + "; several GPUs as 0,1,... (ultralytics' multi-GPU DDP; each worker "
                   "starts from RUN/initial.pt, the prepared detector)"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),

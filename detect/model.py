@@ -323,7 +323,7 @@ def transfer_weights(model, classifier) -> int:
 
 @dataclass
 class ModelSource:
-    kind: str  # classifier | none | yaml
+    kind: str  # classifier | detector | none | yaml
     model: Any  # the DetectionModel, initialised
     yaml: dict
     description: str
@@ -332,10 +332,11 @@ class ModelSource:
 
 def model_source(source: str, nc: int, stem: int = 2, width: float = 1.0, classifier_model: str = "vgg-small"
                  ) -> ModelSource:
-    """The detector ``detect train --from`` asks for: a classify run directory (backbone = its trunk), ``none``
-    (same shape, random init; the trunk's shape comes from ``--classifier-model``) or an ultralytics model YAML
-    such as ``yolov8n.yaml`` (stock model, random init: nothing is downloaded)."""
-    from fashionkit.runs import open_run
+    """The detector ``detect train --from`` asks for: a classify run directory (backbone = its trunk), a detect run
+    directory (its trained detector, fine-tuned as a whole: to train longer or on other scenes), ``none`` (same
+    shape, random init; the trunk's shape comes from ``--classifier-model``) or an ultralytics model YAML such as
+    ``yolov8n.yaml`` (stock model, random init: nothing is downloaded)."""
+    from fashionkit.runs import open_run, read_json
 
     text = str(source)
     if text.lower() == "none":
@@ -352,6 +353,8 @@ def model_source(source: str, nc: int, stem: int = 2, width: float = 1.0, classi
     if path.is_file() and path.suffix == ".pt":
         raise UserError(f"--from {path}: pass the classify run directory (runs/classify/<run>), none, or a model "
                         f"YAML such as yolov8n.yaml")
+    if path.is_dir() and (read_json(path / "run.json", missing_ok=True) or {}).get("stage") == "detect":
+        return _detector_source(open_run(path, "detect", what="--from"), nc)
     run = open_run(path, "classify", what="--from")
     from fashionkit.classify.checkpoint import load_classifier
 
@@ -361,6 +364,35 @@ def model_source(source: str, nc: int, stem: int = 2, width: float = 1.0, classi
     transfer_weights(model, classifier)
     return ModelSource("classifier", model, cfg, f"backbone from {run} ({classifier.name} trunk, stem {stem})",
                        classifier_run=str(run))
+
+
+def _detector_source(run: Path, nc: int) -> ModelSource:
+    """A detect run's trained detector (its best.pt, in float32), to fine-tune as a whole. Its crop reader's
+    classifier is the classify run the source was trained from, where that still exists."""
+    import torch
+
+    from fashionkit.detect.tracks import auto_runs
+    from fashionkit.detect.video import weights_file
+
+    weights = weights_file(run)
+    if weights.suffix != ".pt":
+        raise UserError(f"--from {run}: its weights are {weights.name}; fine-tuning needs the PyTorch best.pt")
+    use_ultralytics()
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    model = checkpoint.get("ema") or checkpoint.get("model")
+    if model is None or not hasattr(model, "yaml"):
+        raise UserError(f"--from {run}: {weights} holds no ultralytics detection model")
+    model = model.float()
+    if model.yaml.get("nc") != nc:
+        raise UserError(f"--from {run}: its detector has {model.yaml.get('nc')} classes, the data {nc}; fine-tune it "
+                        f"on scenes of the same classes (`detect make-data`), or start from a classify run")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    info = model.yaml.get(YAML_KEY) or {}
+    classifier = auto_runs(weights, reader=False)["classifier"]  # as `detect video --classifier auto` finds it
+    what = f"{info.get('classifier')} trunk, stem {info.get('stem')}" if info else "stock architecture"
+    return ModelSource("detector", model, model.yaml, f"detector from {run} ({what}), fine-tuned as a whole",
+                       classifier_run=str(classifier) if classifier else None)
 
 
 def _stock_model(name: str, nc: int):

@@ -219,11 +219,12 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
                                    cfg["plots"], cfg["threads"])
         atomic_write_json(run / "summary.json", summary)
-    if cfg["reader_epochs"] and source.kind == "classifier" and summary["best"]:
+    if cfg["reader_epochs"] and source.classifier_run and summary["best"]:
         from fashionkit.detect.defaults import READER_OPTIONS
         from fashionkit.detect.reader import format_summary, train_reader
 
-        reader_cfg = resolve(READER_OPTIONS, {"epochs": cfg["reader_epochs"], "from": cfg["from"], "data": str(data),
+        reader_cfg = resolve(READER_OPTIONS, {"epochs": cfg["reader_epochs"], "from": source.classifier_run,
+                                              "data": str(data),
                                               "seed": cfg["seed"], "threads": cfg["threads"]})
         try:
             reader, reader_summary = train_reader(run, reader_cfg, made_by="detect train")
@@ -242,10 +243,11 @@ def frozen_layers(source) -> list[int]:
     """The backbone layers --freeze-epochs freezes: the classifier's trunk, or with --from none its random-init
     twin. Both variants get the same schedule so that the benchmark's comparison differs in the weights only: a
     frozen first epoch is also a fast one (280 s against 506 s trained, quiet Zen 3), which decided much of
-    the 15-minute figures when only one variant had it. A stock YAML has no such trunk."""
+    the 15-minute figures when only one variant had it. A stock YAML has no such trunk, and a trained detector (--from
+    a detect run) is fine-tuned whole from the first step."""
     from fashionkit.detect.model import YAML_KEY
 
-    return list(range(source.yaml[YAML_KEY]["trunk_end"] + 1)) if source.kind != "yaml" else []
+    return list(range(source.yaml[YAML_KEY]["trunk_end"] + 1)) if source.kind in ("classifier", "none") else []
 
 
 def transfer_trainer_class():

@@ -63,7 +63,7 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
         pytest.skip("FASHIONKIT_TEST_TINY_BUNDLE names a bundle packaged from reused runs: no step was timed")
     steps = [s["step"] for s in result["steps"]]
     assert steps == ["classify train", "metric train", "metric index", "metric resolve", "detect make-data",
-                     "detect train", "onnx export"]
+                     "detect train", "detect train more", "onnx export"]
     assert all(isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0 for s in result["steps"])
     runs = Path(result["runs"])
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
@@ -87,7 +87,12 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
             assert "state_dict" in ckpt and "reader" not in ckpt  # slimmed like the classifier's
             assert json.loads((out / kind / "reader" / "run.json").read_text())["command"] == "detect train"
             assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",
-                                                             "onnx export"]
+                                                             "detect train more", "onnx export"]
+            # the second hour starts from the first hour's detector
+            first, second = card["commands"][2]["command"], card["commands"][3]["command"]
+            assert "--name bundled-detector-start" in first and "--from" in first
+            assert f"--from {runs / 'detect' / 'bundled-detector-start'} " in second
+            assert summary["source"] == "detector"
         else:
             resolved = json.loads((runs / "metric" / "bundled-metric" / "resolve.json").read_text())
             assert f"{resolved['test']['resolved']['hard_accuracy']:.4f} with the resolver" in card["headline"]
@@ -123,9 +128,9 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
                                str(tmp_path / "build.json")])
     # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
     assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train",
-                                                   "detect reader", "onnx export"]
-    assert again["steps"][3]["command"].endswith("--epochs 1") and again["steps"][3]["recorded_seconds"] > 0
-    assert all(s["reused"] for s in again["steps"][:3]) and set(again["headlines"]) == {"detector"}
+                                                   "detect train more", "detect reader", "onnx export"]
+    assert again["steps"][4]["command"].endswith("--epochs 1") and again["steps"][4]["recorded_seconds"] > 0
+    assert all(s["reused"] for s in again["steps"][:4]) and set(again["headlines"]) == {"detector"}
     assert (out / "classifier" / "card.json").read_text() == before["classifier"]
     assert (out / "metric" / "card.json").read_text() == before["metric"]
     card = json.loads((out / "detector" / "card.json").read_text())

@@ -247,8 +247,8 @@ def test_train_writes_our_run_with_the_ultralytics_run_inside(trained, classify_
 def test_train_errors(cli, work, dataset, classify_run, trained, capsys):
     assert cli("detect", "train", "--from", dataset, "--data", dataset, "--runs-dir", work / "runs") == 2
     assert "not a fashionkit run directory" in capsys.readouterr().err
-    assert cli("detect", "train", "--from", trained[0], "--data", dataset, "--runs-dir", work / "runs") == 2
-    assert "is a detect run, not a classify run" in capsys.readouterr().err
+    assert cli("detect", "train", "--from", work / "runs", "--data", dataset, "--runs-dir", work / "runs") == 2
+    assert "not a fashionkit run directory" in capsys.readouterr().err
     ckpt = classify_run / "weights" / "best.pt"
     assert cli("detect", "train", "--from", ckpt, "--data", dataset, "--runs-dir", work / "runs") == 2
     assert "pass the classify run directory" in capsys.readouterr().err
@@ -259,6 +259,34 @@ def test_train_errors(cli, work, dataset, classify_run, trained, capsys):
     assert cli("detect", "train", "--from", "none", "--data", dataset, "--warmup-epochs", -1) == 2
     assert "cannot be negative" in capsys.readouterr().err
     assert not (work / "runs" / "detect" / "train").exists()  # no run directory for a failed start
+
+
+def test_train_from_a_detect_run_fine_tunes_its_whole_detector(trained, classify_run, dataset, work):
+    """--from a detect run: its best.pt is the start (every layer, nothing frozen: the first epoch already moves
+    the trunk), the run records the classify run under it, and the crop reader is made from that classifier."""
+    from fashionkit.detect.model import model_source
+    from fashionkit.detect.train import train
+
+    source_run, source_summary = trained
+    source = model_source(str(source_run), nc=10)
+    assert source.kind == "detector" and source.classifier_run == str(classify_run)
+    best = torch.load(source_run / source_summary["best"], map_location="cpu", weights_only=False)
+    start = (best["ema"] or best["model"]).float().state_dict()
+    for name, value in source.model.state_dict().items():
+        torch.testing.assert_close(value, start[name], msg=name)
+    with pytest.raises(UserError, match="has 10 classes, the data 3"):
+        model_source(str(source_run), nc=3)
+
+    run, summary = train({"from": str(source_run), "data": str(dataset), "imgsz": 160, "epochs": 1, "batch": 8,
+                          "extra": "save_period=1,nbs=8", "runs_dir": str(work / "runs"), "name": "det-more",
+                          "reader_epochs": 1, "test": False})
+    assert summary["source"] == "detector" and summary["status"] == "finished"
+    assert json.loads((run / "run.json").read_text())["classifier_run"] == str(classify_run)
+    assert (run / "reader" / "run.json").is_file()
+    after = torch.load(run / "ultralytics" / "weights" / "epoch0.pt", map_location="cpu", weights_only=False)
+    index = source.yaml[YAML_KEY]["transfer"][1]  # a plain Conv (the first is the Focus stem)
+    trunk_conv = f"model.{index}.conv.weight"
+    assert not torch.allclose(after["ema"].float().state_dict()[trunk_conv], start[trunk_conv], atol=1e-4)
 
 
 # ---- detect video ------------------------------------------------------------------------------------------
