@@ -351,8 +351,8 @@ def model_source(source: str, nc: int, stem: int = 2, width: float = 1.0, classi
         return ModelSource("yaml", model, model.yaml, f"stock ultralytics {Path(text).name}, random init")
     path = Path(text)
     if path.is_file() and path.suffix == ".pt":
-        raise UserError(f"--from {path}: pass the classify run directory (runs/classify/<run>), none, or a model "
-                        f"YAML such as yolov8n.yaml")
+        raise UserError(f"--from {path}: pass the classify run directory (runs/classify/<run>) or detect run "
+                        f"directory it belongs to, none, or a model YAML such as yolov8n.yaml")
     if path.is_dir() and (read_json(path / "run.json", missing_ok=True) or {}).get("stage") == "detect":
         return _detector_source(open_run(path, "detect", what="--from"), nc)
     run = open_run(path, "classify", what="--from")
@@ -378,8 +378,11 @@ def _detector_source(run: Path, nc: int) -> ModelSource:
     if weights.suffix != ".pt":
         raise UserError(f"--from {run}: its weights are {weights.name}; fine-tuning needs the PyTorch best.pt")
     use_ultralytics()
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-    model = checkpoint.get("ema") or checkpoint.get("model")
+    try:
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a checkpoint: one line, not a traceback
+        raise UserError(f"--from {run}: cannot read {weights} ({type(e).__name__}); retrain or restore it") from None
+    model = checkpoint.get("ema") or checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if model is None or not hasattr(model, "yaml"):
         raise UserError(f"--from {run}: {weights} holds no ultralytics detection model")
     model = model.float()
