@@ -89,6 +89,7 @@ class Step:
     key: str
     argv: list[str]
     done: bool  # its output exists and finished (what --reuse skips)
+    run: Path | None = None  # the run directory it makes (an unfinished one there is refused, not overwritten)
     seconds: float | None = None
     cpu_seconds: float | None = None  # of this process, all threads (the commands run in it)
     reused: bool = False
@@ -101,11 +102,11 @@ class Step:
         out = {"step": self.key, "command": self.command(runs), "wall_seconds": self.seconds,
                "cpu_seconds": self.cpu_seconds, "reused": self.reused, **self.load}
         if self.reused:  # made earlier (by hand): the time the run recorded itself, where it records one
-            out["recorded_seconds"] = recorded_seconds(self.key, runs)
+            out["recorded_seconds"] = recorded_seconds(self.key, runs, self.run)
         return out
 
 
-def recorded_seconds(key: str, runs: Path) -> float | None:
+def recorded_seconds(key: str, runs: Path, run: Path | None = None) -> float | None:
     """The training time a reused run wrote into its own files (None where it keeps none)."""
     cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
     if key in ("classify train", "metric train"):
@@ -115,9 +116,8 @@ def recorded_seconds(key: str, runs: Path) -> float | None:
     if key == "metric index":
         meta = read_json(met / "index" / "index.json") or {}
         return round(meta.get("embed_seconds", 0) + meta.get("build_seconds", 0), 1) if meta else None
-    if key in ("detect train", "detect train more"):
-        name = DETECTOR_START if key == "detect train" else NAMES["detector"]
-        return (read_json(runs / "detect" / name / "summary.json") or {}).get("train_seconds")
+    if key in ("detect train", "detect train more") and run is not None:
+        return (read_json(run / "summary.json") or {}).get("train_seconds")
     return None
 
 
@@ -152,20 +152,20 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: float 
     budget = [] if tiny else ["--minutes", f"{detector_minutes:g}", "--extra", "save_period=1"]
     more = [] if tiny else ["--minutes", f"{more_minutes:g}", "--extra", "save_period=1"]
     second = [Step("detect train more", ["detect", "train", "--from", str(start), "--data", str(data), *more, "--name",
-                                         NAMES["detector"], *extra["detect"]], detector_done(det_sum))]
+                                         NAMES["detector"], *extra["detect"]], detector_done(det_sum), det)]
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
-             cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file()),
+             cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file(), cls),
         Step("metric train", ["metric", "train", "--from", str(cls), "--hard-classes", "0,2,4,6", "--name",
                               NAMES["metric"], *extra["metric"]],
-             met_sum.get("status") == "finished" and (met / "weights/best.pt").is_file()),
+             met_sum.get("status") == "finished" and (met / "weights/best.pt").is_file(), met),
         Step("metric index", ["metric", "index", str(met)], (met / "index" / "index.json").is_file()),
         Step("metric resolve", ["metric", "resolve", str(met), "--classifier", str(cls)],
              Path(resolved.get("classifier", "-")).name == cls.name),  # as typed: relative or absolute
         Step("detect make-data", ["detect", "make-data", *preset, "--out", str(data), *extra["scenes"]],
-             (data / "data.yaml").is_file()),
+             (data / "data.yaml").is_file(), data),
         Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget, "--name",
-                              start.name, *extra["detect"]], detector_done(start_sum)),
+                              start.name, *extra["detect"]], detector_done(start_sum), start),
         *(second if more_minutes else []),
     ]
 
@@ -177,12 +177,6 @@ def load() -> float:
 def run_steps(steps: list[Step], runs: Path, reuse: bool, package_only: bool) -> None:
     from fashionkit.cli import main as fashionkit
 
-    # a step whose run directory exists but is unfinished would make bundled-classifier2 etc.: refuse instead
-    two = any(s.key == "detect train more" for s in steps)
-    targets = {"classify train": runs / "classify" / NAMES["classifier"], "metric train": runs / "metric" /
-               NAMES["metric"], "detect make-data": runs / "detect" / DATA_NAME,
-               "detect train": runs / "detect" / (DETECTOR_START if two else NAMES["detector"]),
-               "detect train more": runs / "detect" / NAMES["detector"]}
     for step in steps:
         if step.done and (reuse or package_only):
             step.reused = True
@@ -190,7 +184,8 @@ def run_steps(steps: list[Step], runs: Path, reuse: bool, package_only: bool) ->
             continue
         if package_only:
             raise SystemExit(f"error: --package-only, but this step has not finished: {step.command(runs)}")
-        target = targets.get(step.key)
+        # a step whose run directory exists but is unfinished would make bundled-classifier2 etc.: refuse instead
+        target = step.run
         if target is not None and target.exists():
             raise SystemExit(f"error: {target} exists ({'finished' if step.done else 'unfinished'}); pass --reuse "
                              f"to package what is finished, or remove it / choose another --runs-dir")
