@@ -1,13 +1,13 @@
-"""``detect video --track`` over a grid of confidence threshold, shortest track kept, longest gap filled and
-inference size, on a ``detect make-video`` clip: how `--conf`, `--min-track-frames`, `--fill-gaps` and `--imgsz`
-were chosen.
+"""``detect video --track`` over a grid of confidence threshold, shortest track kept, longest gap filled, inference
+size, crops per track and vote weight, on a ``detect make-video`` clip: how `--conf`, `--min-track-frames`,
+`--fill-gaps`, `--imgsz`, `--crops` and `--vote-weight` were chosen.
 
     .venv/bin/python benchmarks/track_sweep.py --video runs/detect/val-clip.mp4 \\
         [--weights fashionkit/models/detector] [--metric fashionkit/models/metric] \\
         [--conf 0.25,0.15,0.1] [--min-track-frames 1,3,6] [--fill-gaps 0,5,15] [--imgsz 320,416] \\
-        [--out benchmarks/results/x.json]
+        [--crops 4,8] [--vote-weight 0.2,0.5] [--out benchmarks/results/x.json]
 
-Every other option is `detect video`'s default (the crop reader, vote weight, resolver margin). Choose on a
+Every other option is `detect video`'s default (the crop reader, resolver margin). Choose on a
 validation clip (`detect make-video ... --split val`), then confirm on the test clip. Per setting: precision /
 recall at IoU 0.5 with the per-frame class, with the track's class and for boxes alone; tracks matched to an item,
 named right, and false; tracks left out and boxes filled in. No annotated video is written.
@@ -30,6 +30,8 @@ def main() -> None:
     p.add_argument("--min-track-frames", default="1,3")
     p.add_argument("--fill-gaps", default="0,5")
     p.add_argument("--imgsz", default="320", help="inference sizes (multiples of 32)")
+    p.add_argument("--crops", default="4", help="crops read per track")
+    p.add_argument("--vote-weight", default="0.2", help="weight of the detector's votes against the crop reader")
     p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
     p.add_argument("--out", default="benchmarks/results/track_sweep.json")
     args = p.parse_args()
@@ -42,18 +44,22 @@ def main() -> None:
     grid = itertools.product([float(c) for c in args.conf.split(",")],
                              [int(m) for m in args.min_track_frames.split(",")],
                              [int(f) for f in args.fill_gaps.split(",")],
-                             [int(i) for i in args.imgsz.split(",")])
+                             [int(i) for i in args.imgsz.split(",")],
+                             [int(c) for c in args.crops.split(",")],
+                             [float(w) for w in args.vote_weight.split(",")])
     rows = []
-    for conf, min_frames, fill, imgsz in grid:
-        out = Path(args.work) / f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}-imgsz{imgsz}"
+    for conf, min_frames, fill, imgsz, crops, vote in grid:
+        out = Path(args.work) / (f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}-imgsz{imgsz}-crops{crops}"
+                                 f"-vote{vote}")
         cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "metric": args.metric, "track": True, "conf": conf,
-                                      "imgsz": imgsz,
+                                      "imgsz": imgsz, "crops": crops, "vote_weight": vote,
                                       "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,
                                       "gt": str(video.with_suffix(".json")), "out": str(out)})
         s = run_video(video, cfg, progress=False)
         g, t = s["gt"], s["tracks"]
         track = g["tracks"]["track"]
         rows.append({"conf": conf, "min_track_frames": min_frames, "fill_gaps": fill, "imgsz": imgsz,
+                     "crops": crops, "vote_weight": vote,
                      "precision": g["precision"], "recall": g["recall"],
                      "precision_track_classes": g["with_track_classes"]["precision"],
                      "recall_track_classes": g["with_track_classes"]["recall"],
@@ -62,7 +68,7 @@ def main() -> None:
                      "tracks_false": track["unmatched_tracks"], "per_track_accuracy": track["accuracy"],
                      "dropped_short": t["dropped_short"], "filled_boxes": t["filled_boxes"], "fps": s["fps"]})
         r = rows[-1]
-        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz}: P/R track class "
+        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz} crops {crops} vote {vote}: P/R track class "
               f"{r['precision_track_classes']} / {r['recall_track_classes']}, boxes {r['box_precision']} / "
               f"{r['box_recall']}, tracks right {r['tracks_right']} of {r['tracks_matched']}, "
               f"{r['tracks_false']} false, {r['fps']} f/s", flush=True)

@@ -79,11 +79,12 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "metric": Opt("auto", "with --track: metric run (with its FAISS index) whose kNN vote re-decides tracks of its "
                   "hard classes with a small top-1/top-2 margin: RUN, auto (the newest indexed metric run made from "
                   "the classifier; the bundled embedding for the bundled detector) or none", type=str),
-    "crops": Opt(4, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
-    # 0.2 and 0.05: chosen on a validation clip (BENCHMARKS.md, "The crop reader"): with the crop reader, vote
-    # weights 0.1-0.2 named 27 of 32 tracks right against 23 at 0.5; the kNN resolver changed 5 tracks at margin
-    # 0.2, all to a wrong class, 2 at 0.1 (both wrong), none at 0.05
-    "vote_weight": Opt(0.2, "with --track: weight of the detector's per-frame votes against the classifier's reading "
+    "crops": Opt(8, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
+    # 0.5 and 8 crops: chosen on a validation clip with the two-hour bundled detector (BENCHMARKS.md, "Vote weight
+    # and crops"): its per-frame classes are better than the one-hour detector's, so its votes earn more weight (25
+    # of 31 tracks right against 23 at 0.2). 0.05: the kNN resolver changed 5 tracks at margin 0.2, all to a wrong
+    # class, 2 at 0.1 (both wrong), none at 0.05 (BENCHMARKS.md, "The crop reader")
+    "vote_weight": Opt(0.5, "with --track: weight of the detector's per-frame votes against the classifier's reading "
                        "of the crops (1: votes only)"),
     "resolve_margin": Opt(0.05, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
                           "this go to the kNN resolver"),
