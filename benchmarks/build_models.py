@@ -19,7 +19,9 @@ The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
     detect train --from RUNS/classify/bundled-classifier --data RUNS/detect/bundled-data --minutes 60 \\
         --extra save_period=1 --name bundled-detector-start
     detect train --from RUNS/detect/bundled-detector-start --data RUNS/detect/bundled-data --minutes 60 \\
-        --extra save_period=1 --name bundled-detector       (the same detector, trained a second hour)
+        --extra save_period=1 --name bundled-detector-more1 (the same detector, trained a second hour)
+    detect train --from RUNS/detect/bundled-detector-more1 --data RUNS/detect/bundled-data --minutes 60 \\
+        --extra save_period=1 --name bundled-detector       (and a third)
 
 then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
 in this process through the product's own command line, so what the card records is what a user types. The runs
@@ -53,9 +55,11 @@ from faiss_bench import cpu_name  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_MODELS = ROOT / "fashionkit" / "models"
 NAMES = {"classifier": "bundled-classifier", "metric": "bundled-metric", "detector": "bundled-detector"}
-# the detector trains in two runs: an hour from the classifier, then a second hour from that run's best.pt (one
-# ultralytics schedule of two hours would be better, but the first hour is then a detector of its own, kept)
+# the detector trains in several runs: an hour from the classifier, then further hours each from the run before's
+# best.pt (one ultralytics schedule of three hours might be better, but each hour is then a detector of its own,
+# kept; BENCHMARKS.md compares them); the runs between the first and the last are bundled-detector-more1, ...
 DETECTOR_START = "bundled-detector-start"
+DETECTOR_MORE = [60.0, 60.0]
 DATA_NAME = "bundled-data"
 # ship the ONNX export (fp32, about twice the fp16 best.pt: 12.8 of the bundle's MB) only when at most this big; by
 # default not: `detect video` exports the bundled detector once into the user's cache (site-packages is never
@@ -139,20 +143,29 @@ def detector_done(summary: dict) -> bool:
             and "mAP50" in (summary.get("test") or {}))
 
 
-def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: float = 60.0) -> list[Step]:
-    """The build's steps. ``more_minutes`` 0: the detector trains once, straight into bundled-detector."""
+def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[float] | None = None
+           ) -> list[Step]:
+    """The build's steps. ``more_minutes``: the --minutes of each further detect train, each from the one before;
+    empty: the detector trains once, straight into bundled-detector."""
+    more_minutes = DETECTOR_MORE if more_minutes is None else more_minutes
     cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
-    data, det = runs / "detect" / DATA_NAME, runs / "detect" / NAMES["detector"]
-    start = runs / "detect" / (DETECTOR_START if more_minutes else NAMES["detector"])
+    data = runs / "detect" / DATA_NAME
+    # the detect runs in order: the first from the classifier, each further one from the one before
+    chain = [runs / "detect" / name for name in
+             ([DETECTOR_START] + [f"bundled-detector-more{i}" for i in range(1, len(more_minutes))]
+              if more_minutes else [])] + [runs / "detect" / NAMES["detector"]]
+    start = chain[0]
     extra = TINY if tiny else {k: [] for k in TINY}
-    cls_sum, met_sum, det_sum, start_sum = (read_json(p / "summary.json") or {} for p in (cls, met, det, start))
+    cls_sum, met_sum, start_sum = (read_json(p / "summary.json") or {} for p in (cls, met, start))
     resolved = read_json(met / "resolve.json") or {}
     preset = ["--preset", "realistic"] if preset_available() else []
     # save_period=1 keeps every epoch's checkpoint: the learning curve scenes_bench.py reads shorter budgets from
     budget = [] if tiny else ["--minutes", f"{detector_minutes:g}", "--extra", "save_period=1"]
-    more = [] if tiny else ["--minutes", f"{more_minutes:g}", "--extra", "save_period=1"]
-    second = [Step("detect train more", ["detect", "train", "--from", str(start), "--data", str(data), *more, "--name",
-                                         NAMES["detector"], *extra["detect"]], detector_done(det_sum), det)]
+    further = [Step("detect train more", ["detect", "train", "--from", str(before), "--data", str(data),
+                                          *([] if tiny else ["--minutes", f"{minutes:g}", "--extra", "save_period=1"]),
+                                          "--name", run.name, *extra["detect"]],
+                    detector_done(read_json(run / "summary.json") or {}), run)
+               for before, run, minutes in zip(chain, chain[1:], more_minutes)]
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
              cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file(), cls),
@@ -166,7 +179,7 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: float 
              (data / "data.yaml").is_file(), data),
         Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget, "--name",
                               start.name, *extra["detect"]], detector_done(start_sum), start),
-        *(second if more_minutes else []),
+        *further,
     ]
 
 
@@ -427,8 +440,10 @@ def main(argv: list[str] | None = None) -> dict:
                    "made by hand with the same commands without retraining)")
     p.add_argument("--package-only", action="store_true", help="run nothing: package the finished runs")
     p.add_argument("--detector-minutes", type=float, default=60.0, help="detect train --minutes (default: 60)")
-    p.add_argument("--detector-more-minutes", type=float, default=60.0, help="--minutes of the second detect train, "
-                   "from the first one's detector (default: 60; 0: train the detector once)")
+    p.add_argument("--detector-more-minutes", default=",".join(f"{m:g}" for m in DETECTOR_MORE),
+                   help="--minutes of each further detect train, comma-separated, each from the detector before "
+                   f"(default: {','.join(f'{m:g}' for m in DETECTOR_MORE)}: a second and a third hour; 0: train the "
+                   "detector once)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
     p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
@@ -459,7 +474,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     needed = {key for kind in kinds for key in STEPS_OF[kind]}
-    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, args.detector_more_minutes) if s.key in needed]
+    try:
+        more = [float(m) for m in args.detector_more_minutes.split(",") if m.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --detector-more-minutes {args.detector_more_minutes!r}: give minutes, "
+                         f"comma-separated, e.g. 60,60 (0: none)") from None
+    more = [] if more == [0] else more
+    if any(m <= 0 for m in more):
+        raise SystemExit(f"error: --detector-more-minutes {args.detector_more_minutes!r}: each must be above 0 (or 0 "
+                         f"alone: none)")
+    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, more) if s.key in needed]
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None
     if "detector" in kinds:

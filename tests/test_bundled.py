@@ -63,7 +63,7 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
         pytest.skip("FASHIONKIT_TEST_TINY_BUNDLE names a bundle packaged from reused runs: no step was timed")
     steps = [s["step"] for s in result["steps"]]
     assert steps == ["classify train", "metric train", "metric index", "metric resolve", "detect make-data",
-                     "detect train", "detect train more", "onnx export"]
+                     "detect train", "detect train more", "detect train more", "onnx export"]
     assert all(isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0 for s in result["steps"])
     runs = Path(result["runs"])
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
@@ -87,11 +87,14 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
             assert "state_dict" in ckpt and "reader" not in ckpt  # slimmed like the classifier's
             assert json.loads((out / kind / "reader" / "run.json").read_text())["command"] == "detect train"
             assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",
-                                                             "detect train more", "onnx export"]
-            # the second hour starts from the first hour's detector
-            first, second = card["commands"][2]["command"], card["commands"][3]["command"]
+                                                             "detect train more", "detect train more", "onnx export"]
+            # the second hour starts from the first hour's detector, the third from the second's
+            first, second, third = (card["commands"][i]["command"] for i in (2, 3, 4))
             assert "--name bundled-detector-start" in first and "--from" in first
             assert f"--from {runs / 'detect' / 'bundled-detector-start'} " in second
+            assert second.endswith("--name bundled-detector-more1 --imgsz 160 --epochs 1 --batch 8 --reader-epochs 1")
+            assert f"--from {runs / 'detect' / 'bundled-detector-more1'} " in third
+            assert "--name bundled-detector " in third
             assert summary["source"] == "detector"
         else:
             resolved = json.loads((runs / "metric" / "bundled-metric" / "resolve.json").read_text())
@@ -128,9 +131,10 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
                                str(tmp_path / "build.json")])
     # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
     assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train",
-                                                   "detect train more", "detect reader", "onnx export"]
-    assert again["steps"][4]["command"].endswith("--epochs 1") and again["steps"][4]["recorded_seconds"] > 0
-    assert all(s["reused"] for s in again["steps"][:4]) and set(again["headlines"]) == {"detector"}
+                                                   "detect train more", "detect train more", "detect reader",
+                                                   "onnx export"]
+    assert again["steps"][5]["command"].endswith("--epochs 1") and again["steps"][5]["recorded_seconds"] > 0
+    assert all(s["reused"] for s in again["steps"][:5]) and set(again["headlines"]) == {"detector"}
     assert (out / "classifier" / "card.json").read_text() == before["classifier"]
     assert (out / "metric" / "card.json").read_text() == before["metric"]
     card = json.loads((out / "detector" / "card.json").read_text())
