@@ -846,14 +846,14 @@ def test_video_track_labels_the_annotated_video_with_the_track_class(trained, cl
 
 
 def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work):
-    """On the bundled detector (a 2-epoch one's tracks last a frame): a 3 s clip (seed 1) where it loses items for
-    a few frames and flashes short tracks."""
+    """On the bundled detector (a 2-epoch one's tracks last a frame): a 3 s clip (seed 3) where it loses items for
+    a few frames and flashes short tracks (3 left out, 10 boxes filled; the seed is the clip's, chosen for that)."""
     import fashionkit
     from fashionkit.detect.scenes import make_video
     from fashionkit.detect.video import run_video
 
     path = work / "gappy.mp4"
-    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 1}), progress=False)
+    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 3}), progress=False)
     bundled = str(Path(fashionkit.__file__).parent / "models" / "detector")
     opts = dict(weights=bundled, backend="torch", track=True, classifier="none", metric="none", crops=0,
                 save_video=False, conf=0.25)
