@@ -22,6 +22,8 @@ from pathlib import Path
 
 
 def main() -> None:
+    from fashionkit.detect.defaults import VIDEO_OPTIONS  # light: the defaults module imports nothing heavy
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, help="a `detect make-video` clip; its .json is the ground truth")
     p.add_argument("--weights", default="fashionkit/models/detector")
@@ -30,14 +32,14 @@ def main() -> None:
     p.add_argument("--min-track-frames", default="1,3")
     p.add_argument("--fill-gaps", default="0,5")
     p.add_argument("--imgsz", default="320", help="inference sizes (multiples of 32)")
-    p.add_argument("--crops", default="4", help="crops read per track")
-    p.add_argument("--vote-weight", default="0.2", help="weight of the detector's votes against the crop reader")
+    p.add_argument("--crops", default=str(VIDEO_OPTIONS["crops"].default), help="crops read per track")
+    p.add_argument("--vote-weight", default=str(VIDEO_OPTIONS["vote_weight"].default),
+                   help="weight of the detector's votes against the crop reader")
     p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
     p.add_argument("--out", default="benchmarks/results/track_sweep.json")
     args = p.parse_args()
 
     from fashionkit.config import resolve
-    from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.video import run_video
 
     video = Path(args.video)
