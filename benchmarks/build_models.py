@@ -150,10 +150,11 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
     more_minutes = DETECTOR_MORE if more_minutes is None else more_minutes
     cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
     data = runs / "detect" / DATA_NAME
-    # the detect runs in order: the first from the classifier, each further one from the one before
-    chain = [runs / "detect" / name for name in
-             ([DETECTOR_START] + [f"bundled-detector-more{i}" for i in range(1, len(more_minutes))]
-              if more_minutes else [])] + [runs / "detect" / NAMES["detector"]]
+    # the detect runs in order: the first from the classifier, each further one from the one before, the last
+    # being bundled-detector (the only one when there are no further ones)
+    between = [f"bundled-detector-more{i}" for i in range(1, len(more_minutes))]
+    names = [DETECTOR_START, *between, NAMES["detector"]] if more_minutes else [NAMES["detector"]]
+    chain = [runs / "detect" / name for name in names]
     start = chain[0]
     extra = TINY if tiny else {k: [] for k in TINY}
     cls_sum, met_sum, start_sum = (read_json(p / "summary.json") or {} for p in (cls, met, start))
