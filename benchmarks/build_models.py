@@ -161,10 +161,11 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
     resolved = read_json(met / "resolve.json") or {}
     preset = ["--preset", "realistic"] if preset_available() else []
     # save_period=1 keeps every epoch's checkpoint: the learning curve scenes_bench.py reads shorter budgets from
-    budget = [] if tiny else ["--minutes", f"{detector_minutes:g}", "--extra", "save_period=1"]
+    def budget(minutes: float) -> list[str]:
+        return [] if tiny else ["--minutes", f"{minutes:g}", "--extra", "save_period=1"]
+
     further = [Step("detect train more", ["detect", "train", "--from", str(before), "--data", str(data),
-                                          *([] if tiny else ["--minutes", f"{minutes:g}", "--extra", "save_period=1"]),
-                                          "--name", run.name, *extra["detect"]],
+                                          *budget(minutes), "--name", run.name, *extra["detect"]],
                     detector_done(read_json(run / "summary.json") or {}), run)
                for before, run, minutes in zip(chain, chain[1:], more_minutes)]
     return [
@@ -178,8 +179,8 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
              Path(resolved.get("classifier", "-")).name == cls.name),  # as typed: relative or absolute
         Step("detect make-data", ["detect", "make-data", *preset, "--out", str(data), *extra["scenes"]],
              (data / "data.yaml").is_file(), data),
-        Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget, "--name",
-                              start.name, *extra["detect"]], detector_done(start_sum), start),
+        Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget(detector_minutes),
+                              "--name", start.name, *extra["detect"]], detector_done(start_sum), start),
         *further,
     ]
 
@@ -441,10 +442,10 @@ def main(argv: list[str] | None = None) -> dict:
                    "made by hand with the same commands without retraining)")
     p.add_argument("--package-only", action="store_true", help="run nothing: package the finished runs")
     p.add_argument("--detector-minutes", type=float, default=60.0, help="detect train --minutes (default: 60)")
-    p.add_argument("--detector-more-minutes", default=",".join(f"{m:g}" for m in DETECTOR_MORE),
+    more_default = ",".join(f"{m:g}" for m in DETECTOR_MORE)
+    p.add_argument("--detector-more-minutes", default=more_default,
                    help="--minutes of each further detect train, comma-separated, each from the detector before "
-                   f"(default: {','.join(f'{m:g}' for m in DETECTOR_MORE)}: a second and a third hour; 0: train the "
-                   "detector once)")
+                   f"(default: {more_default}: a second and a third hour; 0: train the detector once)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
     p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
