@@ -30,11 +30,14 @@ def main() -> None:
     args = p.parse_args()
 
     out = Path(args.out)
-    summary = json.loads((out / "summary.json").read_text())
-    gt_file = args.gt or (summary.get("gt") or {}).get("file")
+    if not (out / "detections.jsonl").is_file() or not (out / "summary.json").is_file():
+        raise SystemExit(f"error: {out} holds no detections.jsonl and summary.json: give a `detect video --track` "
+                         f"output folder")
+    scoring = json.loads((out / "summary.json").read_text()).get("gt") or {}
+    gt_file = args.gt or scoring.get("file")
     if not gt_file:
         raise SystemExit(f"error: {out} was not scored against a ground truth: give --gt clip.json")
-    min_visible = args.min_visible if args.min_visible is not None else summary["gt"].get("min_visible", 0.5)
+    min_visible = args.min_visible if args.min_visible is not None else scoring.get("min_visible", 0.5)
     truth = json.loads(Path(gt_file).read_text())
 
     matched: dict = defaultdict(Counter)  # track -> Counter(item)

@@ -87,3 +87,42 @@ def test_time_to_accuracy_rejects_an_unknown_recipe():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--recipes", "fastest"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "unknown recipe 'fastest'" in proc.stderr
+
+
+def test_track_errors_counts_wrong_tracks_by_the_item_each_followed_most(tmp_path):
+    """Track 1 follows a coat and is named coat; track 2 follows a shirt for two frames and a bag for one, and is
+    named T-shirt/top: wrong, judged as the shirt (its most-matched item), within the hard classes; track 3 sits on
+    an item only 30% visible (left out, as in the run's scoring) and so is matched to nothing."""
+    coat, shirt, bag, hidden = ([0, 0, 50, 50], [100, 100, 150, 150], [200, 200, 250, 250], [300, 0, 350, 50])
+    truth, frames = [], []
+    for f in range(3):
+        items = [{"track_id": 0, "class_id": 4, "box": coat, "visible": 1.0},
+                 {"track_id": 1, "class_id": 6, "box": shirt, "visible": 1.0},
+                 {"track_id": 2, "class_id": 8, "box": bag, "visible": 1.0},
+                 {"track_id": 3, "class_id": 1, "box": hidden, "visible": 0.3}]
+        truth.append(items)
+        dets = [{"class_id": 4, "conf": 0.9, "box": coat, "track_id": 1, "track_class_id": 4},
+                {"class_id": 0, "conf": 0.8, "box": shirt if f < 2 else bag, "track_id": 2, "track_class_id": 0},
+                {"class_id": 1, "conf": 0.7, "box": hidden, "track_id": 3, "track_class_id": 1},
+                {"class_id": 5, "conf": 0.6, "box": [0, 0, 5, 5]}]  # untracked: not counted
+        frames.append({"frame": f, "detections": dets})
+    gt = tmp_path / "clip.json"
+    gt.write_text(json.dumps(truth))
+    out = tmp_path / "video-out"
+    out.mkdir()
+    (out / "detections.jsonl").write_text("".join(json.dumps(f) + "\n" for f in frames))
+    (out / "summary.json").write_text(json.dumps({"gt": {"file": str(gt), "min_visible": 0.5}}))
+    script = str(ROOT / "benchmarks/track_errors.py")
+    result = subprocess.run([sys.executable, script, str(out)], check=True, capture_output=True, text=True)
+    assert "1 of 2 matched tracks named right; 1 wrong, 1 of them within the hard classes" in result.stdout
+    assert "1  Shirt named T-shirt/top" in result.stdout
+    # with every item counted, track 3 is matched (and right): 2 of 3
+    result = subprocess.run([sys.executable, script, str(out), "--min-visible", "0"], check=True,
+                            capture_output=True, text=True)
+    assert "2 of 3 matched tracks named right" in result.stdout
+    (out / "summary.json").write_text(json.dumps({"fps": 30}))  # a run made without --gt
+    failed = subprocess.run([sys.executable, script, str(out)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "was not scored against a ground truth: give --gt clip.json" in failed.stderr
+    failed = subprocess.run([sys.executable, script, str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr and "no detections.jsonl" in failed.stderr
