@@ -21,7 +21,11 @@ The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
     detect train --from RUNS/detect/bundled-detector-start --data RUNS/detect/bundled-data --minutes 60 \\
         --extra save_period=1 --name bundled-detector-more1 (the same detector, trained a second hour)
     detect train --from RUNS/detect/bundled-detector-more1 --data RUNS/detect/bundled-data --minutes 60 \\
-        --extra save_period=1 --name bundled-detector       (and a third)
+        --extra save_period=1 --name bundled-detector-more2 (and a third)
+    detect make-data --preset realistic --train 9000 --out RUNS/detect/more-scenes-data   (three times the
+                                                          training scenes; validation and test the same as above)
+    detect train --from RUNS/detect/bundled-detector-more2 --data RUNS/detect/more-scenes-data --minutes 60 \\
+        --extra save_period=1 --name bundled-detector       (a fourth hour, on the 9,000 scenes)
 
 then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
 in this process through the product's own command line, so what the card records is what a user types. The runs
@@ -59,8 +63,13 @@ NAMES = {"classifier": "bundled-classifier", "metric": "bundled-metric", "detect
 # best.pt (one ultralytics schedule of three hours might be better, but each hour is then a detector of its own,
 # kept; BENCHMARKS.md compares them); the runs between the first and the last are bundled-detector-more1, ...
 DETECTOR_START = "bundled-detector-start"
-DETECTOR_MORE = [60.0, 60.0]
+DETECTOR_MORE = [60.0, 60.0, 60.0]
 DATA_NAME = "bundled-data"
+# the last further hour trains on more distinct scenes: three times bundled-data's training scenes, the same
+# validation and test scenes (same seed); a fourth hour on the same 3,000 found more but named worse, on 9,000 it
+# found more and named better on the validation clips (BENCHMARKS.md, "The bundled detector now")
+MORE_DATA_NAME = "more-scenes-data"
+LAST_SCENES = 9000
 # ship the ONNX export (fp32, about twice the fp16 best.pt: 12.8 of the bundle's MB) only when at most this big; by
 # default not: `detect video` exports the bundled detector once into the user's cache (site-packages is never
 # written to), which takes about a second
@@ -78,6 +87,7 @@ TINY = {
                "--steps-per-epoch", "3", "--eval-subset", "200", "--plot-points", "100", "--dim", "32",
                "--head-hidden", "64"],
     "scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--train", "16", "--val", "8", "--test", "4"],
+    "more scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--val", "8", "--test", "4"],
     "detect": ["--imgsz", "160", "--epochs", "1", "--batch", "8", "--reader-epochs", "1"],
 }
 
@@ -85,7 +95,8 @@ TINY = {
 # the recipe's steps each bundled model is made by (what its card lists, and what --only runs)
 STEPS_OF = {"classifier": ["classify train"],
             "metric": ["classify train", "metric train", "metric index", "metric resolve"],
-            "detector": ["classify train", "detect make-data", "detect train", "detect train more"]}
+            "detector": ["classify train", "detect make-data", "detect make-data more", "detect train",
+                         "detect train more"]}
 
 
 @dataclass
@@ -143,13 +154,15 @@ def detector_done(summary: dict) -> bool:
             and "mAP50" in (summary.get("test") or {}))
 
 
-def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[float] | None = None
-           ) -> list[Step]:
+def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[float] | None = None,
+           last_scenes: int = LAST_SCENES) -> list[Step]:
     """The build's steps. ``more_minutes``: the --minutes of each further detect train, each from the one before;
-    empty: the detector trains once, straight into bundled-detector."""
+    empty: the detector trains once, straight into bundled-detector. ``last_scenes``: the training scenes of the
+    last further one (a dataset of its own; 0: bundled-data like the others)."""
     more_minutes = DETECTOR_MORE if more_minutes is None else more_minutes
     cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
     data = runs / "detect" / DATA_NAME
+    more_data = runs / "detect" / MORE_DATA_NAME if more_minutes and last_scenes else None
     # the detect runs in order: the first from the classifier, each further one from the one before, the last
     # being bundled-detector (the only one when there are no further ones)
     between = [f"bundled-detector-more{i}" for i in range(1, len(more_minutes))]
@@ -164,10 +177,15 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
     def budget(minutes: float) -> list[str]:
         return [] if tiny else ["--minutes", f"{minutes:g}", "--extra", "save_period=1"]
 
-    further = [Step("detect train more", ["detect", "train", "--from", str(before), "--data", str(data),
+    further = [Step("detect train more", ["detect", "train", "--from", str(before), "--data",
+                                          str(more_data if more_data and run == chain[-1] else data),
                                           *budget(minutes), "--name", run.name, *extra["detect"]],
                     detector_done(read_json(run / "summary.json") or {}), run)
                for before, run, minutes in zip(chain, chain[1:], more_minutes)]
+    # tiny: 32 training scenes (twice the others'), whatever last_scenes says
+    more_scenes = ["--train", str(32 if tiny else last_scenes), *(extra["more scenes"])]
+    make_more = [Step("detect make-data more", ["detect", "make-data", *preset, "--out", str(more_data), *more_scenes],
+                      (more_data / "data.yaml").is_file(), more_data)] if more_data else []
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
              cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file(), cls),
@@ -179,6 +197,7 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
              Path(resolved.get("classifier", "-")).name == cls.name),  # as typed: relative or absolute
         Step("detect make-data", ["detect", "make-data", *preset, "--out", str(data), *extra["scenes"]],
              (data / "data.yaml").is_file(), data),
+        *make_more,
         Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget(detector_minutes),
                               "--name", start.name, *extra["detect"]], detector_done(start_sum), start),
         *further,
@@ -445,7 +464,10 @@ def main(argv: list[str] | None = None) -> dict:
     more_default = ",".join(f"{m:g}" for m in DETECTOR_MORE)
     p.add_argument("--detector-more-minutes", default=more_default,
                    help="--minutes of each further detect train, comma-separated, each from the detector before "
-                   f"(default: {more_default}: a second and a third hour; 0: train the detector once)")
+                   f"(default: {more_default}: a second, third and fourth hour; 0: train the detector once)")
+    p.add_argument("--detector-last-scenes", type=int, default=LAST_SCENES, help="training scenes of the last "
+                   f"further detect train, made as a dataset of their own (default: {LAST_SCENES}; 0: it trains on "
+                   "the first dataset's like the others)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
     p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
@@ -485,7 +507,10 @@ def main(argv: list[str] | None = None) -> dict:
     if any(m <= 0 for m in more):
         raise SystemExit(f"error: --detector-more-minutes {args.detector_more_minutes!r}: each must be above 0 (or 0 "
                          f"alone: none)")
-    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, more) if s.key in needed]
+    if args.detector_last_scenes < 0:
+        raise SystemExit(f"error: --detector-last-scenes {args.detector_last_scenes}: give a number of scenes, or 0")
+    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, more, args.detector_last_scenes)
+             if s.key in needed]
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None
     if "detector" in kinds:

@@ -63,7 +63,8 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
         pytest.skip("FASHIONKIT_TEST_TINY_BUNDLE names a bundle packaged from reused runs: no step was timed")
     steps = [s["step"] for s in result["steps"]]
     assert steps == ["classify train", "metric train", "metric index", "metric resolve", "detect make-data",
-                     "detect train", "detect train more", "detect train more", "onnx export"]
+                     "detect make-data more", "detect train", "detect train more", "detect train more",
+                     "detect train more", "onnx export"]
     assert all(isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0 for s in result["steps"])
     runs = Path(result["runs"])
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
@@ -86,15 +87,26 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
             ckpt = torch.load(out / kind / "reader" / "weights" / "best.pt", map_location="cpu", weights_only=False)
             assert "state_dict" in ckpt and "reader" not in ckpt  # slimmed like the classifier's
             assert json.loads((out / kind / "reader" / "run.json").read_text())["command"] == "detect train"
-            assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data", "detect train",
-                                                             "detect train more", "detect train more", "onnx export"]
-            # the second hour starts from the first hour's detector, the third from the second's
-            first, second, third = (card["commands"][i]["command"] for i in (2, 3, 4))
+            assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data",
+                                                             "detect make-data more", "detect train",
+                                                             "detect train more", "detect train more",
+                                                             "detect train more", "onnx export"]
+            # each further hour starts from the hour before's detector; the last trains on the second dataset, of
+            # twice the training scenes (tiny; three times in the real recipe) and the same validation and test ones
+            more_data, first, second, third, fourth = (card["commands"][i]["command"] for i in (2, 3, 4, 5, 6))
+            assert f"--out {runs / 'detect' / 'more-scenes-data'} --train 32 " in more_data
             assert "--name bundled-detector-start" in first and "--from" in first
             assert f"--from {runs / 'detect' / 'bundled-detector-start'} " in second
             assert second.endswith("--name bundled-detector-more1 --imgsz 160 --epochs 1 --batch 8 --reader-epochs 1")
             assert f"--from {runs / 'detect' / 'bundled-detector-more1'} " in third
-            assert "--name bundled-detector " in third
+            assert f"--data {runs / 'detect' / 'bundled-data'} " in third and "--name bundled-detector-more2 " in third
+            assert f"--from {runs / 'detect' / 'bundled-detector-more2'} " in fourth
+            assert f"--data {runs / 'detect' / 'more-scenes-data'} " in fourth and "--name bundled-detector " in fourth
+            assert len(list((runs / "detect" / "more-scenes-data" / "images" / "train").iterdir())) == 32
+            for split in ("val", "test"):  # the same held-out scenes as the first dataset's
+                first_split = runs / "detect" / "bundled-data" / "images" / split
+                assert {p.name: p.read_bytes() for p in first_split.iterdir()} == {
+                    p.name: p.read_bytes() for p in (runs / "detect" / "more-scenes-data" / "images" / split).iterdir()}
             assert summary["source"] == "detector"
         else:
             resolved = json.loads((runs / "metric" / "bundled-metric" / "resolve.json").read_text())
@@ -130,11 +142,11 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
                                "detector", "--note", "trained under an AVX2 cap", "--results",
                                str(tmp_path / "build.json")])
     # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
-    assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect train",
-                                                   "detect train more", "detect train more", "detect reader",
-                                                   "onnx export"]
-    assert again["steps"][5]["command"].endswith("--epochs 1") and again["steps"][5]["recorded_seconds"] > 0
-    assert all(s["reused"] for s in again["steps"][:5]) and set(again["headlines"]) == {"detector"}
+    assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect make-data more",
+                                                   "detect train", "detect train more", "detect train more",
+                                                   "detect train more", "detect reader", "onnx export"]
+    assert again["steps"][7]["command"].endswith("--epochs 1") and again["steps"][7]["recorded_seconds"] > 0
+    assert all(s["reused"] for s in again["steps"][:7]) and set(again["headlines"]) == {"detector"}
     assert (out / "classifier" / "card.json").read_text() == before["classifier"]
     assert (out / "metric" / "card.json").read_text() == before["metric"]
     card = json.loads((out / "detector" / "card.json").read_text())
