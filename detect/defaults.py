@@ -80,8 +80,10 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                   "hard classes with a small top-1/top-2 margin: RUN, auto (the newest indexed metric run made from "
                   "the classifier; the bundled embedding for the bundled detector) or none", type=str),
     "crops": Opt(8, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
-    # 0.2: chosen on two validation clips (100 tracks) with the bundled (three-hour) detector: 73 tracks right at
-    # 0.2, 71 at 0.35, 67 at 0.5 (BENCHMARKS.md, "The bundled detector now: a third hour"; with the two-hour
+    # 0.2: chosen on two validation clips with the bundled detector (four hours, the last on 9,000 scenes): F1 with
+    # the track's class 0.705 / 0.561 at 0.2, 0.705 / 0.555 at 0.1, 0.656 / 0.579 at 0.35 (BENCHMARKS.md, "The
+    # bundled detector now");
+    # with the three-hour detector 73 of 100 tracks right at 0.2, 71 at 0.35, 67 at 0.5 (with the two-hour
     # detector 0.5 had been best, and 8 crops named one track more than 4 there, 16 none). 0.05: the kNN resolver
     # changed 5 tracks at margin 0.2, all to a wrong class, 2 at 0.1 (both wrong), none at 0.05 (BENCHMARKS.md,
     # "The crop reader")
