@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_MODELS = ROOT / "fashionkit" / "models"
 NAMES = {"classifier": "bundled-classifier", "metric": "bundled-metric", "detector": "bundled-detector"}
 # the detector trains in several runs: an hour from the classifier, then further hours each from the run before's
-# best.pt (one ultralytics schedule of three hours might be better, but each hour is then a detector of its own,
+# best.pt (one ultralytics schedule of four hours might be better, but each hour is then a detector of its own,
 # kept; BENCHMARKS.md compares them); the runs between the first and the last are bundled-detector-more1, ...
 DETECTOR_START = "bundled-detector-start"
 DETECTOR_MORE = [60.0, 60.0, 60.0]

@@ -82,11 +82,10 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "crops": Opt(8, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
     # 0.2: chosen on two validation clips with the bundled detector (four hours, the last on 9,000 scenes): F1 with
     # the track's class 0.705 / 0.561 at 0.2, 0.705 / 0.555 at 0.1, 0.656 / 0.579 at 0.35 (BENCHMARKS.md, "The
-    # bundled detector now");
-    # with the three-hour detector 73 of 100 tracks right at 0.2, 71 at 0.35, 67 at 0.5 (with the two-hour
-    # detector 0.5 had been best, and 8 crops named one track more than 4 there, 16 none). 0.05: the kNN resolver
-    # changed 5 tracks at margin 0.2, all to a wrong class, 2 at 0.1 (both wrong), none at 0.05 (BENCHMARKS.md,
-    # "The crop reader")
+    # bundled detector now"); with the three-hour detector 73 of 100 tracks right at 0.2, 71 at 0.35, 67 at 0.5
+    # (with the two-hour detector 0.5 had been best, and 8 crops named one track more than 4 there, 16 none).
+    # 0.05: the kNN resolver changed 5 tracks at margin 0.2, all to a wrong class, 2 at 0.1 (both wrong), none at
+    # 0.05 (BENCHMARKS.md, "The crop reader")
     "vote_weight": Opt(0.2, "with --track: weight of the detector's per-frame votes against the classifier's reading "
                        "of the crops (1: votes only)"),
     "resolve_margin": Opt(0.05, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
