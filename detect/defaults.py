@@ -60,7 +60,12 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                    ".onnx export; none: the detector bundled with fashionkit",
                    type=str),
     "out": Opt(None, "output directory; none means a new <runs>/detect/video-<input name>", type=str),
-    "conf": Opt(0.25, "confidence threshold"),
+    # none: 0.25, and 0.15 with --track on a video, chosen on the two validation clips with the bundled detector
+    # (F1 with the track's class 0.705 / 0.561 at 0.25 -> 0.730 / 0.597 at 0.15 with --min-track-frames 10;
+    # BENCHMARKS.md, "Confidence threshold and shortest track"): ByteTrack starts tracks only from detections of
+    # 0.25 or more and extends them with weaker ones, which a 0.25 threshold never lets through
+    "conf": Opt(None, "confidence threshold; none: 0.15 with --track on a video (the tracker starts tracks at 0.25 "
+                "and extends them with weaker detections), else 0.25", type=float),
     "iou": Opt(0.7, "IoU threshold of non-maximum suppression"),
     "imgsz": Opt(320, "inference size of the longer side (a multiple of 32)"),
     "stride": Opt(1, "process every Nth frame"),
@@ -90,10 +95,10 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                        "of the crops (1: votes only)"),
     "resolve_margin": Opt(0.05, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
                           "this go to the kNN resolver"),
-    # 3 and 0: chosen on the validation clip (BENCHMARKS.md, "Short tracks and gaps"): leaving out tracks of 1-2
-    # frames took the false tracks from 7 to 3 at the same recall; filling gaps raised recall there but cost more
-    # precision than it gained on the test clip, so it stays an option
-    "min_track_frames": Opt(3, "with --track on a video: leave out tracks seen in fewer frames than this (a false "
+    # 10: chosen with the conf above on the two validation clips (3, 6 and 10 tried: 10 best on both; with the
+    # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 0: filling gaps raised recall there
+    # but cost more precision than it gained on the test clip, so it stays an option
+    "min_track_frames": Opt(10, "with --track on a video: leave out tracks seen in fewer frames than this (a false "
                             "detection flashes for a frame or two; 1 = keep every track)"),
     "fill_gaps": Opt(0, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
                      "missed the item, the tracker kept it) with boxes interpolated between the detections either "

@@ -348,8 +348,11 @@ class Source:
 
 # ---- the run -----------------------------------------------------------------------------------------------
 
+CONF, TRACK_CONF = 0.25, 0.15  # --conf none: without / with --track on a video (detect/defaults.py says why)
+
+
 def check_options(cfg: dict) -> None:
-    if not 0 <= cfg["conf"] <= 1 or not 0 < cfg["iou"] <= 1:
+    if (cfg["conf"] is not None and not 0 <= cfg["conf"] <= 1) or not 0 < cfg["iou"] <= 1:
         raise UserError(f"--conf {cfg['conf']} and --iou {cfg['iou']} must lie in [0, 1]")
     if cfg["imgsz"] < 32 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32 (e.g. 320)")
@@ -483,6 +486,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         tracks.check_options(cfg)
     input_path = Path(input_path)
     source = Source.open(input_path, cfg["stride"], cfg["max_frames"])
+    if cfg["conf"] is None:
+        cfg = {**cfg, "conf": TRACK_CONF if track and source.kind == "video" else CONF}
     gt = load_gt(cfg["gt"]) if cfg.get("gt") else None
     if gt is not None and source.kind != "video":
         raise UserError("--gt scores a video made by `detect make-video`; the input is not a video")

@@ -877,6 +877,17 @@ def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work
     # the same run without either: every track the tracker made is there, and nothing is interpolated
     plain = run_video(path, video_cfg(**opts, out=str(work / "unfilled")), progress=False)
     assert plain["tracks"]["count"] == len(own) + t["dropped_short"] and plain["tracks"]["filled_boxes"] == 0
+    # --conf none: 0.15 with --track on a video (ByteTrack extends its tracks with detections under the 0.25 it
+    # starts them at), else 0.25; the tracks keep more of the items' frames
+    auto = {**opts, "conf": None}
+    tracked = run_video(path, video_cfg(**auto, out=str(work / "auto-track")), progress=False)
+    per_frame = run_video(path, video_cfg(**{**auto, "track": False}, out=str(work / "auto-frames")), progress=False)
+    assert tracked["conf"] == 0.15 and per_frame["conf"] == 0.25
+
+    def boxes(out: str) -> int:
+        return sum(len(json.loads(line)["detections"]) for line in (work / out / "detections.jsonl").open())
+
+    assert boxes("auto-track") > boxes("unfilled")
 
 
 def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
