@@ -81,13 +81,15 @@ ONNX_LIMIT_MB = 0
 # detector were trained on it); its flags are spelled out so the recipe keeps making the same model
 CLASSIFIER = ["--model", "vgg-small", "--epochs", "25", "--augment", "flip-rotate", "--resize-from", "0", "--no-tta",
               "--label-smoothing", "0.1"]
+TINY_SCENE_LOOK = ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1"]
+TINY_HELD_OUT = ["--val", "8", "--test", "4"]  # both tiny datasets: the same validation and test scenes
 TINY = {
     "classify": ["--model-opts", "width=0.25", "--subset", "500", "--epochs", "1", "--lr", "0.02"],
     "metric": ["--subset", "1000", "--epochs", "2", "--batch-size", "64", "--m-per-class", "16",
                "--steps-per-epoch", "3", "--eval-subset", "200", "--plot-points", "100", "--dim", "32",
                "--head-hidden", "64"],
-    "scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--train", "16", "--val", "8", "--test", "4"],
-    "more scenes": ["--imgsz", "160", "--max-scale", "4.0", "--workers", "1", "--val", "8", "--test", "4"],
+    "scenes": [*TINY_SCENE_LOOK, "--train", "16", *TINY_HELD_OUT],
+    "more scenes": [*TINY_SCENE_LOOK, *TINY_HELD_OUT],  # its --train comes from the recipe
     "detect": ["--imgsz", "160", "--epochs", "1", "--batch", "8", "--reader-epochs", "1"],
 }
 
@@ -183,8 +185,8 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
                     detector_done(read_json(run / "summary.json") or {}), run)
                for before, run, minutes in zip(chain, chain[1:], more_minutes)]
     # tiny: 32 training scenes (twice the others'), whatever last_scenes says
-    more_scenes = ["--train", str(32 if tiny else last_scenes), *(extra["more scenes"])]
-    make_more = [Step("detect make-data more", ["detect", "make-data", *preset, "--out", str(more_data), *more_scenes],
+    make_more = [Step("detect make-data more", ["detect", "make-data", *preset, "--out", str(more_data), "--train",
+                                                str(32 if tiny else last_scenes), *extra["more scenes"]],
                       (more_data / "data.yaml").is_file(), more_data)] if more_data else []
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],

@@ -4,8 +4,8 @@ the track's class): are the wrong ones the hard classes the resolver is for, or 
     .venv/bin/python benchmarks/track_errors.py OUT_DIR [--gt clip.json] [--min-visible 0.5]
 
 OUT_DIR is a ``detect video --track --gt clip.json`` output folder (a ``track_sweep.py`` setting's folder, for
-example). Each track is given the ground-truth item it matched most often at IoU 0.5, the rule of
-``scoring.track_accuracy``, so "right of matched" here is the sweep's "tracks right". Items less visible than
+example). Each track is given the ground-truth item it matched most often at IoU 0.5 (``scoring.owner``, the rule
+of ``scoring.track_accuracy``), so "right of matched" here is the sweep's "tracks right". Items less visible than
 ``--min-visible`` are left out, as in the run's own scoring.
 """
 
@@ -21,7 +21,7 @@ HARD = {0, 2, 4, 6}  # T-shirt/top, pullover, coat, shirt: the metric stage's cl
 
 def main() -> None:
     from fashionkit.data import CLASSES
-    from fashionkit.detect.scoring import pair_boxes
+    from fashionkit.detect.scoring import owner, pair_boxes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="a `detect video --track` output folder (detections.jsonl, summary.json)")
@@ -54,9 +54,9 @@ def main() -> None:
 
     wrong: Counter = Counter()
     for track, items in matched.items():
-        owner = min(items.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        if track_class[track] != item_class[owner]:
-            wrong[(item_class[owner], track_class[track])] += 1
+        item = owner(items)
+        if track_class[track] != item_class[item]:
+            wrong[(item_class[item], track_class[track])] += 1
     n_wrong = sum(wrong.values())
     hard = sum(n for (a, b), n in wrong.items() if a in HARD and b in HARD)
     print(f"{out}: {len(matched) - n_wrong} of {len(matched)} matched tracks named right; {n_wrong} wrong, {hard} of "

@@ -145,6 +145,11 @@ def flicker(sequences: dict) -> float | None:
     return round(100 * changes / frames, 3) if frames else None
 
 
+def owner(matches: Counter) -> int:
+    """The ground-truth item a track follows: the one it matched most often (ties: the smaller id)."""
+    return min(matches.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
 def track_accuracy(records: list[tuple], key: int) -> dict:
     """Per-track class accuracy from ``records`` = ``(track_id, gt_track_id or None, gt_class, class...)`` (one per
     tracked detection; ``key`` the position of the class to judge). Each track is assigned the ground-truth item
@@ -155,11 +160,11 @@ def track_accuracy(records: list[tuple], key: int) -> dict:
         tracks.add(r[0])
         if r[1] is not None:
             matched[r[0]][r[1]] += 1
-    owner = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in matched.items()}
+    owners = {t: owner(c) for t, c in matched.items()}
     right: dict = defaultdict(int)
     frames: dict = defaultdict(int)
     for r in records:
-        if r[1] is not None and owner.get(r[0]) == r[1]:
+        if r[1] is not None and owners.get(r[0]) == r[1]:
             frames[r[0]] += 1
             right[r[0]] += r[key] == r[2]
     shares = [right[t] / frames[t] for t in frames]

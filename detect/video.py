@@ -486,8 +486,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         tracks.check_options(cfg)
     input_path = Path(input_path)
     source = Source.open(input_path, cfg["stride"], cfg["max_frames"])
+    use_tracker = track and source.kind == "video"  # a folder of images: no tracker links its pictures
     if cfg["conf"] is None:
-        cfg = {**cfg, "conf": TRACK_CONF if track and source.kind == "video" else CONF}
+        cfg = {**cfg, "conf": TRACK_CONF if use_tracker else CONF}
     gt = load_gt(cfg["gt"]) if cfg.get("gt") else None
     if gt is not None and source.kind != "video":
         raise UserError("--gt scores a video made by `detect make-video`; the input is not a video")
@@ -517,7 +518,6 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     tally, score = Tally(names), Score() if gt is not None else None
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
     kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], imgsz=cfg["imgsz"], device=device, verbose=False)
-    use_tracker = track and source.kind == "video"
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
     processed, t0 = 0, time.perf_counter()
