@@ -116,10 +116,23 @@ def test_track_errors_counts_wrong_tracks_by_the_item_each_followed_most(tmp_pat
     result = subprocess.run([sys.executable, script, str(out)], check=True, capture_output=True, text=True)
     assert "1 of 2 matched tracks named right; 1 wrong, 1 of them within the hard classes" in result.stdout
     assert "1  Shirt named T-shirt/top" in result.stdout
+    # boxes: the coat in every frame, the shirt in two, the bag in the last (the second track's box moved onto it);
+    # the run names no imgsz or frame size, so sizes are in frame pixels: all three items are 50 px, one bin
+    assert "by the item's short side (px of the frame): 6 of 9 item-frames" in result.stdout
+    assert result.stdout.splitlines()[-1].split() == ["45-70", "9", "0.667", "3", "0", "0"]
     # with every item counted, track 3 is matched (and right): 2 of 3
     result = subprocess.run([sys.executable, script, str(out), "--min-visible", "0"], check=True,
                             capture_output=True, text=True)
     assert "2 of 3 matched tracks named right" in result.stdout
+    assert "6 of 9" not in result.stdout and "9 of 12 item-frames" in result.stdout
+    # at imgsz 320 in a 640-px frame the items are 25 px at the detector's input; the hidden one touches the top edge
+    (out / "summary.json").write_text(json.dumps({"gt": {"file": str(gt), "min_visible": 0.0}, "imgsz": 320,
+                                                  "video_size": [640, 480]}))
+    (out / "detections.jsonl").write_text("".join(json.dumps({**f, "detections": f["detections"][:2]}) + "\n"
+                                                  for f in frames))
+    result = subprocess.run([sys.executable, script, str(out)], check=True, capture_output=True, text=True)
+    assert "(px at imgsz 320): 6 of 12 item-frames" in result.stdout
+    assert result.stdout.splitlines()[-1].split() == ["20-30", "12", "0.500", "6", "0", "3"]
     (out / "summary.json").write_text(json.dumps({"fps": 30}))  # a run made without --gt
     failed = subprocess.run([sys.executable, script, str(out)], capture_output=True, text=True)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
