@@ -22,9 +22,9 @@ The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
         --extra save_period=1 --name bundled-detector-more1 (the same detector, trained a second hour)
     detect train --from RUNS/detect/bundled-detector-more1 --data RUNS/detect/bundled-data --minutes 60 \\
         --extra save_period=1 --name bundled-detector-more2 (and a third)
-    detect make-data --preset realistic --train 9000 --out RUNS/detect/more-scenes-data   (three times the
+    detect make-data --preset realistic --train 9000 --out RUNS/detect/scenes-9000-data   (three times the
                                                           training scenes; validation and test the same as above)
-    detect train --from RUNS/detect/bundled-detector-more2 --data RUNS/detect/more-scenes-data --minutes 60 \\
+    detect train --from RUNS/detect/bundled-detector-more2 --data RUNS/detect/scenes-9000-data --minutes 60 \\
         --extra save_period=1 --name bundled-detector       (a fourth hour, on the 9,000 scenes)
 
 then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
@@ -65,11 +65,21 @@ NAMES = {"classifier": "bundled-classifier", "metric": "bundled-metric", "detect
 DETECTOR_START = "bundled-detector-start"
 DETECTOR_MORE = [60.0, 60.0, 60.0]
 DATA_NAME = "bundled-data"
-# the last further hour trains on more distinct scenes: three times bundled-data's training scenes, the same
-# validation and test scenes (same seed); a fourth hour on the same 3,000 found more but named worse, on 9,000 it
-# found more and named better on the validation clips (BENCHMARKS.md, "The bundled detector now")
-MORE_DATA_NAME = "more-scenes-data"
-LAST_SCENES = 9000
+# the training scenes of each further hour: 0, bundled-data's 3,000; more, a dataset of its own (scenes-N-data:
+# the first N training scenes of the seed, so a larger one holds a smaller one's, and the same validation and test
+# scenes). A fourth hour on the same 3,000 found more but named worse, on 9,000 it found more and named better on
+# the validation clips (BENCHMARKS.md, "The bundled detector now")
+MORE_SCENES = [0, 0, 9000]
+
+
+def scenes_data_name(scenes: int) -> str:
+    return f"scenes-{scenes}-data"
+
+
+def default_scenes(hours: int) -> list[int]:
+    """MORE_SCENES for ``hours`` further hours: its last counts for the last hours, 0 before them."""
+    return ([0] * hours + MORE_SCENES)[-hours:] if hours else []
+
 # ship the ONNX export (fp32, about twice the fp16 best.pt: 12.8 of the bundle's MB) only when at most this big; by
 # default not: `detect video` exports the bundled detector once into the user's cache (site-packages is never
 # written to), which takes about a second
@@ -157,14 +167,17 @@ def detector_done(summary: dict) -> bool:
 
 
 def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[float] | None = None,
-           last_scenes: int = LAST_SCENES) -> list[Step]:
+           more_scenes: list[int] | None = None) -> list[Step]:
     """The build's steps. ``more_minutes``: the --minutes of each further detect train, each from the one before;
-    empty: the detector trains once, straight into bundled-detector. ``last_scenes``: the training scenes of the
-    last further one (a dataset of its own; 0: bundled-data like the others)."""
+    empty: the detector trains once, straight into bundled-detector. ``more_scenes``: the training scenes of each
+    further one (0: bundled-data's; more: a dataset of its own, made once per count)."""
     more_minutes = DETECTOR_MORE if more_minutes is None else more_minutes
+    more_scenes = MORE_SCENES if more_scenes is None else more_scenes
+    if len(more_scenes) != len(more_minutes):
+        raise ValueError(f"{len(more_minutes)} further detect trains but {len(more_scenes)} scene counts")
     cls, met = runs / "classify" / NAMES["classifier"], runs / "metric" / NAMES["metric"]
     data = runs / "detect" / DATA_NAME
-    more_data = runs / "detect" / MORE_DATA_NAME if more_minutes and last_scenes else None
+    more_data = {n: runs / "detect" / scenes_data_name(n) for n in dict.fromkeys(more_scenes) if n}
     # the detect runs in order: the first from the classifier, each further one from the one before, the last
     # being bundled-detector (the only one when there are no further ones)
     between = [f"bundled-detector-more{i}" for i in range(1, len(more_minutes))]
@@ -180,14 +193,15 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
         return [] if tiny else ["--minutes", f"{minutes:g}", "--extra", "save_period=1"]
 
     further = [Step("detect train more", ["detect", "train", "--from", str(before), "--data",
-                                          str(more_data if more_data and run == chain[-1] else data),
-                                          *budget(minutes), "--name", run.name, *extra["detect"]],
+                                          str(more_data.get(scenes, data)), *budget(minutes), "--name", run.name,
+                                          *extra["detect"]],
                     detector_done(read_json(run / "summary.json") or {}), run)
-               for before, run, minutes in zip(chain, chain[1:], more_minutes)]
-    # tiny: 32 training scenes (twice the others'), whatever last_scenes says
-    make_more = [Step("detect make-data more", ["detect", "make-data", *preset, "--out", str(more_data), "--train",
-                                                str(32 if tiny else last_scenes), *extra["more scenes"]],
-                      (more_data / "data.yaml").is_file(), more_data)] if more_data else []
+               for before, run, minutes, scenes in zip(chain, chain[1:], more_minutes, more_scenes)]
+    # tiny: 16 training scenes more for each larger dataset (32, 48, ...), whatever the counts say
+    make_more = [Step("detect make-data more", ["detect", "make-data", *preset, "--out", str(path), "--train",
+                                                str(16 * (i + 2) if tiny else n), *extra["more scenes"]],
+                      (path / "data.yaml").is_file(), path)
+                 for i, (n, path) in enumerate(sorted(more_data.items()))]
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
              cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file(), cls),
@@ -467,9 +481,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--detector-more-minutes", default=more_default,
                    help="--minutes of each further detect train, comma-separated, each from the detector before "
                    f"(default: {more_default}: a second, third and fourth hour; 0: train the detector once)")
-    p.add_argument("--detector-last-scenes", type=int, default=LAST_SCENES, help="training scenes of the last "
-                   f"further detect train, made as a dataset of their own (default: {LAST_SCENES}; 0: it trains on "
-                   "the first dataset's like the others)")
+    scenes_default = ",".join(str(n) for n in MORE_SCENES)
+    p.add_argument("--detector-more-scenes", default=None, help="training scenes of each further detect train, "
+                   "comma-separated, one per --detector-more-minutes (0: the first dataset's 3,000; more: a dataset "
+                   "of that many, made once per count, the same validation and test scenes; default: "
+                   f"{scenes_default}, the last of these for the last hours when there are fewer, 0 for the first "
+                   "when more)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
     p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
@@ -509,9 +526,16 @@ def main(argv: list[str] | None = None) -> dict:
     if any(m <= 0 for m in more):
         raise SystemExit(f"error: --detector-more-minutes {args.detector_more_minutes!r}: each must be above 0 (or 0 "
                          f"alone: none)")
-    if args.detector_last_scenes < 0:
-        raise SystemExit(f"error: --detector-last-scenes {args.detector_last_scenes}: give a number of scenes, or 0")
-    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, more, args.detector_last_scenes)
+    try:
+        scenes = ([int(n) for n in args.detector_more_scenes.split(",") if n.strip()]
+                  if args.detector_more_scenes is not None else default_scenes(len(more)))
+    except ValueError:
+        scenes = [-1]
+    if any(n < 0 for n in scenes) or len(scenes) != len(more):
+        raise SystemExit(f"error: --detector-more-scenes {args.detector_more_scenes!r}: give {len(more)} whole "
+                         f"numbers of scenes, comma-separated, one per --detector-more-minutes (0: the first "
+                         f"dataset's)")
+    steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, more, scenes)
              if s.key in needed]
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None

@@ -94,19 +94,19 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
             # each further hour starts from the hour before's detector; the last trains on the second dataset, of
             # twice the training scenes (tiny; three times in the real recipe) and the same validation and test ones
             more_data, first, second, third, fourth = (card["commands"][i]["command"] for i in (2, 3, 4, 5, 6))
-            assert f"--out {runs / 'detect' / 'more-scenes-data'} --train 32 " in more_data
+            assert f"--out {runs / 'detect' / 'scenes-9000-data'} --train 32 " in more_data
             assert "--name bundled-detector-start" in first and "--from" in first
             assert f"--from {runs / 'detect' / 'bundled-detector-start'} " in second
             assert second.endswith("--name bundled-detector-more1 --imgsz 160 --epochs 1 --batch 8 --reader-epochs 1")
             assert f"--from {runs / 'detect' / 'bundled-detector-more1'} " in third
             assert f"--data {runs / 'detect' / 'bundled-data'} " in third and "--name bundled-detector-more2 " in third
             assert f"--from {runs / 'detect' / 'bundled-detector-more2'} " in fourth
-            assert f"--data {runs / 'detect' / 'more-scenes-data'} " in fourth and "--name bundled-detector " in fourth
-            assert len(list((runs / "detect" / "more-scenes-data" / "images" / "train").iterdir())) == 32
+            assert f"--data {runs / 'detect' / 'scenes-9000-data'} " in fourth and "--name bundled-detector " in fourth
+            assert len(list((runs / "detect" / "scenes-9000-data" / "images" / "train").iterdir())) == 32
             for split in ("val", "test"):  # the same held-out scenes as the first dataset's
                 first_split = runs / "detect" / "bundled-data" / "images" / split
                 assert {p.name: p.read_bytes() for p in first_split.iterdir()} == {
-                    p.name: p.read_bytes() for p in (runs / "detect" / "more-scenes-data" / "images" / split).iterdir()}
+                    p.name: p.read_bytes() for p in (runs / "detect" / "scenes-9000-data" / "images" / split).iterdir()}
             assert summary["source"] == "detector"
         else:
             resolved = json.loads((runs / "metric" / "bundled-metric" / "resolve.json").read_text())
@@ -154,6 +154,32 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
     assert "- note: trained under an AVX2 cap" in (out / "detector" / "card.md").read_text()
     with pytest.raises(SystemExit, match="--only 'detectors'"):
         build_models.main(["--tiny", "--out", str(out), "--only", "detectors"])
+
+
+def test_build_script_recipe_gives_each_further_hour_its_scenes(tmp_path):
+    from conftest import load_script
+
+    build_models = load_script("benchmarks/build_models.py")
+    steps = build_models.recipe(tmp_path, 60, False, [60, 60, 60, 45], [0, 0, 9000, 18000])
+    made = [s.argv for s in steps if s.key == "detect make-data more"]
+    assert [(a[a.index("--out") + 1], a[a.index("--train") + 1]) for a in made] == [
+        (str(tmp_path / "detect" / "scenes-9000-data"), "9000"), (str(tmp_path / "detect" / "scenes-18000-data"),
+                                                                  "18000")]
+    hours = [s.argv for s in steps if s.key == "detect train more"]
+    assert [Path(a[a.index("--data") + 1]).name for a in hours] == ["bundled-data", "bundled-data",
+                                                                      "scenes-9000-data", "scenes-18000-data"]
+    assert [a[a.index("--minutes") + 1] for a in hours] == ["60", "60", "60", "45"]
+    assert [Path(a[a.index("--from") + 1]).name for a in hours] == [
+        "bundled-detector-start", "bundled-detector-more1", "bundled-detector-more2", "bundled-detector-more3"]
+    assert hours[-1][hours[-1].index("--name") + 1] == "bundled-detector"
+    # fewer hours than the default counts: the last counts go to the last hours
+    assert build_models.default_scenes(2) == build_models.MORE_SCENES[-2:]
+    assert build_models.default_scenes(len(build_models.MORE_SCENES) + 1) == [0, *build_models.MORE_SCENES]
+    for bad in ("0,9000", "0,0,lots", "0,0,-1"):
+        with pytest.raises(SystemExit, match="--detector-more-scenes .*give 3 whole numbers"):
+            build_models.main(["--runs-dir", str(tmp_path), "--detector-more-minutes", "60,60,60",
+                               "--detector-more-scenes", bad, "--out", str(tmp_path / "models")])
+    assert not (tmp_path / "detect").exists()  # refused before any step ran
 
 
 def test_build_script_tiny_refuses_the_package_models():
