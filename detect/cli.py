@@ -134,8 +134,8 @@ def register(sub, formatter) -> None:
                        formatter_class=formatter,
                        description="Items enter through the edges, cross the frame and each other, and leave. "
                        "Writes OUT.mp4 (mp4v) and its ground truth OUT.json (per frame: track_id, class_id, "
-                       "class_name, box [x1, y1, x2, y2] in pixels clipped to the frame, visible fraction) "
-                       "and OUT.csv.")
+                       "class_name, box [x1, y1, x2, y2] in pixels clipped to the frame, visible: the share of the "
+                       "whole item in the frame and not covered) and OUT.csv.")
     p.add_argument("out", metavar="OUT.mp4", help="video file to write")
     add_options(p, MAKE_VIDEO_OPTIONS)
     p.set_defaults(func=cmd_make_video)

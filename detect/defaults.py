@@ -106,7 +106,8 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
     "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5, and "
               "with --track class flicker and per-track class accuracy", type=str),
-    "min_visible": Opt(0.5, "with --gt: items less visible than this are ignored (neither missed nor false)"),
+    "min_visible": Opt(0.5, "with --gt: items less visible than this (the share in the frame and not covered) "
+                       "are ignored (neither missed nor false)"),
     "device": Opt("auto", DEVICE_HELP),
     "backend": Opt("auto", "inference engine: torch, onnx (ONNX Runtime on the CPU; a .pt is exported once to the "
                    ".onnx beside it) or auto (onnx on a CPU where onnxruntime is installed, torch on a GPU)",

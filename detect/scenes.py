@@ -591,7 +591,8 @@ def _new_track(rng: np.random.Generator, track_id: int, t0: float, pool: tuple, 
 
 
 def _draw_track(canvas: np.ndarray, track: Track, t: float, min_side: int = 4):
-    """Paste ``track`` as it is at time ``t``; returns paste()'s (box, mask) and the full item's rectangle."""
+    """Paste ``track`` as it is at time ``t``; returns paste()'s (box, mask), the full item's rectangle and the
+    whole item's pixel count (in the frame or not)."""
     factor = math.exp(track.growth * (t - track.t0))
     w, h = (max(min_side, round(s * factor)) for s in track.size)
     cx, cy = track.centre + track.velocity * (t - track.t0)
@@ -608,7 +609,7 @@ def _draw_track(canvas: np.ndarray, track: Track, t: float, min_side: int = 4):
         alpha[alpha < 0.05] = 0
         sprite = Sprite(shade, alpha, -gx, -gy)
     shown = None if sprite is None else paste(canvas, sprite, track.look, x + sprite.dx, y + sprite.dy)
-    return shown, (x, y, x + w, y + h)
+    return shown, (x, y, x + w, y + h), 0 if sprite is None else int(np.count_nonzero(sprite.alpha))
 
 
 def _film(rng: np.random.Generator, frame: np.ndarray, index: int, fps: float, shake: set[int]) -> np.ndarray:
@@ -641,7 +642,8 @@ def check_video_options(cfg: dict[str, Any]) -> int:
 
 def make_video(out: str | Path, cfg: dict[str, Any], progress: bool = True) -> list[list[dict[str, Any]]]:
     """Write ``out`` (mp4v) of items moving across a background, ``out.json`` with the boxes of each frame
-    (boxes clipped to the frame, items at least partly visible) and the same rows as ``out.csv``."""
+    (boxes clipped to the frame, items at least partly visible; ``visible`` the share of the whole item in the frame
+    and not covered) and the same rows as ``out.csv``."""
     from tqdm import tqdm
 
     from fashionkit.data.fashion_mnist import CLASSES
@@ -700,7 +702,7 @@ def make_video(out: str | Path, cfg: dict[str, Any], progress: bool = True) -> l
             owner = np.full((H, W), -1, np.int32)  # which shown item is on top at each pixel
             shown, keep = [], []
             for track in tracks:
-                drawn, (x1, y1, x2, y2) = _draw_track(canvas, track, t)
+                drawn, (x1, y1, x2, y2), whole = _draw_track(canvas, track, t)
                 overlaps = x1 < W and y1 < H and x2 > 0 and y2 > 0
                 track.entered |= overlaps
                 if track.entered and not overlaps or t - track.t0 > 120:
@@ -709,8 +711,10 @@ def make_video(out: str | Path, cfg: dict[str, Any], progress: bool = True) -> l
                 if drawn is not None:
                     (bx1, by1, bx2, by2), mask = drawn
                     owner[by1:by2, bx1:bx2][mask] = len(shown)
-                    shown.append((track, (bx1, by1, bx2, by2), int(mask.sum())))
+                    shown.append((track, (bx1, by1, bx2, by2), whole))
             tracks = keep
+            # visible: the share of the whole item that shows, in the frame and not covered (an item cut by the
+            # frame's edge is as hidden as a covered one: MOT16's visibility, and the share make-data labels by)
             on_top = np.bincount(owner[owner >= 0], minlength=len(shown))
             frames.append([
                 {"track_id": tr.track_id, "class_id": tr.class_id, "class_name": CLASSES[tr.class_id],

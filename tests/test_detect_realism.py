@@ -123,6 +123,19 @@ def test_realistic_video_stays_inside_the_frame(tmp_path, cli):
         for b in boxes:
             x1, y1, x2, y2 = b["box"]
             assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 120 and 0 < b["visible"] <= 1
+    # visible: the share of the whole item showing. An item away from the edge that no other item's box touches
+    # shows whole; one cut by the frame's edge does not, though nothing covers it (here item 1, entering at the left)
+    def alone(b, boxes):
+        return not any(o is not b and o["box"][0] < b["box"][2] and b["box"][0] < o["box"][2]
+                       and o["box"][1] < b["box"][3] and b["box"][1] < o["box"][3] for o in boxes)
+
+    def at_edge(b):
+        x1, y1, x2, y2 = b["box"]
+        return x1 == 0 or y1 == 0 or x2 == 160 or y2 == 120
+
+    assert all(b["visible"] == 1.0 for boxes in frames for b in boxes if alone(b, boxes) and not at_edge(b))
+    cut = [b["visible"] for boxes in frames for b in boxes if alone(b, boxes) and at_edge(b) and b["box"][0] == 0]
+    assert cut and max(cut) < 1.0
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
