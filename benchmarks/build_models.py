@@ -5,6 +5,8 @@
                                                                                 # only the steps not finished yet
     .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --package-only
     .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --reuse --only detector  # one model anew
+    .venv/bin/python benchmarks/build_models.py --extend runs/detect/<run>   # a detector trained further from
+                                      # the bundled one (detect train --from fashionkit/models/detector ...)
     .venv/bin/python benchmarks/build_models.py --tiny               # CI: tiny subsets/epochs into a temp --out
 
 The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
@@ -326,6 +328,7 @@ def card_markdown(card: dict) -> str:
         load = f", load average {s['load_before']} -> {s['load_after']}" if "load_before" in s else ""
         lines.append(f"    {s['command']}")
         lines.append(f"      {took}{load}")
+        lines += [f"      {key}: {s[key]}" for key in ("from", "reader") if s.get(key)]  # --extend's step
     lines += ["", "## Test metrics", "", "```json", json.dumps(card["metrics"], indent=2), "```", "",
               "## Files", "", "| file | bytes | sha256 |", "|---|---:|---|"]
     lines += [f"| {rel} | {meta['bytes']:,} | {meta['sha256'][:16]}... |" for rel, meta in card["files"].items()]
@@ -333,8 +336,10 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def describe(kind: str, run: Path, runs: Path) -> tuple[str, str, dict, dict, int | None]:
-    """(description, data, metrics, headline, seed) of a run from its own files."""
+def describe(kind: str, run: Path, runs: Path, reader_dir: Path | None = None
+             ) -> tuple[str, str, dict, dict, int | None]:
+    """(description, data, metrics, headline, seed) of a run from its own files (the detector's crop reader from
+    ``reader_dir``, default the run)."""
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
@@ -386,7 +391,7 @@ def describe(kind: str, run: Path, runs: Path) -> tuple[str, str, dict, dict, in
                "train_images_per_s": summary.get("train_images_per_s"), "train_seconds": summary.get("train_seconds"),
                "params": summary.get("params")}
     headline = f"test mAP50 {test.get('mAP50', float('nan')):.3f}"
-    reader = read_json(run / "reader" / "summary.json")
+    reader = read_json((reader_dir or run) / "reader" / "summary.json")
     if reader:  # the crop reader: share of the test scenes' ground-truth crops named right, classifier -> reader
         metrics["reader_accuracy_tta"] = reader["accuracy_tta"]
         before, after = reader["accuracy_tta"]["classifier"]["test"], reader["accuracy_tta"]["reader"]["test"]
@@ -397,8 +402,9 @@ def describe(kind: str, run: Path, runs: Path) -> tuple[str, str, dict, dict, in
 
 
 def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extra_steps: list[dict] = (),
-            onnx_limit_mb: float = ONNX_LIMIT_MB, note: str = "") -> Path:
-    """Copy the slimmed run into ``out/kind`` with its cards; replaces an older bundled model only when complete."""
+            onnx_limit_mb: float = ONNX_LIMIT_MB, note: str = "", reader_from: Path | None = None) -> Path:
+    """Copy the slimmed run into ``out/kind`` with its cards; replaces an older bundled model only when complete.
+    ``reader_from``: the detector folder whose crop reader to ship when the run has none of its own."""
     from fashionkit.bundled import CARD_JSON, CARD_MD
     from fashionkit.runs import atomic_write_json, atomic_write_text, replace_dir
 
@@ -425,11 +431,13 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
                     "test/confusion_matrix_normalized.png"])
         if ship_onnx:  # the export must not look older than best.pt, or detect video would export again
             os.utime(tmp / best.with_suffix(".onnx"), (time.time() + 1, time.time() + 1))
-        if (run / "reader" / "weights" / "best.pt").is_file():  # the crop reader `detect video --track` reads with
-            copy_files(run, tmp, ["reader/run.json", "reader/config.yaml", "reader/summary.json"], [])
+        reader = run if (run / "reader" / "weights" / "best.pt").is_file() else reader_from
+        if reader is not None and (reader / "reader" / "weights" / "best.pt").is_file():  # what --track reads with
+            copy_files(reader, tmp, ["reader/run.json", "reader/config.yaml", "reader/summary.json"], [])
             (tmp / "reader" / "weights").mkdir()
-            slim_classifier_checkpoint(run / "reader" / "weights" / "best.pt", tmp / "reader" / "weights" / "best.pt")
-    description, data, metrics, headline, seed = describe(kind, run, runs)
+            slim_classifier_checkpoint(reader / "reader" / "weights" / "best.pt",
+                                       tmp / "reader" / "weights" / "best.pt")
+    description, data, metrics, headline, seed = describe(kind, run, runs, tmp)
     used = STEPS_OF[kind]
     import fashionkit
 
@@ -443,6 +451,55 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
     atomic_write_json(tmp / CARD_JSON, card)
     atomic_write_text(tmp / CARD_MD, card_markdown(card))
     return replace_dir(tmp, out / kind)
+
+
+def train_command(run: Path) -> str:
+    """The ``detect train`` command that made ``run``, from its config.yaml: every option not at its default."""
+    import yaml
+
+    from fashionkit.config import flag
+    from fashionkit.detect.defaults import TRAIN_OPTIONS
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    argv = ["detect", "train"]
+    for name, opt in TRAIN_OPTIONS.items():
+        value = cfg.get(name, opt.default)
+        if value == opt.default:
+            continue
+        if isinstance(opt.default, bool) and opt.type is None:
+            argv.append(flag(name) if value else "--no-" + flag(name)[2:])
+        else:
+            argv += [flag(name), f"{value:g}" if isinstance(value, float) else str(value)]
+    return f"FASHIONKIT_RUNS={shlex.quote(str(run.parent.parent))} {shlex.join(argv)}"
+
+
+def extend_steps(run: Path, out: Path) -> list[dict]:
+    """--extend: the bundled detector's recorded commands, then those of ``run``, trained further from it. The runs
+    of the earlier hours need not exist any more: the bundled card is their record."""
+    from fashionkit.bundled import CARD_JSON
+
+    bundled = (out / "detector").resolve()
+    card = read_json(bundled / CARD_JSON)
+    summary = read_json(run / "summary.json") or {}
+    if card is None:
+        raise SystemExit(f"error: --extend: no bundled detector card in {bundled} to extend; build the detector "
+                         f"with the recipe instead (--only detector)")
+    if not detector_done(summary):
+        raise SystemExit(f"error: --extend {run}: not a finished detect run with test metrics (its summary.json); "
+                         f"let `detect train` finish or choose another run")
+    source = Path(str(summary.get("from", "")))
+    if summary.get("source") != "detector" or bundled not in {source.resolve(), (ROOT / source).resolve()}:
+        raise SystemExit(f"error: --extend {run}: it was trained --from {summary.get('from')}, not from the bundled "
+                         f"detector {bundled}; train it with `detect train --from {bundled} ...`")
+    if Path(card.get("source_run", "")).resolve() == run.resolve():
+        raise SystemExit(f"error: --extend {run}: it is the bundled detector already")
+    before = [c for c in card.get("commands", []) if c.get("step") != "onnx export"]
+    step = {"step": "detect train more", "command": train_command(run), "wall_seconds": None, "reused": True,
+            "recorded_seconds": summary.get("train_seconds"),
+            "from": f"the bundled detector then ({card.get('headline')}; its card dated {card.get('date')})"}
+    if not (run / "reader" / "weights" / "best.pt").is_file():
+        step["reader"] = "none of its own: the bundled detector's crop reader (the detect reader step above) ships"
+    return [*before, step]
 
 
 def check_bundle(out: Path) -> dict:
@@ -489,8 +546,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "when more)")
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
-    p.add_argument("--only", default=",".join(NAMES), help="comma-separated models to (re)build and package: "
+    p.add_argument("--only", default=None, help="comma-separated models to (re)build and package: "
                    "classifier, metric, detector (default: all three); the others in --out stay as they are")
+    p.add_argument("--extend", default=None, metavar="RUN", help="package the detect run RUN, trained further from "
+                   "the bundled detector (detect train --from fashionkit/models/detector ...), as the bundled "
+                   "detector, running nothing: its card lists the bundled card's commands, then RUN's; the crop "
+                   "reader is RUN's own, else the bundled one's (for when the earlier hours' runs are gone)")
     p.add_argument("--note", default="", help="a sentence for the cards of the models packaged now (how the runs "
                    "were made where the commands alone do not say it, e.g. the CPU's limits)")
     p.add_argument("--tiny", action="store_true", help="CI: tiny subsets and one epoch, into a temporary --out "
@@ -498,9 +559,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--results", default=None, help="JSON of the build's steps and cards (default: "
                    "benchmarks/results/build_models.json; --tiny: OUT/build_models.json)")
     args = p.parse_args(argv)
-    kinds = [k.strip() for k in args.only.split(",") if k.strip()]
+    only = args.only if args.only is not None else ("detector" if args.extend else ",".join(NAMES))
+    kinds = [k.strip() for k in only.split(",") if k.strip()]
     if not kinds or set(kinds) - set(NAMES):
-        raise SystemExit(f"error: --only {args.only!r}: choose from {', '.join(NAMES)}")
+        raise SystemExit(f"error: --only {only!r}: choose from {', '.join(NAMES)}")
 
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="fashionkit-tiny-models-")) if args.tiny
                                            else PACKAGE_MODELS)
@@ -535,11 +597,20 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: --detector-more-scenes {args.detector_more_scenes!r}: give {len(more)} whole "
                          f"numbers of scenes, comma-separated, one per --detector-more-minutes (0: the first "
                          f"dataset's)")
+    extend = Path(args.extend).resolve() if args.extend else None
+    if extend is not None and kinds != ["detector"]:
+        raise SystemExit("error: --extend packages a detector only; give --only detector or leave --only out")
     steps = [s for s in recipe(runs, args.detector_minutes, args.tiny, more, scenes)
-             if s.key in needed]
+             if s.key in needed] if extend is None else []
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None
-    if "detector" in kinds:
+    if extend is not None:
+        after_steps = extend_steps(extend, out)
+        best = extend / read_json(extend / "summary.json")["best"]
+        onnx_path, onnx_seconds = export_onnx(best)
+        after_steps.append({"step": "onnx export", "command": f"(detect video's first use) export of {best} to "
+                            f"{onnx_path.name}", "wall_seconds": onnx_seconds, "reused": False})
+    elif "detector" in kinds:
         det = runs / "detect" / NAMES["detector"]
         best = det / (read_json(det / "summary.json") or {})["best"]
         onnx_path, onnx_seconds = export_onnx(best)
@@ -557,8 +628,9 @@ def main(argv: list[str] | None = None) -> dict:
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
         if kind not in kinds:
             continue
-        target = package(kind, runs / stage / NAMES[kind], out, steps, runs, after_steps if kind == "detector" else [],
-                         args.onnx_limit_mb, args.note)
+        run = extend if kind == "detector" and extend is not None else runs / stage / NAMES[kind]
+        target = package(kind, run, out, steps, runs, after_steps if kind == "detector" else [],
+                         args.onnx_limit_mb, args.note, reader_from=out / "detector" if extend is not None else None)
         made[kind] = read_json(target / "card.json")
         print(f"[build] packaged {target} ({made[kind]['bytes'] / 2**20:.2f} MB): {made[kind]['headline']}",
               flush=True)

@@ -156,6 +156,57 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
         build_models.main(["--tiny", "--out", str(out), "--only", "detectors"])
 
 
+def test_build_script_extend_packages_a_detector_trained_further_from_the_bundled_one(tiny_bundle, cli, tmp_path,
+                                                                                       monkeypatch):
+    """--extend: a detector trained on from the bundled one is packaged without the runs of the earlier hours; its
+    card keeps the bundled card's commands, adds the new run's own, and ships the bundled crop reader."""
+    from conftest import load_script
+
+    src, result = tiny_bundle
+    out = tmp_path / "models"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("runs"))
+    before = json.loads((out / "detector" / "card.json").read_text())
+    monkeypatch.setenv("FASHIONKIT_RUNS", str(tmp_path / "runs"))
+    data = Path(result["runs"]) / "detect" / "bundled-data"
+    assert cli("detect", "train", "--from", out / "detector", "--data", data, "--imgsz", 160, "--epochs", 1,
+               "--batch", 8, "--reader-epochs", 0, "--name", "fifth") == 0
+    run = tmp_path / "runs" / "detect" / "fifth"
+    assert not (run / "reader").exists()
+    build_models = load_script("benchmarks/build_models.py")
+    made = build_models.main(["--out", str(out), "--extend", str(run), "--note", "one more epoch",
+                              "--results", str(tmp_path / "build.json")])
+    card = json.loads((out / "detector" / "card.json").read_text())
+    assert set(made["headlines"]) == {"detector"} and card["source_run"] == str(run.resolve())
+    # the bundled card's commands (less its export), then the new run's, rebuilt from its config.yaml
+    kept = [c for c in before["commands"] if c["step"] != "onnx export"]
+    assert card["commands"][:len(kept)] == kept
+    step = card["commands"][len(kept)]
+    assert step["command"] == (f"FASHIONKIT_RUNS={tmp_path / 'runs'} detect train --from {out / 'detector'} "
+                               f"--data {data} --imgsz 160 --epochs 1 --batch 8 --reader-epochs 0 --name fifth"
+                               .replace("--imgsz 160 --epochs 1", "--epochs 1 --imgsz 160"))
+    assert step["recorded_seconds"] > 0 and before["headline"] in step["from"] and "crop reader" in step["reader"]
+    assert [c["step"] for c in card["commands"][len(kept) + 1:]] == ["onnx export"]
+    # the run's own weights and test figures; the bundled crop reader carried over
+    summary = json.loads((run / "summary.json").read_text())
+    assert card["metrics"]["test"] == summary["test"]
+    assert card["files"]["ultralytics/weights/best.pt"]["sha256"] != before["files"]["ultralytics/weights/best.pt"][
+        "sha256"]
+    assert card["files"]["reader/summary.json"] == before["files"]["reader/summary.json"]
+    assert "reader_accuracy_tta" in card["metrics"] and "from: the bundled detector then" in (
+        out / "detector" / "card.md").read_text()
+    # refused: the same run again (it is the bundled one now), a run not trained from the bundled detector, and
+    # --extend with the other models
+    with pytest.raises(SystemExit, match="trained --from .*not from the bundled detector"):
+        build_models.main(["--out", str(out), "--extend", str(Path(result["runs"]) / "detect" /
+                                                                "bundled-detector-start")])
+    with pytest.raises(SystemExit, match="bundled detector already"):
+        build_models.main(["--out", str(out), "--extend", str(run)])
+    with pytest.raises(SystemExit, match="--extend packages a detector only"):
+        build_models.main(["--out", str(out), "--extend", str(run), "--only", "classifier,detector"])
+    with pytest.raises(SystemExit, match="not a finished detect run"):
+        build_models.main(["--out", str(out), "--extend", str(tmp_path)])
+
+
 def test_build_script_recipe_gives_each_further_hour_its_scenes(tmp_path):
     from conftest import load_script
 
