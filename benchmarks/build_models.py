@@ -488,7 +488,11 @@ def extend_steps(run: Path, out: Path) -> list[dict]:
         raise SystemExit(f"error: --extend {run}: not a finished detect run with test metrics (its summary.json); "
                          f"let `detect train` finish or choose another run")
     source = Path(str(summary.get("from", "")))
-    if summary.get("source") != "detector" or bundled not in {source.resolve(), (ROOT / source).resolve()}:
+    sources = {source.resolve(), (ROOT / source).resolve()}
+    # the bundled detector itself, or a copy of it (the same card: e.g. a trial --out made by copying the package)
+    same = bundled in sources or any((d / CARD_JSON).is_file() and (d / CARD_JSON).read_bytes()
+                                     == (bundled / CARD_JSON).read_bytes() for d in sources)
+    if summary.get("source") != "detector" or not same:
         raise SystemExit(f"error: --extend {run}: it was trained --from {summary.get('from')}, not from the bundled "
                          f"detector {bundled}; train it with `detect train --from {bundled} ...`")
     if Path(card.get("source_run", "")).resolve() == run.resolve():

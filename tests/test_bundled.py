@@ -173,6 +173,11 @@ def test_build_script_extend_packages_a_detector_trained_further_from_the_bundle
     run = tmp_path / "runs" / "detect" / "fifth"
     assert not (run / "reader").exists()
     build_models = load_script("benchmarks/build_models.py")
+    # a copy of the bundle (a trial --out) counts as the detector the run was trained from: the same card
+    trial = tmp_path / "trial"
+    shutil.copytree(out, trial)
+    build_models.main(["--out", str(trial), "--extend", str(run), "--results", str(tmp_path / "trial.json")])
+    assert json.loads((trial / "detector" / "card.json").read_text())["source_run"] == str(run.resolve())
     made = build_models.main(["--out", str(out), "--extend", str(run), "--note", "one more epoch",
                               "--results", str(tmp_path / "build.json")])
     card = json.loads((out / "detector" / "card.json").read_text())
