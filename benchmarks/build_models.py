@@ -502,7 +502,7 @@ def extend_steps(run: Path, out: Path) -> list[dict]:
             "recorded_seconds": summary.get("train_seconds"),
             "from": f"the bundled detector then ({card.get('headline')}; its card dated {card.get('date')})"}
     if not (run / "reader" / "weights" / "best.pt").is_file():
-        step["reader"] = "none of its own: the bundled detector's crop reader (the detect reader step above) ships"
+        step["reader"] = "none of its own: the bundled detector's crop reader ships with it"
     return [*before, step]
 
 
@@ -551,7 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--onnx-limit-mb", type=float, default=ONNX_LIMIT_MB, help="ship the detector's ONNX export "
                    f"when it is at most this many MB (default: {ONNX_LIMIT_MB:g}; 0: never)")
     p.add_argument("--only", default=None, help="comma-separated models to (re)build and package: "
-                   "classifier, metric, detector (default: all three); the others in --out stay as they are")
+                   "classifier, metric, detector (default: all three; with --extend the detector); the others in "
+                   "--out stay as they are")
     p.add_argument("--extend", default=None, metavar="RUN", help="package the detect run RUN, trained further from "
                    "the bundled detector (detect train --from fashionkit/models/detector ...), as the bundled "
                    "detector, running nothing: its card lists the bundled card's commands, then RUN's; the crop "
@@ -608,8 +609,11 @@ def main(argv: list[str] | None = None) -> dict:
              if s.key in needed] if extend is None else []
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None
+    note = args.note
     if extend is not None:
         after_steps = extend_steps(extend, out)
+        before = (read_json(out / "detector" / "card.json") or {}).get("note")
+        note = "; ".join(filter(None, [note, f"the card before this run: {before}" if before else ""]))
         best = extend / read_json(extend / "summary.json")["best"]
         onnx_path, onnx_seconds = export_onnx(best)
         after_steps.append({"step": "onnx export", "command": f"(detect video's first use) export of {best} to "
@@ -634,7 +638,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         run = extend if kind == "detector" and extend is not None else runs / stage / NAMES[kind]
         target = package(kind, run, out, steps, runs, after_steps if kind == "detector" else [],
-                         args.onnx_limit_mb, args.note, reader_from=out / "detector" if extend is not None else None)
+                         args.onnx_limit_mb, note, reader_from=out / "detector" if extend is not None else None)
         made[kind] = read_json(target / "card.json")
         print(f"[build] packaged {target} ({made[kind]['bytes'] / 2**20:.2f} MB): {made[kind]['headline']}",
               flush=True)

@@ -166,6 +166,8 @@ def test_build_script_extend_packages_a_detector_trained_further_from_the_bundle
     out = tmp_path / "models"
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("runs"))
     before = json.loads((out / "detector" / "card.json").read_text())
+    before["note"] = "four hours"  # the bundled card's note is carried over, after the new one
+    (out / "detector" / "card.json").write_text(json.dumps(before))
     monkeypatch.setenv("FASHIONKIT_RUNS", str(tmp_path / "runs"))
     data = Path(result["runs"]) / "detect" / "bundled-data"
     assert cli("detect", "train", "--from", out / "detector", "--data", data, "--imgsz", 160, "--epochs", 1,
@@ -182,6 +184,7 @@ def test_build_script_extend_packages_a_detector_trained_further_from_the_bundle
                               "--results", str(tmp_path / "build.json")])
     card = json.loads((out / "detector" / "card.json").read_text())
     assert set(made["headlines"]) == {"detector"} and card["source_run"] == str(run.resolve())
+    assert card["note"] == "one more epoch; the card before this run: four hours"
     # the bundled card's commands (less its export), then the new run's, rebuilt from its config.yaml
     kept = [c for c in before["commands"] if c["step"] != "onnx export"]
     assert card["commands"][:len(kept)] == kept
