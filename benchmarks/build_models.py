@@ -431,8 +431,9 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
                     "test/confusion_matrix_normalized.png"])
         if ship_onnx:  # the export must not look older than best.pt, or detect video would export again
             os.utime(tmp / best.with_suffix(".onnx"), (time.time() + 1, time.time() + 1))
-        reader = run if (run / "reader" / "weights" / "best.pt").is_file() else reader_from
-        if reader is not None and (reader / "reader" / "weights" / "best.pt").is_file():  # what --track reads with
+        reader = next((d for d in (run, reader_from) if d is not None
+                       and (d / "reader" / "weights" / "best.pt").is_file()), None)
+        if reader is not None:  # the crop reader `detect video --track` reads with
             copy_files(reader, tmp, ["reader/run.json", "reader/config.yaml", "reader/summary.json"], [])
             (tmp / "reader" / "weights").mkdir()
             slim_classifier_checkpoint(reader / "reader" / "weights" / "best.pt",
@@ -473,9 +474,9 @@ def train_command(run: Path) -> str:
     return f"FASHIONKIT_RUNS={shlex.quote(str(run.parent.parent))} {shlex.join(argv)}"
 
 
-def extend_steps(run: Path, out: Path) -> list[dict]:
-    """--extend: the bundled detector's recorded commands, then those of ``run``, trained further from it. The runs
-    of the earlier hours need not exist any more: the bundled card is their record."""
+def extend_steps(run: Path, out: Path) -> tuple[list[dict], str]:
+    """--extend: the bundled detector's recorded commands, then those of ``run``, trained further from it, and the
+    bundled card's note. The runs of the earlier hours need not exist any more: the bundled card is their record."""
     from fashionkit.bundled import CARD_JSON
 
     bundled = (out / "detector").resolve()
@@ -503,7 +504,7 @@ def extend_steps(run: Path, out: Path) -> list[dict]:
             "from": f"the bundled detector then ({card.get('headline')}; its card dated {card.get('date')})"}
     if not (run / "reader" / "weights" / "best.pt").is_file():
         step["reader"] = "none of its own: the bundled detector's crop reader ships with it"
-    return [*before, step]
+    return [*before, step], card.get("note") or ""
 
 
 def check_bundle(out: Path) -> dict:
@@ -610,33 +611,31 @@ def main(argv: list[str] | None = None) -> dict:
     run_steps(steps, runs, args.reuse, args.package_only)
     after_steps = None
     note = args.note
-    if extend is not None:
-        after_steps = extend_steps(extend, out)
-        before = (read_json(out / "detector" / "card.json") or {}).get("note")
-        note = "; ".join(filter(None, [note, f"the card before this run: {before}" if before else ""]))
-        best = extend / read_json(extend / "summary.json")["best"]
+    if "detector" in kinds:
+        det = extend or runs / "detect" / NAMES["detector"]
+        if extend is not None:
+            after_steps, before = extend_steps(extend, out)
+            note = "; ".join(filter(None, [note, f"the card before this run: {before}" if before else ""]))
+        else:
+            after_steps = []
+            if (read_json(det / "reader" / "run.json") or {}).get("command") == "detect reader":  # made by hand after
+                r = read_json(det / "reader" / "summary.json") or {}
+                o = r.get("options", {})
+                after_steps.append({"step": "detect reader", "command": f"FASHIONKIT_RUNS={shlex.quote(str(runs))} "
+                                    + shlex.join(["detect", "reader", str(det), "--data", r.get("data", "?"),
+                                                  "--from", r.get("classifier_run", "?"), "--epochs",
+                                                  str(o.get("epochs"))]),
+                                    "wall_seconds": None, "reused": True,
+                                    "recorded_seconds": (r.get("seconds") or {}).get("total")})
+        best = det / (read_json(det / "summary.json") or {})["best"]
         onnx_path, onnx_seconds = export_onnx(best)
         after_steps.append({"step": "onnx export", "command": f"(detect video's first use) export of {best} to "
                             f"{onnx_path.name}", "wall_seconds": onnx_seconds, "reused": False})
-    elif "detector" in kinds:
-        det = runs / "detect" / NAMES["detector"]
-        best = det / (read_json(det / "summary.json") or {})["best"]
-        onnx_path, onnx_seconds = export_onnx(best)
-        after_steps = [{"step": "onnx export", "command": f"(detect video's first use) export of {best} to "
-                        f"{onnx_path.name}", "wall_seconds": onnx_seconds, "reused": False}]
-        if (read_json(det / "reader" / "run.json") or {}).get("command") == "detect reader":  # made by hand after
-            r = read_json(det / "reader" / "summary.json") or {}
-            o = r.get("options", {})
-            after_steps.insert(0, {"step": "detect reader", "command": f"FASHIONKIT_RUNS={shlex.quote(str(runs))} "
-                                   + shlex.join(["detect", "reader", str(det), "--data", r.get("data", "?"), "--from",
-                                                 r.get("classifier_run", "?"), "--epochs", str(o.get("epochs"))]),
-                                   "wall_seconds": None, "reused": True,
-                                   "recorded_seconds": (r.get("seconds") or {}).get("total")})
     made = {}
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
         if kind not in kinds:
             continue
-        run = extend if kind == "detector" and extend is not None else runs / stage / NAMES[kind]
+        run = det if kind == "detector" else runs / stage / NAMES[kind]
         target = package(kind, run, out, steps, runs, after_steps if kind == "detector" else [],
                          args.onnx_limit_mb, note, reader_from=out / "detector" if extend is not None else None)
         made[kind] = read_json(target / "card.json")
