@@ -1,12 +1,13 @@
 """``detect video --track`` over a grid of confidence threshold, shortest track kept, longest gap filled, inference
-size, crops per track, vote weight and tracker config, on a ``detect make-video`` clip: how `--conf`,
-`--min-track-frames`, `--fill-gaps`, `--imgsz`, `--crops`, `--vote-weight` and `--tracker` were chosen.
+size, crops per track, vote weight, tracker config and class-agnostic NMS, on a ``detect make-video`` clip: how
+`--conf`, `--min-track-frames`, `--fill-gaps`, `--imgsz`, `--crops`, `--vote-weight`, `--tracker` and
+`--agnostic-nms` were chosen.
 
     .venv/bin/python benchmarks/track_sweep.py --video runs/detect/val-clip.mp4 \\
         [--weights fashionkit/models/detector] [--metric fashionkit/models/metric] \\
         [--conf 0.25,0.15,0.1] [--min-track-frames 1,3,6] [--fill-gaps 0,5,15] [--imgsz 320,416] \\
         [--crops 4,8] [--vote-weight 0.2,0.5] [--tracker bytetrack.yaml,botsort.yaml,my.yaml] \\
-        [--out benchmarks/results/x.json]
+        [--agnostic-nms true,false] [--out benchmarks/results/x.json]
 
 Every other option is `detect video`'s default (the crop reader, resolver margin). Choose on a
 validation clip (`detect make-video ... --split val`), then confirm on the test clip. Per setting: precision /
@@ -38,6 +39,8 @@ def main() -> None:
                    help="weight of the detector's votes against the crop reader")
     p.add_argument("--tracker", default=str(VIDEO_OPTIONS["tracker"].default),
                    help="tracker configs: ultralytics' names (bytetrack.yaml, botsort.yaml) or YAML files")
+    p.add_argument("--agnostic-nms", default=str(VIDEO_OPTIONS["agnostic_nms"].default).lower(),
+                   help="non-maximum suppression across classes: true, false or both (true,false)")
     p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
     p.add_argument("--out", default="benchmarks/results/track_sweep.json")
     args = p.parse_args()
@@ -52,23 +55,25 @@ def main() -> None:
                              [int(i) for i in args.imgsz.split(",")],
                              [int(c) for c in args.crops.split(",")],
                              [float(w) for w in args.vote_weight.split(",")],
-                             [t.strip() for t in args.tracker.split(",") if t.strip()])
+                             [t.strip() for t in args.tracker.split(",") if t.strip()],
+                             [a.strip().lower() in ("true", "on", "1") for a in args.agnostic_nms.split(",")])
     rows = []
     default_tracker = VIDEO_OPTIONS["tracker"].default
-    for conf, min_frames, fill, imgsz, crops, vote, tracker in grid:
+    for conf, min_frames, fill, imgsz, crops, vote, tracker, agnostic in grid:
         out = Path(args.work) / (f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}-imgsz{imgsz}-crops{crops}"
-                                 f"-vote{vote}" + ("" if tracker == default_tracker else f"-{Path(tracker).stem}"))
+                                 f"-vote{vote}" + ("" if tracker == default_tracker else f"-{Path(tracker).stem}")
+                               + ("-agnostic" if agnostic else ""))
         cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "metric": args.metric, "track": True, "conf": conf,
                                       "imgsz": imgsz, "crops": crops, "vote_weight": vote,
                                       "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,
-                                      "tracker": tracker,
+                                      "tracker": tracker, "agnostic_nms": agnostic,
                                       "gt": str(video.with_suffix(".json")), "out": str(out)})
         s = run_video(video, cfg, progress=False)
         g, t = s["gt"], s["tracks"]
         track = g["tracks"]["track"]
         rows.append({"conf": conf, "min_track_frames": min_frames, "fill_gaps": fill, "imgsz": imgsz,
                      "crops": crops, "vote_weight": vote, "tracker": tracker,
-                     "precision": g["precision"], "recall": g["recall"],
+                     "agnostic_nms": agnostic, "precision": g["precision"], "recall": g["recall"],
                      "precision_track_classes": g["with_track_classes"]["precision"],
                      "recall_track_classes": g["with_track_classes"]["recall"],
                      "box_precision": g["box_precision"], "box_recall": g["box_recall"],
@@ -76,8 +81,9 @@ def main() -> None:
                      "tracks_false": track["unmatched_tracks"], "per_track_accuracy": track["accuracy"],
                      "dropped_short": t["dropped_short"], "filled_boxes": t["filled_boxes"], "fps": s["fps"]})
         r = rows[-1]
-        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz} crops {crops} vote {vote} {tracker}: P/R track "
-              f"class {r['precision_track_classes']} / {r['recall_track_classes']}, boxes {r['box_precision']} / "
+        nms = "NMS across classes" if agnostic else "NMS per class"
+        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz} crops {crops} vote {vote} {tracker} {nms}: P/R "
+              f"track class {r['precision_track_classes']} / {r['recall_track_classes']}, boxes {r['box_precision']} / "
               f"{r['box_recall']}, tracks right {r['tracks_right']} of {r['tracks_matched']}, "
               f"{r['tracks_false']} false, {r['fps']} f/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -60,13 +60,19 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                    ".onnx export; none: the detector bundled with fashionkit",
                    type=str),
     "out": Opt(None, "output directory; none means a new <runs>/detect/video-<input name>", type=str),
-    # none: 0.25, and 0.15 with --track on a video, chosen on the two validation clips with the bundled detector
-    # (F1 with the track's class 0.705 / 0.561 at 0.25 -> 0.730 / 0.597 at 0.15 with --min-track-frames 10;
-    # BENCHMARKS.md, "Confidence threshold and shortest track"): ByteTrack starts tracks only from detections of
-    # 0.25 or more and extends them with weaker ones, which a 0.25 threshold never lets through
-    "conf": Opt(None, "confidence threshold; none: 0.15 with --track on a video (the tracker starts tracks at 0.25 "
+    # none: 0.25, and 0.1 with --track on a video, chosen on validation clips with the bundled detector: ByteTrack
+    # starts tracks only from detections of 0.25 or more and extends them with weaker ones, which a 0.25 threshold
+    # never lets through (F1 with the track's class 0.705 / 0.561 at 0.25 -> 0.730 / 0.597 at 0.15; BENCHMARKS.md,
+    # "Confidence threshold and shortest track"); with NMS across classes 0.1 (F1 0.797 / 0.662 / 0.612 at 0.15 with
+    # NMS per class -> 0.807 / 0.655 / 0.630 on three clips, boxes found and box precision up on all three;
+    # BENCHMARKS.md, "One box per item: NMS across classes")
+    "conf": Opt(None, "confidence threshold; none: 0.1 with --track on a video (the tracker starts tracks at 0.25 "
                 "and extends them with weaker detections), else 0.25", type=float),
     "iou": Opt(0.7, "IoU threshold of non-maximum suppression"),
+    # per class (ultralytics' default), 11-15% of the bundled detector's boxes on three validation clips were a
+    # second box of another class on the same item (IoU ~0.95): a false box every time, with --track a second track
+    "agnostic_nms": Opt(True, "non-maximum suppression across classes: of two boxes of different classes on one "
+                        "item only the more confident stays (--no-agnostic-nms: per class)"),
     "imgsz": Opt(320, "inference size of the longer side (a multiple of 32)"),
     "stride": Opt(1, "process every Nth frame"),
     "max_frames": Opt(0, "stop after this many processed frames (0 = all)"),

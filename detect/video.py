@@ -348,7 +348,7 @@ class Source:
 
 # ---- the run -----------------------------------------------------------------------------------------------
 
-CONF, TRACK_CONF = 0.25, 0.15  # --conf none: without / with --track on a video (detect/defaults.py says why)
+CONF, TRACK_CONF = 0.25, 0.1  # --conf none: without / with --track on a video (detect/defaults.py says why)
 
 
 def check_options(cfg: dict) -> None:
@@ -517,7 +517,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     lines_tmp = out / ".detections.frames.part"  # --track: the first pass's lines, before the tracks' classes
     tally, score = Tally(names), Score() if gt is not None else None
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
-    kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], imgsz=cfg["imgsz"], device=device, verbose=False)
+    kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], agnostic_nms=cfg["agnostic_nms"], imgsz=cfg["imgsz"],
+                  device=device, verbose=False)
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
     processed, t0 = 0, time.perf_counter()
@@ -611,7 +612,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         "complete": not source.ended_early,
         "seconds": round(seconds, 3), "fps": round(processed / seconds, 2) if seconds else None,
         "model_load_seconds": round(load_seconds, 3),
-        "imgsz": cfg["imgsz"], "conf": cfg["conf"], "iou": cfg["iou"], "track": cfg["track"], "device": device,
+        "imgsz": cfg["imgsz"], "conf": cfg["conf"], "iou": cfg["iou"], "agnostic_nms": cfg["agnostic_nms"],
+        "track": cfg["track"], "device": device,
         "backend": backend,
         "threads": torch.get_num_threads(),
         "items": tally.result(cfg["track"]),
