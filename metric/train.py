@@ -8,11 +8,13 @@ send large gradients into the classifier's trained filters.
 
 Under ``torchrun`` (see ``fashionkit.distributed``) the processes train one model data-parallel: every rank draws
 the same global batch of ``--batch-size`` (augmented whole, so the draw is the single-process one), embeds its
-``1/world`` slice, and PML's ``DistributedMinerWrapper`` / ``DistributedLossWrapper`` gather the embeddings of all
-ranks, so triplets are mined over the global batch and a negative can come from another rank's slice; DDP sums the
-gradients. With deterministic miners (batch-hard, hard, semihard) and no BatchNorm in training mode this is the
-single-process step (test: 2 gloo processes = 1 process); BatchNorm layers that train normalise per process.
-Rank 0 owns the run directory, validates, writes every file and prints.
+``1/world`` share (every ``world``-th item: the sampler lists a batch class by class, so a contiguous slice would
+hold half the classes and BatchNorm would normalise each rank over other classes than the batch's), and PML's
+``DistributedMinerWrapper`` / ``DistributedLossWrapper`` gather the embeddings of all ranks, so triplets are mined
+over the global batch and a negative can come from another rank's share; DDP sums the gradients. With
+deterministic miners (batch-hard, hard, semihard) and no BatchNorm in training mode this is the single-process step
+(test: 2 gloo processes = 1 process); BatchNorm layers that train normalise per process, over a share with every
+class of the batch. Rank 0 owns the run directory, validates, writes every file and prints.
 
 After each epoch: precision@1 / R-precision / MAP@R of the validation items among themselves, one row of
 ``metrics.csv`` (with the number of mined triplets and of batches that had none), ``last.pt`` (enough to resume)
@@ -40,6 +42,13 @@ from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
 from fashionkit.metric.model import embedder_from_classifier, load_state, save_embedder
 from fashionkit.runs import MetricsCSV, atomic_write_json, open_run, resume_point, start_run
+
+
+def rank_share(rank: int, world: int) -> slice:
+    """The items of a global batch that ``rank`` of ``world`` processes embeds: every ``world``-th one. A batch of
+    ``MPerClassSampler`` lists its classes one after the other, so each rank's share then holds all of them in equal
+    numbers, as the whole batch does (its BatchNorm statistics stay those of a batch)."""
+    return slice(rank, None, world)
 
 
 class NoTriplets(Exception):
@@ -164,7 +173,7 @@ class MetricTrainer:
             order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
         positions = torch.as_tensor(self.train_idx, dtype=torch.long)[order]
         bs = cfg["batch_size"]
-        part = slice(self.rank * bs // self.world, (self.rank + 1) * bs // self.world)  # this rank's slice
+        part = rank_share(self.rank, self.world)
         for start in range(0, len(positions) - bs + 1, bs):
             idx = positions[start:start + bs]
             x = to_float(self.images[idx])
