@@ -8,7 +8,7 @@ per class and per track.
 
 Two product commands, run as a user types them: ``detect make-video OUT/clip.mp4`` (items from the official test
 set crossing the frame, with per-frame ground truth) and ``detect video OUT/clip.mp4 --track --gt OUT/clip.json``
-(ByteTrack; precision and recall at IoU 0.5 against the ground truth). Then, from the command's own
+(BoT-SORT; precision and recall at IoU 0.5 against the ground truth). Then, from the command's own
 detections.jsonl: per class, detections and unique tracks; per track, its frames, the classes it was given and
 its majority class. Writes OUT/tracks.md and OUT/tracks.json beside the command's outputs (OUT/video/).
 """

@@ -60,12 +60,12 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                    ".onnx export; none: the detector bundled with fashionkit",
                    type=str),
     "out": Opt(None, "output directory; none means a new <runs>/detect/video-<input name>", type=str),
-    # none: 0.25, and 0.1 with --track on a video, chosen on validation clips with the bundled detector: ByteTrack
-    # starts tracks only from detections of 0.25 or more and extends them with weaker ones, which a 0.25 threshold
-    # never lets through (F1 with the track's class 0.705 / 0.561 at 0.25 -> 0.730 / 0.597 at 0.15; BENCHMARKS.md,
-    # "Confidence threshold and shortest track"); with NMS across classes 0.1 (F1 0.797 / 0.662 / 0.612 at 0.15 with
-    # NMS per class -> 0.807 / 0.655 / 0.630 on three clips, boxes found and box precision up on all three;
-    # BENCHMARKS.md, "One box per item: NMS across classes")
+    # none: 0.25, and 0.1 with --track on a video, chosen on validation clips with the bundled detector: the
+    # tracker (BoT-SORT and ByteTrack alike) starts tracks only from detections of 0.25 or more and extends them
+    # with weaker ones, which a 0.25 threshold never lets through (F1 with the track's class 0.705 / 0.561 at 0.25
+    # -> 0.730 / 0.597 at 0.15; BENCHMARKS.md, "Confidence threshold and shortest track"); with NMS across classes
+    # 0.1 (F1 0.797 / 0.662 / 0.612 at 0.15 with NMS per class -> 0.807 / 0.655 / 0.630 on three clips, boxes
+    # found and box precision up on all three; BENCHMARKS.md, "One box per item: NMS across classes")
     "conf": Opt(None, "confidence threshold; none: 0.1 with --track on a video (the tracker starts tracks at 0.25 "
                 "and extends them with weaker detections), else 0.25", type=float),
     "iou": Opt(0.7, "IoU threshold of non-maximum suppression"),
@@ -77,10 +77,15 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "stride": Opt(1, "process every Nth frame"),
     "max_frames": Opt(0, "stop after this many processed frames (0 = all)"),
     "batch": Opt(8, "frames per forward pass"),
-    "track": Opt(False, "track items across frames (ultralytics ByteTrack) and give each track one class from its "
+    "track": Opt(False, "track items across frames (ultralytics BoT-SORT) and give each track one class from its "
                  "frames' votes, its crops read by --classifier and, for unsure hard classes, --metric's kNN "
                  "resolver; a folder of images: each detection is its own track"),
-    "tracker": Opt("bytetrack.yaml", "tracker config with --track: bytetrack.yaml or botsort.yaml"),
+    # BoT-SORT (ByteTrack's association plus camera-motion compensation by sparse optical flow, no re-identification):
+    # with NMS across classes it won two of three validation clips by F1 with the track's class (0.807 / 0.655 /
+    # 0.630 -> 0.819 / 0.649 / 0.688) at about 33-40 instead of 47-53 frames/s end to end on a 2-core CPU
+    # (BENCHMARKS.md, "Tracker, again: BoT-SORT")
+    "tracker": Opt("botsort.yaml", "tracker config with --track: botsort.yaml, bytetrack.yaml (faster) or a YAML "
+                   "file of either's settings"),
     # --track's class decision (detect/tracks.py)
     "classifier": Opt("auto", "with --track: classify run that reads each track's crops: RUN, auto (the detector's "
                       "crop reader, RUN/reader from `detect reader`, if it has one, else the classify run it was "

@@ -3,15 +3,15 @@
 Frames are read with OpenCV here (not by ultralytics' loaders) so that ``--stride``, ``--max-frames`` and a video
 that ends early are under our control: skipped frames are only grabbed, not converted; grey, alpha and 16-bit
 frames become 8-bit BGR. Batches of frames go through ultralytics' ``predict`` (letterbox, inference, NMS) or
-``track`` (the same plus ByteTrack, whose state persists across batches), and each result draws itself
-(``Results.plot``: boxes, class names, confidences). On a CPU the network runs in ONNX Runtime (``--backend auto``):
-best.pt is exported once to best.onnx beside it, which ran the default detector's network twice as fast as PyTorch
-on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``--out``:
+``track`` (the same plus the tracker, BoT-SORT by default, whose state persists across batches), and each result
+draws itself (``Results.plot``: boxes, class names, confidences). On a CPU the network runs in ONNX Runtime
+(``--backend auto``): best.pt is exported once to best.onnx beside it, which ran the default detector's network
+twice as fast as PyTorch on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``--out``:
 
 * ``annotated.mp4`` (video input; mp4v at the input fps / stride) or ``annotated/<name>`` (image input),
 * ``detections.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id",
   "class_name", "conf", "box": [x1, y1, x2, y2], "track_id"}]}`` in pixels of the original frame (``track_id``
-  only with ``--track``; null for a detection ByteTrack has not confirmed as a track); with ``--track`` each
+  only with ``--track``; null for a detection the tracker has not confirmed as a track); with ``--track`` each
   detection also carries its track's class: ``track_class_id``, ``track_class_name``, ``track_conf``,
   ``track_resolved`` (detect/tracks.py decides them; the annotated output is labelled with them) and
   ``interpolated`` (a box ``--fill-gaps`` added where the detector missed a tracked item for a frame or two;
