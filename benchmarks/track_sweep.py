@@ -58,11 +58,11 @@ def main() -> None:
                              [t.strip() for t in args.tracker.split(",") if t.strip()],
                              [a.strip().lower() in ("true", "on", "1") for a in args.agnostic_nms.split(",")])
     rows = []
-    default_tracker = VIDEO_OPTIONS["tracker"].default
+    default_tracker, default_agnostic = VIDEO_OPTIONS["tracker"].default, VIDEO_OPTIONS["agnostic_nms"].default
     for conf, min_frames, fill, imgsz, crops, vote, tracker, agnostic in grid:
         out = Path(args.work) / (f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}-imgsz{imgsz}-crops{crops}"
                                  f"-vote{vote}" + ("" if tracker == default_tracker else f"-{Path(tracker).stem}")
-                               + ("-agnostic" if agnostic else ""))
+                               + ("" if agnostic == default_agnostic else f"-agnostic{agnostic}"))
         cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "metric": args.metric, "track": True, "conf": conf,
                                       "imgsz": imgsz, "crops": crops, "vote_weight": vote,
                                       "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,

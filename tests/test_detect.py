@@ -879,7 +879,8 @@ def test_video_track_labels_the_annotated_video_with_the_track_class(trained, cl
 
 def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work):
     """On the bundled detector (a 2-epoch one's tracks last a frame): a 3 s clip (seed 3) where it loses items for
-    a few frames and flashes short tracks (3 left out, 10 boxes filled; the seed is the clip's, chosen for that)."""
+    a few frames and flashes short tracks (the seed is the clip's, chosen for that: with ByteTrack and NMS per
+    class, the defaults then, 3 were left out and 10 boxes filled)."""
     import fashionkit
     from fashionkit.detect.scenes import make_video
     from fashionkit.detect.video import run_video
@@ -909,7 +910,7 @@ def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work
     # the same run without either: every track the tracker made is there, and nothing is interpolated
     plain = run_video(path, video_cfg(**opts, out=str(work / "unfilled")), progress=False)
     assert plain["tracks"]["count"] == len(own) + t["dropped_short"] and plain["tracks"]["filled_boxes"] == 0
-    # --conf none: 0.1 with --track on a video (ByteTrack extends its tracks with detections under the 0.25 it
+    # --conf none: 0.1 with --track on a video (the tracker extends its tracks with detections under the 0.25 it
     # starts them at), else 0.25; the tracks keep more of the items' frames
     auto = {**opts, "conf": None}
     tracked = run_video(path, video_cfg(**auto, out=str(work / "auto-track")), progress=False)
