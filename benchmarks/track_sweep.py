@@ -39,6 +39,8 @@ def main() -> None:
                    help="weight of the detector's votes against the crop reader")
     p.add_argument("--tracker", default=str(VIDEO_OPTIONS["tracker"].default),
                    help="tracker configs: ultralytics' names (bytetrack.yaml, botsort.yaml) or YAML files")
+    p.add_argument("--stitch-gap", default=str(VIDEO_OPTIONS["stitch_gap"].default),
+                   help="longest gap (frames) a broken track is joined across; 0 = off")
     p.add_argument("--agnostic-nms", default=str(VIDEO_OPTIONS["agnostic_nms"].default).lower(),
                    help="non-maximum suppression across classes: true, false or both (true,false)")
     p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
@@ -56,35 +58,39 @@ def main() -> None:
                              [int(c) for c in args.crops.split(",")],
                              [float(w) for w in args.vote_weight.split(",")],
                              [t.strip() for t in args.tracker.split(",") if t.strip()],
-                             [a.strip().lower() in ("true", "on", "1") for a in args.agnostic_nms.split(",")])
+                             [a.strip().lower() in ("true", "on", "1") for a in args.agnostic_nms.split(",")],
+                             [int(g) for g in args.stitch_gap.split(",")])
     rows = []
     default_tracker, default_agnostic = VIDEO_OPTIONS["tracker"].default, VIDEO_OPTIONS["agnostic_nms"].default
-    for conf, min_frames, fill, imgsz, crops, vote, tracker, agnostic in grid:
+    for conf, min_frames, fill, imgsz, crops, vote, tracker, agnostic, stitch in grid:
         out = Path(args.work) / (f"{video.stem}-conf{conf}-min{min_frames}-fill{fill}-imgsz{imgsz}-crops{crops}"
                                  f"-vote{vote}" + ("" if tracker == default_tracker else f"-{Path(tracker).stem}")
-                               + ("" if agnostic == default_agnostic else f"-agnostic{agnostic}"))
+                               + ("" if agnostic == default_agnostic else f"-agnostic{agnostic}")
+                               + (f"-stitch{stitch}" if stitch else ""))
         cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "metric": args.metric, "track": True, "conf": conf,
                                       "imgsz": imgsz, "crops": crops, "vote_weight": vote,
                                       "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,
-                                      "tracker": tracker, "agnostic_nms": agnostic,
+                                      "tracker": tracker, "agnostic_nms": agnostic, "stitch_gap": stitch,
                                       "gt": str(video.with_suffix(".json")), "out": str(out)})
         s = run_video(video, cfg, progress=False)
         g, t = s["gt"], s["tracks"]
         track = g["tracks"]["track"]
         rows.append({"conf": conf, "min_track_frames": min_frames, "fill_gaps": fill, "imgsz": imgsz,
                      "crops": crops, "vote_weight": vote, "tracker": tracker,
-                     "agnostic_nms": agnostic, "precision": g["precision"], "recall": g["recall"],
+                     "agnostic_nms": agnostic, "stitch_gap": stitch, "precision": g["precision"], "recall": g["recall"],
                      "precision_track_classes": g["with_track_classes"]["precision"],
                      "recall_track_classes": g["with_track_classes"]["recall"],
                      "box_precision": g["box_precision"], "box_recall": g["box_recall"],
                      "tracks_matched": track["matched_tracks"], "tracks_right": track["correct_tracks"],
                      "tracks_false": track["unmatched_tracks"], "per_track_accuracy": track["accuracy"],
-                     "dropped_short": t["dropped_short"], "filled_boxes": t["filled_boxes"], "fps": s["fps"]})
+                     "dropped_short": t["dropped_short"], "filled_boxes": t["filled_boxes"], "stitched": t["stitched"],
+                     "fps": s["fps"]})
         r = rows[-1]
         nms = "NMS across classes" if agnostic else "NMS per class"
-        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz} crops {crops} vote {vote} {tracker} {nms}: P/R "
-              f"track class {r['precision_track_classes']} / {r['recall_track_classes']}, boxes {r['box_precision']} / "
-              f"{r['box_recall']}, tracks right {r['tracks_right']} of {r['tracks_matched']}, "
+        print(f"conf {conf} min {min_frames} fill {fill} imgsz {imgsz} crops {crops} vote {vote} {tracker} {nms} "
+              f"stitch {stitch}: P/R track class {r['precision_track_classes']} / {r['recall_track_classes']}, "
+              f"boxes {r['box_precision']} / {r['box_recall']}, tracks right {r['tracks_right']} of "
+              f"{r['tracks_matched']}, "
               f"{r['tracks_false']} false, {r['fps']} f/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"video": str(video), "weights": args.weights, "metric": args.metric,

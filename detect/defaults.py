@@ -114,6 +114,11 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "fill_gaps": Opt(0, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
                      "missed the item, the tracker kept it) with boxes interpolated between the detections either "
                      "side (0 = off)"),
+    # off: at 60, F1 with the track's class 0.819 / 0.649 / 0.688 -> 0.829 / 0.677 / 0.688 on the validation clips
+    # but 0.669 -> 0.643 on a 60 s test clip: 1-5 joins a clip, each swinging a long track's class either way
+    # (BENCHMARKS.md, "Broken tracks stitched")
+    "stitch_gap": Opt(0, "with --track on a video: join a track that starts at most this many frames after another "
+                      "ended, near where that one was heading and of a like size, to it (0 = off)"),
     "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
     "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5, and "
               "with --track class flicker and per-track class accuracy", type=str),

@@ -20,7 +20,10 @@ A second pass then writes the outputs: detections.jsonl/csv with each detection'
 class, and the annotated video (re-read from the input, drawn from the stored detections: decoding and drawing
 cost a few milliseconds a frame, inference ten times that) labelled with the track's class.
 
-Before deciding, two clean-ups that only a tracker makes possible (video input): tracks seen in fewer than
+Before deciding, three clean-ups that only a tracker makes possible (video input): a track that starts within
+``--stitch-gap`` frames of another's end, near where that one was heading and of a like size, is joined to it (the
+tracker broke an item's track in two: it lets a lost track go after its buffer, or starts a new one when its motion
+model points elsewhere); tracks seen in fewer than
 ``--min-track-frames`` frames are left out (a false detection on the background flashes for a frame or two; an item
 stays), and a track's gaps of up to ``--fill-gaps`` frames, where the detector missed an item the tracker kept
 following, get boxes interpolated between the detections either side (ByteTrack's own offline interpolation).
@@ -403,6 +406,52 @@ def gap_fills(collector: TrackCollector, stride: int, max_gap: int) -> dict[int,
     return fills
 
 
+STITCH_DISTANCE = 0.5  # of the earlier track's box size: how far from where it was heading the later one may start
+STITCH_SIZE = 1.5  # the two boxes' sizes may differ by this factor at most
+
+
+def stitch(collector: TrackCollector, max_gap: int, stride: int = 1) -> dict[int, int]:
+    """Join tracks the tracker broke: a track that starts at most ``max_gap`` processed frames after another ended,
+    near where the other was heading (its last box moved on at its last velocity, within ``STITCH_DISTANCE`` of its
+    size) and of a like size, continues it. Offline, like ``gap_fills``: the tracker has to decide at once and lets a
+    lost track go after its buffer, or starts a new one when its motion model points elsewhere. Returns the joined
+    track ids -> the id they continue (the earlier one; ``collector`` keeps only that track, with both parts' frames,
+    votes and best crops)."""
+    alias: dict[int, int] = {}
+    if max_gap <= 0:
+        return alias
+    for later in sorted(collector.tracks.values(), key=lambda t: t.first):
+        start = np.asarray(later.seen[later.first]["box"], float)
+        best, best_cost = None, STITCH_DISTANCE
+        for earlier in collector.tracks.values():
+            gap = later.first - earlier.last
+            if earlier is later or not 0 < gap <= max_gap * stride:
+                continue
+            frames = list(earlier.seen)[-5:]
+            boxes = np.array([earlier.seen[f]["box"] for f in frames], float)
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            velocity = (centres[-1] - centres[0]) / (frames[-1] - frames[0]) if len(frames) > 1 else 0.0
+            size = float(np.sqrt(np.prod(boxes[-1, 2:] - boxes[-1, :2])))
+            size_later = float(np.sqrt(np.prod(start[2:] - start[:2])))
+            if not size or not 1 / STITCH_SIZE <= size_later / size <= STITCH_SIZE:
+                continue
+            cost = float(np.linalg.norm(centres[-1] + velocity * gap - (start[:2] + start[2:]) / 2)) / size
+            if cost < best_cost:
+                best, best_cost = earlier, cost
+        if best is None:
+            continue
+        best.votes += later.votes
+        best.counts += later.counts
+        best.seen.update(later.seen)  # every frame of the later track comes after the earlier one's last
+        best.crops = sorted(best.crops + later.crops, key=lambda c: -c[0])[:collector.max_crops]
+        del collector.tracks[later.track_id]
+        alias[later.track_id] = best.track_id
+        for tid, to in alias.items():
+            if to == later.track_id:
+                alias[tid] = best.track_id
+    return alias
+
+
 def drop_short(collector: TrackCollector, min_frames: int) -> set[int]:
     """Take the tracks seen in fewer than ``min_frames`` frames out of ``collector`` (a false detection flashes for
     a frame or two; an item stays) and return their ids."""
@@ -438,8 +487,8 @@ def draw(image: np.ndarray, dets: list[dict], names: dict) -> np.ndarray:
 
 
 def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names: dict, frames: bool,
-                    fills: dict[int, list[dict]] | None = None, dropped: set[int] = frozenset()
-                    ) -> Iterator[tuple[dict, str, np.ndarray | None]]:
+                    fills: dict[int, list[dict]] | None = None, dropped: set[int] = frozenset(),
+                    joined: dict[int, int] | None = None) -> Iterator[tuple[dict, str, np.ndarray | None]]:
     """The second pass: each stored line with its track classes added, the ``fills`` of its frame (``gap_fills``)
     added and the detections of ``dropped`` tracks left out, and (``frames``) its frame re-read from the input and
     drawn."""
@@ -449,6 +498,9 @@ def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names:
         for text in f:
             line = json.loads(text)
             dets = line["detections"] + fills.get(line["frame"], [])
+            for d in dets:  # a stitched track's later part carries the id of the track it continues
+                if d.get("track_id") in (joined or {}):
+                    d["track_id"] = joined[d["track_id"]]
             line["detections"] = [label(d, decisions) for d in dets if d.get("track_id") not in dropped]
             name = line.get("source") or f"frame {line['frame']}"
             image = None
@@ -475,9 +527,10 @@ def _reread(source) -> Iterator[tuple[int, str, np.ndarray]]:
 
 
 def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict, dropped: int = 0,
-            filled: int = 0) -> dict:
+            filled: int = 0, stitched: int = 0) -> dict:
     rows = sorted(decisions.values(), key=lambda t: t["track_id"])
     return {
+        "stitch_gap": cfg["stitch_gap"], "stitched": stitched,
         "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped,
         "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
         "classifier": str(readers.classifier_run) if readers.classifier_run else None,
@@ -516,9 +569,9 @@ def format_lines(s: dict) -> list[str]:
 def check_options(cfg: dict) -> None:
     if cfg["crops"] < 0:
         raise UserError(f"--crops must be at least 0, got {cfg['crops']}")
-    if cfg["min_track_frames"] < 1 or cfg["fill_gaps"] < 0:
-        raise UserError(f"--min-track-frames must be at least 1 and --fill-gaps at least 0, got "
-                        f"{cfg['min_track_frames']} and {cfg['fill_gaps']}")
+    if cfg["min_track_frames"] < 1 or cfg["fill_gaps"] < 0 or cfg["stitch_gap"] < 0:
+        raise UserError(f"--min-track-frames must be at least 1, --fill-gaps and --stitch-gap at least 0, got "
+                        f"{cfg['min_track_frames']}, {cfg['fill_gaps']} and {cfg['stitch_gap']}")
     if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1:
         raise UserError(f"--vote-weight {cfg['vote_weight']} and --resolve-margin {cfg['resolve_margin']} must lie in "
                         f"[0, 1]")

@@ -644,6 +644,41 @@ def test_gaps_in_a_track_are_filled_by_interpolation_and_short_tracks_left_out()
     assert sorted(gap_fills(strided, stride=2, max_gap=2)) == [6, 8]
 
 
+def test_a_broken_track_is_stitched_to_the_one_it_continues_and_only_that():
+    """A coat moves right 2 px a frame (frames 0-9), is lost, and a new track starts at frame 20 where it would be
+    by then: the two are one track (votes, frames and crops of both, the earlier id). A track starting there too late
+    (past the gap), of another size, or away from the coat's path is not joined."""
+    from fashionkit.detect.tracks import TrackCollector, stitch
+
+    frame = np.zeros((200, 300, 3), np.uint8)
+    collector = TrackCollector(10, crops=4)
+
+    def seen(tid: int, index: int, x: float, side: float = 30.0, y: float = 50.0, class_id: int = 4) -> None:
+        collector.add(index, frame, [{"class_id": class_id, "class_name": "", "track_id": tid, "conf": 0.5,
+                                      "box": [x, y, x + side, y + side]}])
+
+    for index in range(10):
+        seen(1, index, 10 + 2 * index)  # last at x = 28, frame 9
+    for index in range(20, 26):
+        seen(2, index, 10 + 2 * index + 3, class_id=6)  # at frame 20 about where the coat would be (x = 50)
+    for index in range(30, 34):
+        seen(3, index, 10 + 2 * index, side=80)  # on the path, three times the size
+    for index in range(30, 34):
+        seen(4, index, 10 + 2 * index, y=150)  # of the size, 100 px off the path
+    for index in range(100, 104):
+        seen(5, index, 10 + 2 * index)  # on the path, long after the coat's last frame (frame 25 by then)
+    votes = collector.tracks[1].votes + collector.tracks[2].votes
+    assert stitch(collector, max_gap=0) == {} and len(collector.tracks) == 5
+    joined = stitch(collector, max_gap=15)
+    assert joined == {2: 1} and set(collector.tracks) == {1, 3, 4, 5}
+    coat = collector.tracks[1]
+    assert list(coat.seen) == [*range(10), *range(20, 26)] and coat.frames == 16
+    assert np.allclose(coat.votes, votes) and coat.counts[4] == 10 and coat.counts[6] == 6
+    assert len(coat.crops) == 4  # the best of both parts' crops, no more than --crops
+    # the same tracks with a longer allowed gap: the late one on the path joins the coat too
+    assert stitch(collector, max_gap=80) == {5: 1}
+
+
 def paste_item(item: np.ndarray, ground: int, dark_item: bool, scale: int = 3) -> tuple[np.ndarray, list]:
     """A Fashion-MNIST item on a flat BGR ground, lighter than the ground or (``dark_item``) darker, and its box."""
     big = cv2.resize(item, (28 * scale, 28 * scale), interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -796,7 +831,8 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     assert "has no FAISS index" in error("--metric", no_index)
     assert "--vote-weight" in error("--vote-weight", "1.5")
     assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
-    assert "--fill-gaps at least 0" in error("--fill-gaps", "-2")
+    assert "--fill-gaps and --stitch-gap at least 0" in error("--fill-gaps", "-2")
+    assert "--stitch-gap at least 0, got 10, 0 and -1" in error("--stitch-gap", "-1")
     assert not (work / "refused").exists()  # refused before any output
     with pytest.raises(UserError, match="not Fashion-MNIST's ten"):
         load_readers(classify_run, None, {0: "cat", 1: "dog"}, torch.device("cpu"))
