@@ -14,20 +14,10 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    field = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in info.splitlines()[:30])}
-    flags = field.get("flags", "").split()
-    isa = "avx512_bf16" if "avx512_bf16" in flags else "avx512f" if "avx512f" in flags else "avx2"
-    return (f"{field.get('model name', platform.processor())} (family {field.get('cpu family')} model "
-            f"{field.get('model')}, {isa}, {os.cpu_count()} cpus)")
 
 
 def main() -> None:
@@ -37,6 +27,7 @@ def main() -> None:
     p.add_argument("--runs-dir", default="runs/metric-ddp-bench")
     p.add_argument("--out", default="benchmarks/results/metric_ddp_bench.json")
     args = p.parse_args()
+    from faiss_bench import cpu_name  # the CPU as every benchmark names it
 
     runs = Path(args.runs_dir).resolve()
     env = {**os.environ, "FASHIONKIT_RUNS": str(runs)}
@@ -47,7 +38,7 @@ def main() -> None:
                                               "--nproc_per_node", "2", "-m", "fashionkit", *common, "--threads", "1",
                                               "--name", "two"],
     }
-    out = {"command": " ".join(sys.argv), "machine": {"cpu": cpu(), "load_before": os.getloadavg()}, "runs": {}}
+    out = {"command": " ".join(sys.argv), "machine": {"cpu": cpu_name(), "load_before": os.getloadavg()}, "runs": {}}
     for name, cmd in variants.items():
         run = runs / "metric" / cmd[cmd.index("--name") + 1]
         if run.exists():

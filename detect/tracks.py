@@ -422,6 +422,7 @@ def stitch(collector: TrackCollector, max_gap: int, stride: int = 1) -> dict[int
         return alias
     for later in sorted(collector.tracks.values(), key=lambda t: t.first):
         start = np.asarray(later.seen[later.first]["box"], float)
+        start_centre, size_later = (start[:2] + start[2:]) / 2, float(np.sqrt(np.prod(start[2:] - start[:2])))
         best, best_cost = None, STITCH_DISTANCE
         for earlier in collector.tracks.values():
             gap = later.first - earlier.last
@@ -432,10 +433,9 @@ def stitch(collector: TrackCollector, max_gap: int, stride: int = 1) -> dict[int
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             velocity = (centres[-1] - centres[0]) / (frames[-1] - frames[0]) if len(frames) > 1 else 0.0
             size = float(np.sqrt(np.prod(boxes[-1, 2:] - boxes[-1, :2])))
-            size_later = float(np.sqrt(np.prod(start[2:] - start[:2])))
             if not size or not 1 / STITCH_SIZE <= size_later / size <= STITCH_SIZE:
                 continue
-            cost = float(np.linalg.norm(centres[-1] + velocity * gap - (start[:2] + start[2:]) / 2)) / size
+            cost = float(np.linalg.norm(centres[-1] + velocity * gap - start_centre)) / size
             if cost < best_cost:
                 best, best_cost = earlier, cost
         if best is None:
@@ -444,11 +444,10 @@ def stitch(collector: TrackCollector, max_gap: int, stride: int = 1) -> dict[int
         best.counts += later.counts
         best.seen.update(later.seen)  # every frame of the later track comes after the earlier one's last
         best.crops = sorted(best.crops + later.crops, key=lambda c: -c[0])[:collector.max_crops]
+        # no chains to follow: tracks go in order of their first frame, so nothing has joined ``later`` yet, and
+        # ``best``, already past its own turn, is never joined to another after this
         del collector.tracks[later.track_id]
         alias[later.track_id] = best.track_id
-        for tid, to in alias.items():
-            if to == later.track_id:
-                alias[tid] = best.track_id
     return alias
 
 
@@ -493,13 +492,13 @@ def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names:
     added and the detections of ``dropped`` tracks left out, and (``frames``) its frame re-read from the input and
     drawn."""
     images = iter(_reread(source)) if frames else None
-    fills = fills or {}
+    fills, joined = fills or {}, joined or {}
     with Path(lines_path).open() as f:
         for text in f:
             line = json.loads(text)
             dets = line["detections"] + fills.get(line["frame"], [])
             for d in dets:  # a stitched track's later part carries the id of the track it continues
-                if d.get("track_id") in (joined or {}):
+                if d.get("track_id") in joined:
                     d["track_id"] = joined[d["track_id"]]
             line["detections"] = [label(d, decisions) for d in dets if d.get("track_id") not in dropped]
             name = line.get("source") or f"frame {line['frame']}"
