@@ -78,7 +78,7 @@ def row(name: str, s: dict) -> dict:
     if "tracks" in s:
         t = s["tracks"]
         r.update(tracks=t["count"], resolved=t["resolved"], changed_by_resolver=t["changed_by_resolver"],
-                 dropped_short=t["dropped_short"], filled_boxes=t["filled_boxes"],
+                 dropped_short=t["dropped_short"], dropped_unread=t["dropped_unread"], filled_boxes=t["filled_boxes"],
                  classifier=t["classifier"], metric=t["metric"], phase_seconds=t["seconds"])
     if "tracks" in g:
         gt_tracks, track_classes = g["tracks"], g["with_track_classes"]
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--resolve-margin", type=float, default=VIDEO_OPTIONS["resolve_margin"].default)
     p.add_argument("--crops", type=int, default=VIDEO_OPTIONS["crops"].default)
     p.add_argument("--min-track-frames", type=int, default=VIDEO_OPTIONS["min_track_frames"].default)
+    p.add_argument("--min-read-conf", type=float, default=VIDEO_OPTIONS["min_read_conf"].default)
     p.add_argument("--fill-gaps", type=int, default=VIDEO_OPTIONS["fill_gaps"].default)
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     p.add_argument("--threads", type=int, default=0)
@@ -139,7 +140,7 @@ def main() -> None:
     result: dict = {"weights": args.weights, "video": str(video), "imgsz": args.imgsz, "conf": args.conf,
                     "tracker": args.tracker, "crops": args.crops, "vote_weight": args.vote_weight,
                     "resolve_margin": args.resolve_margin, "min_track_frames": args.min_track_frames,
-                    "fill_gaps": args.fill_gaps,
+                    "min_read_conf": args.min_read_conf, "fill_gaps": args.fill_gaps,
                     "machine": {"cpu": cpu_name(), "load_before": os.getloadavg()}, "rows": []}
     classifier, reader = readers(args.weights, args.classifier, args.reader)
     for name, opts in variants(classifier, reader, args.metric).items():
@@ -149,6 +150,7 @@ def main() -> None:
                                           "conf": args.conf, "tracker": args.tracker, "crops": args.crops,
                                           "vote_weight": args.vote_weight, "resolve_margin": args.resolve_margin,
                                           "min_track_frames": args.min_track_frames, "fill_gaps": args.fill_gaps,
+                                          "min_read_conf": args.min_read_conf,
                                           "threads": args.threads, "out": str(Path(args.work) / f"{name}-{i}"),
                                           **opts})
             start, cpu = time.perf_counter(), cpu_seconds()

@@ -15,6 +15,9 @@ metric run's hard classes (T-shirt/top, pullover, coat, shirt by default) and wh
 under ``--resolve-margin`` is re-decided by the metric stage's kNN resolver (``--metric``): its crops are embedded,
 the FAISS index gives each crop its ``k`` nearest reference items, and all of them vote with weight 1 / distance
 (``metric/resolve.py``'s vote and decision). The track records that it was resolved and by which neighbours.
+On a video, a track whose crops the classifier reads as no class with a mean probability of ``--min-read-conf`` or
+more is then left out: on photographs the detector also boxes the picture's own things, which a reader of fashion
+items cannot name.
 
 A second pass then writes the outputs: detections.jsonl/csv with each detection's per-frame class and its track's
 class, and the annotated video (re-read from the input, drawn from the stored detections: decoding and drawing
@@ -460,6 +463,18 @@ def drop_short(collector: TrackCollector, min_frames: int) -> set[int]:
     return short
 
 
+def drop_unread(decisions: dict[int, dict], min_conf: float) -> set[int]:
+    """Take the tracks whose crops the classifier read as no class with a mean probability of ``min_conf`` or more
+    out of ``decisions`` and return their ids. On photographs the detector also boxes the picture's own things (a
+    lamp, a window, a sofa); the reader, trained on fashion items, spreads its probability over several classes
+    there. Tracks it did not read (no classifier, no crop big enough) stay."""
+    unread = {tid for tid, t in decisions.items()
+              if t["classifier_conf"] is not None and t["classifier_conf"] < min_conf}
+    for tid in unread:
+        del decisions[tid]
+    return unread
+
+
 def label(d: dict, decisions: dict[int, dict]) -> dict:
     """A detection with its track's class added (the per-frame fields stay as they are)."""
     t = decisions.get(d.get("track_id"))
@@ -526,11 +541,12 @@ def _reread(source) -> Iterator[tuple[int, str, np.ndarray]]:
 
 
 def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict, dropped: int = 0,
-            filled: int = 0, stitched: int = 0) -> dict:
+            filled: int = 0, stitched: int = 0, unread: int = 0) -> dict:
     rows = sorted(decisions.values(), key=lambda t: t["track_id"])
     return {
         "stitch_gap": cfg["stitch_gap"], "stitched": stitched,
         "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped,
+        "min_read_conf": cfg["min_read_conf"], "dropped_unread": unread,
         "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
         "classifier": str(readers.classifier_run) if readers.classifier_run else None,
         "metric": str(readers.metric_run) if readers.metric_run else None,
@@ -555,6 +571,9 @@ def format_lines(s: dict) -> list[str]:
         if t.get("dropped_short") or t.get("filled_boxes"):
             lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames), "
                          f"{t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
+        if t.get("dropped_unread"):
+            lines.append(f"tracks: {t['dropped_unread']} left out (the classifier read no class with probability "
+                         f"{t['min_read_conf']} or more: not a fashion item)")
     g = s.get("gt", {}).get("tracks")
     if g:
         a, b = g["per_frame"], g["track"]
@@ -571,9 +590,9 @@ def check_options(cfg: dict) -> None:
     if cfg["min_track_frames"] < 1 or cfg["fill_gaps"] < 0 or cfg["stitch_gap"] < 0:
         raise UserError(f"--min-track-frames must be at least 1, --fill-gaps and --stitch-gap at least 0, got "
                         f"{cfg['min_track_frames']}, {cfg['fill_gaps']} and {cfg['stitch_gap']}")
-    if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1:
-        raise UserError(f"--vote-weight {cfg['vote_weight']} and --resolve-margin {cfg['resolve_margin']} must lie in "
-                        f"[0, 1]")
+    if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1 or not 0 <= cfg["min_read_conf"] <= 1:
+        raise UserError(f"--vote-weight {cfg['vote_weight']}, --resolve-margin {cfg['resolve_margin']} and "
+                        f"--min-read-conf {cfg['min_read_conf']} must lie in [0, 1]")
 
 
 def note(readers: Readers, cfg: dict) -> None:

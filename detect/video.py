@@ -584,9 +584,10 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
                 decisions = tracks.decide_tracks(collector, readers, names, cfg["vote_weight"], cfg["resolve_margin"])
+                unread = tracks.drop_unread(decisions, cfg["min_read_conf"]) if use_tracker else set()
                 phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
                 for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, names, writer.enabled,
-                                                                fills, dropped, joined):
+                                                                fills, dropped | unread, joined):
                     emit(line, name, image)
                 phases["second_pass"] = time.perf_counter() - t0 - phases["first_pass"] - phases["decide"]
         keep = True
@@ -621,7 +622,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     }
     if track:
         summary["tracks"] = tracks.summary(decisions, readers, cfg, phases, len(dropped),
-                                           sum(len(v) for v in fills.values()), len(joined))
+                                           sum(len(v) for v in fills.values()), len(joined), len(unread))
     if source.kind == "video":
         summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
     if source.unreadable:

@@ -99,8 +99,8 @@ def low_tracker(work):
 
 
 def video_cfg(**overrides):
-    # a 2-epoch detector's tracks are short: keep every one unless a test asks otherwise
-    return resolve(VIDEO_OPTIONS, {"conf": 0.001, "min_track_frames": 1, **overrides})
+    # a 2-epoch detector's tracks are short and its reader unsure: keep every track unless a test asks otherwise
+    return resolve(VIDEO_OPTIONS, {"conf": 0.001, "min_track_frames": 1, "min_read_conf": 0.0, **overrides})
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
@@ -644,6 +644,15 @@ def test_gaps_in_a_track_are_filled_by_interpolation_and_short_tracks_left_out()
     assert sorted(gap_fills(strided, stride=2, max_gap=2)) == [6, 8]
 
 
+def test_tracks_the_reader_names_no_class_are_left_out_and_unread_ones_kept():
+    from fashionkit.detect.tracks import drop_unread
+
+    decisions = {1: {"classifier_conf": 0.92}, 2: {"classifier_conf": 0.31}, 3: {"classifier_conf": None},
+                 4: {"classifier_conf": 0.45}, 5: {"classifier_conf": 0.4499}}
+    assert drop_unread(decisions, 0.45) == {2, 5} and set(decisions) == {1, 3, 4}  # no crop read: kept
+    assert drop_unread(decisions, 0.0) == set() and set(decisions) == {1, 3, 4}
+
+
 def test_a_broken_track_is_stitched_to_the_one_it_continues_and_only_that():
     """A coat moves right 2 px a frame (frames 0-9), is lost, and a new track starts at frame 20 where it would be
     by then: the two are one track (votes, frames and crops of both, the earlier id). A track starting there too late
@@ -830,6 +839,7 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     shutil.copytree(metric_run, no_index, ignore=shutil.ignore_patterns("index"))
     assert "has no FAISS index" in error("--metric", no_index)
     assert "--vote-weight" in error("--vote-weight", "1.5")
+    assert "--min-read-conf 1.5 must lie in [0, 1]" in error("--min-read-conf", "1.5")
     assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
     assert "--fill-gaps and --stitch-gap at least 0" in error("--fill-gaps", "-2")
     assert "--stitch-gap at least 0, got 10, 0 and -1" in error("--stitch-gap", "-1")
@@ -957,6 +967,38 @@ def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work
         return sum(len(json.loads(line)["detections"]) for line in (work / out / "detections.jsonl").open())
 
     assert boxes("auto-track") > boxes("unfilled")
+
+
+def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work):
+    """On the bundled detector and its crop reader: a 3 s clip (seed 6, chosen because one of its tracks is read at
+    0.37, under the default 0.45) run with --min-read-conf 0 and with the default. The default leaves out exactly
+    the tracks read below 0.45, from the summary and the detections alike, and decides the others as before."""
+    import fashionkit
+    from fashionkit.detect.scenes import make_video
+    from fashionkit.detect.video import run_video
+
+    path = work / "unread.mp4"
+    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 6}), progress=False)
+    bundled = str(Path(fashionkit.__file__).parent / "models" / "detector")
+    opts = dict(weights=bundled, backend="torch", track=True, metric="none", save_video=False)
+
+    def tracked(out: str) -> dict[int, set[int]]:  # track id -> the track classes its detections carry
+        ids = defaultdict(set)
+        for line in (work / out / "detections.jsonl").open():
+            for d in json.loads(line)["detections"]:
+                ids[d["track_id"]].add(d["track_class_id"])
+        return ids
+
+    every = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "min_read_conf": 0.0, "out": str(work / "every")}),
+                      progress=False)
+    unread = {t["track_id"] for t in every["tracks"]["items"] if t["classifier_conf"] < 0.45}
+    assert unread and every["tracks"]["dropped_unread"] == 0 and set(tracked("every")) >= unread
+    s = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "read")}), progress=False)
+    t = s["tracks"]
+    assert t["min_read_conf"] == 0.45 and t["dropped_unread"] == len(unread)
+    assert {row["track_id"] for row in t["items"]} == {row["track_id"] for row in every["tracks"]["items"]} - unread
+    kept = tracked("every")
+    assert tracked("read") == {tid: classes for tid, classes in kept.items() if tid not in unread}
 
 
 def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
