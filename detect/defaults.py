@@ -107,11 +107,11 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "resolve_margin": Opt(0.05, "with --track: tracks of a hard class whose top-1 minus top-2 probability is below "
                           "this go to the kNN resolver"),
     # 0.45: on the three validation clips F1 with the track's class 0.819 / 0.649 / 0.688 -> 0.814 / 0.684 / 0.698
-    # (0.4: 2.174 summed, 0.45: 2.196, 0.5: 2.195, 0.55: 2.139); the tracks left out are mostly large boxes on the
-    # photograph's own objects, which the reader reads as no class (BENCHMARKS.md, "Tracks the reader cannot name")
-    "min_read_conf": Opt(0.45, "with --track on a video: leave out tracks whose crops the classifier reads as no "
-                         "class with at least this mean probability: the detector's boxes on things that are not "
-                         "fashion items (0 = keep every track)"),
+    # (0.4: 2.174 summed, 0.45: 2.196, 0.5: 2.195); of the 14 tracks it left out there 6 were false, 5 named wrong,
+    # 3 named right; box recall is what it costs (BENCHMARKS.md, "Tracks the reader cannot name")
+    "min_read_conf": Opt(0.45, "with --track on a video: leave out tracks in whose crops the classifier finds no "
+                         "class with a mean probability of at least this: boxes on things that are not fashion "
+                         "items, or items seen too poorly to name (0 = keep every track)"),
     # 10: chosen with the conf above on the two validation clips (3, 6 and 10 tried: 10 best on both; with the
     # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 0: filling gaps raised recall there
     # but cost more precision than it gained on the test clip, so it stays an option

@@ -15,9 +15,9 @@ metric run's hard classes (T-shirt/top, pullover, coat, shirt by default) and wh
 under ``--resolve-margin`` is re-decided by the metric stage's kNN resolver (``--metric``): its crops are embedded,
 the FAISS index gives each crop its ``k`` nearest reference items, and all of them vote with weight 1 / distance
 (``metric/resolve.py``'s vote and decision). The track records that it was resolved and by which neighbours.
-On a video, a track whose crops the classifier reads as no class with a mean probability of ``--min-read-conf`` or
-more is then left out: on photographs the detector also boxes the picture's own things, which a reader of fashion
-items cannot name.
+On a video, a track in whose crops the classifier finds no class with a mean probability of ``--min-read-conf`` or
+more is then left out: on photographs the detector also boxes the picture's own things, and items seen too poorly
+to name, and a reader of fashion items spreads its probability over several classes on both.
 
 A second pass then writes the outputs: detections.jsonl/csv with each detection's per-frame class and its track's
 class, and the annotated video (re-read from the input, drawn from the stored detections: decoding and drawing
@@ -464,10 +464,10 @@ def drop_short(collector: TrackCollector, min_frames: int) -> set[int]:
 
 
 def drop_unread(decisions: dict[int, dict], min_conf: float) -> set[int]:
-    """Take the tracks whose crops the classifier read as no class with a mean probability of ``min_conf`` or more
-    out of ``decisions`` and return their ids. On photographs the detector also boxes the picture's own things (a
-    lamp, a window, a sofa); the reader, trained on fashion items, spreads its probability over several classes
-    there. Tracks it did not read (no classifier, no crop big enough) stay."""
+    """Take the tracks in whose crops the classifier found no class with a mean probability of ``min_conf`` or
+    more out of ``decisions`` and return their ids. On photographs the detector also boxes the picture's own things, and
+    names items too small, blurred or covered to see; the reader, trained on fashion items, spreads its probability
+    over several classes on both. Tracks it did not read (no classifier, no crop big enough) stay."""
     unread = {tid for tid, t in decisions.items()
               if t["classifier_conf"] is not None and t["classifier_conf"] < min_conf}
     for tid in unread:
@@ -572,8 +572,8 @@ def format_lines(s: dict) -> list[str]:
             lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames), "
                          f"{t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
         if t.get("dropped_unread"):
-            lines.append(f"tracks: {t['dropped_unread']} left out (the classifier read no class with probability "
-                         f"{t['min_read_conf']} or more: not a fashion item)")
+            lines.append(f"tracks: {t['dropped_unread']} left out (the classifier found no class with probability "
+                         f"{t['min_read_conf']} or more: not a fashion item, or seen too poorly to name)")
     g = s.get("gt", {}).get("tracks")
     if g:
         a, b = g["per_frame"], g["track"]
