@@ -422,12 +422,12 @@ def test_video_nms_across_classes_leaves_one_box_per_item(clip, work):
     """By default two boxes of different classes on one item do not both survive NMS (ultralytics' own default is
     per class, which left a second, wrongly named box on 11-15% of the items of the validation clips);
     --no-agnostic-nms keeps them. On the bundled detector (a 2-epoch one calls everything one class)."""
-    import fashionkit
+    from fashionkit.bundled import bundled_dir
     from fashionkit.detect.scoring import box_iou
     from fashionkit.detect.video import run_video
 
     path, _ = clip
-    bundled = str(Path(fashionkit.__file__).parent / "models" / "detector")
+    bundled = str(bundled_dir("detector"))
 
     def overlaps(out: str, **opts) -> tuple[int, int, bool]:
         """(pairs of boxes in one frame above NMS's IoU 0.7 with different classes, boxes, the summary's flag)"""
@@ -927,13 +927,13 @@ def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work
     """On the bundled detector (a 2-epoch one's tracks last a frame): a 3 s clip (seed 3) where it loses items for
     a few frames and flashes short tracks (the seed is the clip's, chosen for that: with ByteTrack and NMS per
     class, the defaults then, 3 were left out and 10 boxes filled)."""
-    import fashionkit
+    from fashionkit.bundled import bundled_dir
     from fashionkit.detect.scenes import make_video
     from fashionkit.detect.video import run_video
 
     path = work / "gappy.mp4"
     make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 3}), progress=False)
-    bundled = str(Path(fashionkit.__file__).parent / "models" / "detector")
+    bundled = str(bundled_dir("detector"))
     opts = dict(weights=bundled, backend="torch", track=True, classifier="none", metric="none", crops=0,
                 save_video=False, conf=0.25)
     out = work / "filled"
@@ -973,13 +973,13 @@ def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work)
     """On the bundled detector and its crop reader: a 3 s clip (seed 6, chosen because one of its tracks is read at
     0.37, under the default 0.45) run with --min-read-conf 0 and with the default. The default leaves out exactly
     the tracks read below 0.45, from the summary and the detections alike, and decides the others as before."""
-    import fashionkit
+    from fashionkit.bundled import bundled_dir
     from fashionkit.detect.scenes import make_video
     from fashionkit.detect.video import run_video
 
     path = work / "unread.mp4"
     make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 6}), progress=False)
-    bundled = str(Path(fashionkit.__file__).parent / "models" / "detector")
+    bundled = str(bundled_dir("detector"))
     opts = dict(weights=bundled, backend="torch", track=True, metric="none", save_video=False)
 
     def tracked(out: str) -> dict[int, set[int]]:  # track id -> the track classes its detections carry
@@ -993,12 +993,12 @@ def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work)
                       progress=False)
     unread = {t["track_id"] for t in every["tracks"]["items"]
               if t["classifier_conf"] is not None and t["classifier_conf"] < 0.45}
-    assert unread and every["tracks"]["dropped_unread"] == 0 and set(tracked("every")) >= unread
+    kept = tracked("every")
+    assert unread and every["tracks"]["dropped_unread"] == 0 and set(kept) >= unread
     s = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "read")}), progress=False)
     t = s["tracks"]
     assert t["min_read_conf"] == 0.45 and t["dropped_unread"] == len(unread)
     assert {row["track_id"] for row in t["items"]} == {row["track_id"] for row in every["tracks"]["items"]} - unread
-    kept = tracked("every")
     assert tracked("read") == {tid: classes for tid, classes in kept.items() if tid not in unread}
 
 
