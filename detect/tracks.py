@@ -37,6 +37,7 @@ still gets the classifier's and the resolver's reading.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -413,6 +414,12 @@ STITCH_DISTANCE = 0.5  # of the earlier track's box size: how far from where it 
 STITCH_SIZE = 1.5  # the two boxes' sizes may differ by this factor at most
 
 
+def centre_and_size(box) -> tuple[np.ndarray, float]:
+    """The centre ``[x, y]`` of an xyxy box and its size, the square root of its area."""
+    b = np.asarray(box, float)
+    return (b[:2] + b[2:]) / 2, float(np.sqrt(np.prod(b[2:] - b[:2])))
+
+
 def stitch(collector: TrackCollector, max_gap: int, stride: int = 1) -> dict[int, int]:
     """Join tracks the tracker broke: a track that starts at most ``max_gap`` processed frames after another ended,
     near where the other was heading (its last box moved on at its last velocity, within ``STITCH_DISTANCE`` of its
@@ -424,21 +431,20 @@ def stitch(collector: TrackCollector, max_gap: int, stride: int = 1) -> dict[int
     if max_gap <= 0:
         return alias
     for later in sorted(collector.tracks.values(), key=lambda t: t.first):
-        start = np.asarray(later.seen[later.first]["box"], float)
-        start_centre, size_later = (start[:2] + start[2:]) / 2, float(np.sqrt(np.prod(start[2:] - start[:2])))
+        start_centre, size_later = centre_and_size(later.seen[later.first]["box"])
         best, best_cost = None, STITCH_DISTANCE
         for earlier in collector.tracks.values():
             gap = later.first - earlier.last
             if earlier is later or not 0 < gap <= max_gap * stride:
                 continue
-            frames = list(earlier.seen)[-5:]
-            boxes = np.array([earlier.seen[f]["box"] for f in frames], float)
-            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-            velocity = (centres[-1] - centres[0]) / (frames[-1] - frames[0]) if len(frames) > 1 else 0.0
-            size = float(np.sqrt(np.prod(boxes[-1, 2:] - boxes[-1, :2])))
+            # its velocity over its last five frames (all of them if it has fewer)
+            back, last = next(itertools.islice(reversed(earlier.seen), 4, None), earlier.first), earlier.last
+            back_centre, _ = centre_and_size(earlier.seen[back]["box"])
+            last_centre, size = centre_and_size(earlier.seen[last]["box"])
+            velocity = (last_centre - back_centre) / (last - back) if last > back else 0.0
             if not size or not 1 / STITCH_SIZE <= size_later / size <= STITCH_SIZE:
                 continue
-            cost = float(np.linalg.norm(centres[-1] + velocity * gap - start_centre)) / size
+            cost = float(np.linalg.norm(last_centre + velocity * gap - start_centre)) / size
             if cost < best_cost:
                 best, best_cost = earlier, cost
         if best is None:
