@@ -25,29 +25,24 @@ def main() -> None:
     import torch.nn.functional as F
 
     from fashionkit.classify.checkpoint import load_run_model
-    from fashionkit.classify.predict import tta_views
-    from fashionkit.data.fashion_mnist import load_split
+    from fashionkit.classify.evaluate import split_items
+    from fashionkit.classify.predict import tta_probs
     from fashionkit.data.loader import normalize, to_float
-    from fashionkit.data.splits import make_splits
 
     torch.set_grad_enabled(False)
     sizes = [int(s) for s in args.sizes.split(",")]
-    train_images, train_labels = load_split("train")
-    test_images, test_labels = load_split("test")
     results = []
     for run in args.runs:
         model, _, cfg, _ = load_run_model(run, torch.device("cpu"), "best")
         model.eval()
-        _, val_idx = make_splits(train_labels.numpy(), cfg["val_size"], cfg["seed"])
         scores: dict[str, dict[str, float]] = {}
-        for split, images, labels in (("val", train_images[val_idx], train_labels[val_idx]),
-                                      ("test", test_images, test_labels)):
+        for split in ("val", "test"):
+            images, labels, _ = split_items(cfg, split)  # val: the items the run validated on
             six, scaled = [], {z: [] for z in sizes}
             for start in range(0, len(images), 1000):
                 x = normalize(to_float(images[start:start + 1000])).contiguous(memory_format=torch.channels_last)
                 n = len(x)
-                probs = sum(model(v).softmax(1) for v in tta_views(x)) / 3  # [2n, C]: image views, then mirror
-                six.append((probs[:n] + probs[n:]) / 2)
+                six.append(tta_probs(model, x))
                 for z in sizes:
                     small = F.interpolate(torch.cat([x, x.flip(-1)]), size=(z, z), mode="bilinear", antialias=True,
                                           align_corners=False)
