@@ -16,7 +16,7 @@ under ``--resolve-margin`` is re-decided by the metric stage's kNN resolver (``-
 the FAISS index gives each crop its ``k`` nearest reference items, and all of them vote with weight 1 / distance
 (``metric/resolve.py``'s vote and decision). The track records that it was resolved and by which neighbours.
 On a video, a track in whose crops the classifier finds no class with a mean probability of ``--min-read-conf`` or
-more is then left out: on photographs the detector also boxes the picture's own things, and items seen too poorly
+more is left out (and not looked up by the resolver): on photographs the detector also boxes the picture's own things, and items seen too poorly
 to name, and a reader of fashion items spreads its probability over several classes on both.
 
 A second pass then writes the outputs: detections.jsonl/csv with each detection's per-frame class and its track's
@@ -309,8 +309,10 @@ def mix(votes: np.ndarray, probs: np.ndarray | None, vote_weight: float) -> np.n
 
 
 def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote_weight: float,
-                  resolve_margin: float, k: int = RESOLVE_K, batch_size: int = 256) -> dict[int, dict]:
-    """Each track's class, confidence and how it was reached (see the module doc)."""
+                  resolve_margin: float, k: int = RESOLVE_K, batch_size: int = 256,
+                  skip_resolve_under: float = 0.0) -> dict[int, dict]:
+    """Each track's class, confidence and how it was reached (see the module doc). Tracks whose classifier reading
+    is under ``skip_resolve_under`` (``--min-read-conf``: ``drop_unread`` will leave them out) are not looked up."""
     import torch
 
     from fashionkit.metric.resolve import decide, knn_neighbours, top2, weighted_vote
@@ -334,11 +336,17 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             probs[i] = crop_probs[owners == i].mean(0)
     mixed = mix(votes, probs, vote_weight)
     top1, margin = top2(mixed)
+    # the classifier's own class and confidence per track (None where it read no crop), as drop_unread sees them
+    none = {"class_id": None, "conf": None}
+    reading_of = ([none] * len(tracks) if probs is None else
+                  [none if np.isnan(p).any() else {"class_id": int(np.argmax(p)), "conf": round(float(p.max()), 4)}
+                   for p in probs])
     resolver_votes = np.full(len(tracks), -1)
     neighbours: dict[int, list] = {}
     if readers.embedder is not None:
+        left_out = {i for i, r in enumerate(reading_of) if r["conf"] is not None and r["conf"] < skip_resolve_under}
         ask = [i for i in range(len(tracks)) if top1[i] in readers.hard and margin[i] < resolve_margin
-               and tracks[i].crops]
+               and tracks[i].crops and i not in left_out]
         asking = set(ask)
         asked = [n for n, (i, _) in enumerate(crop_of) if i in asking]
         dist, rows = knn_neighbours(readers.embedder, readers.index, items[torch.as_tensor(asked, dtype=torch.long)],
@@ -359,8 +367,7 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             "margin": round(float(margin[i]), 4), "before_resolve_class_id": int(top1[i]),
             "frame_classes": {names[j]: int(n) for j, n in enumerate(t.counts) if n},
             "vote_class_id": int(np.argmax(t.votes)),
-            "classifier_class_id": None if probs is None or np.isnan(probs[i]).any() else int(np.argmax(probs[i])),
-            "classifier_conf": None if probs is None or np.isnan(probs[i]).any() else round(float(probs[i].max()), 4),
+            "classifier_class_id": reading_of[i]["class_id"], "classifier_conf": reading_of[i]["conf"],
             "crops": len(t.crops),
             "resolved": bool(resolved[i]),
             "resolver_class_id": int(resolver_votes[i]) if resolver_votes[i] >= 0 else None,

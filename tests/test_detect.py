@@ -809,6 +809,11 @@ def test_resolver_re_decides_unsure_hard_tracks_by_their_crops_neighbours(test_s
                                                     readers.hard)[0]
     # a margin threshold of 0: nothing is unsure enough
     assert not any(t["resolved"] for t in decide_tracks(collector, readers, names, 1.0, 0.0).values())
+    # a track --min-read-conf will leave out is not looked up; one read at exactly the threshold is
+    read = t1["classifier_conf"]
+    left_out = decide_tracks(collector, readers, names, 1.0, 0.3, skip_resolve_under=read + 1e-4)[1]
+    assert not left_out["resolved"] and left_out["neighbours"] == [] and left_out["classifier_conf"] == read
+    assert decide_tracks(collector, readers, names, 1.0, 0.3, skip_resolve_under=read)[1] == t1
 
 
 def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, classify_run, metric_run, work, capsys):
