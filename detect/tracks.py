@@ -16,8 +16,9 @@ under ``--resolve-margin`` is re-decided by the metric stage's kNN resolver (``-
 the FAISS index gives each crop its ``k`` nearest reference items, and all of them vote with weight 1 / distance
 (``metric/resolve.py``'s vote and decision). The track records that it was resolved and by which neighbours.
 On a video, a track in whose crops the classifier finds no class with a mean probability of ``--min-read-conf`` or
-more is left out (and not looked up by the resolver): on photographs the detector also boxes the picture's own things, and items seen too poorly
-to name, and a reader of fashion items spreads its probability over several classes on both.
+more is left out (and not looked up by the resolver): on photographs the detector also boxes the picture's own
+things, and items seen too poorly to name, and a reader of fashion items spreads its probability over several
+classes on both.
 
 A second pass then writes the outputs: detections.jsonl/csv with each detection's per-frame class and its track's
 class, and the annotated video (re-read from the input, drawn from the stored detections: decoding and drawing
