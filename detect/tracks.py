@@ -345,7 +345,7 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
     resolver_votes = np.full(len(tracks), -1)
     neighbours: dict[int, list] = {}
     if readers.embedder is not None:
-        left_out = {i for i, r in enumerate(reading_of) if r["conf"] is not None and r["conf"] < skip_resolve_under}
+        left_out = {i for i, r in enumerate(reading_of) if is_unread(r["conf"], skip_resolve_under)}
         ask = [i for i in range(len(tracks)) if top1[i] in readers.hard and margin[i] < resolve_margin
                and tracks[i].crops and i not in left_out]
         asking = set(ask)
@@ -477,13 +477,18 @@ def drop_short(collector: TrackCollector, min_frames: int) -> set[int]:
     return short
 
 
+def is_unread(classifier_conf: float | None, min_conf: float) -> bool:
+    """Whether ``drop_unread`` leaves a track out: the classifier read its crops (a confidence, not None) and found
+    no class at ``min_conf`` or more. One test for both it and ``decide_tracks``'s skip of the resolver."""
+    return classifier_conf is not None and classifier_conf < min_conf
+
+
 def drop_unread(decisions: dict[int, dict], min_conf: float) -> set[int]:
     """Take the tracks in whose crops the classifier found no class with a mean probability of ``min_conf`` or
     more out of ``decisions`` and return their ids. On photographs the detector also boxes the picture's own things, and
     names items too small, blurred or covered to see; the reader, trained on fashion items, spreads its probability
     over several classes on both. Tracks it did not read (no classifier, no crop big enough) stay."""
-    unread = {tid for tid, t in decisions.items()
-              if t["classifier_conf"] is not None and t["classifier_conf"] < min_conf}
+    unread = {tid for tid, t in decisions.items() if is_unread(t["classifier_conf"], min_conf)}
     for tid in unread:
         del decisions[tid]
     return unread

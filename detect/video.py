@@ -583,10 +583,10 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 joined = tracks.stitch(collector, cfg["stitch_gap"], cfg["stride"]) if use_tracker else {}
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
-                min_read = cfg["min_read_conf"] if use_tracker else 0.0
+                min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out
                 decisions = tracks.decide_tracks(collector, readers, names, cfg["vote_weight"], cfg["resolve_margin"],
                                                  skip_resolve_under=min_read)
-                unread = tracks.drop_unread(decisions, min_read) if use_tracker else set()
+                unread = tracks.drop_unread(decisions, min_read)
                 phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
                 for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, names, writer.enabled,
                                                                 fills, dropped | unread, joined):
