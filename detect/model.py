@@ -125,24 +125,36 @@ def trunk_layers(classifier) -> list[TrunkConv | TrunkPool]:
         return UserError(f"the {classifier.name or type(classifier).__name__} classifier's trunk has {what}, which the "
                          f"YOLO backbone cannot copy; use a VGG-family classify run (vgg-small, vgg, vgg-large)")
 
+    def add_conv(conv, norm, act) -> None:
+        k = conv.kernel_size[0]
+        if (conv.bias is not None or conv.groups != 1 or conv.dilation != (1, 1) or conv.kernel_size != (k, k)
+                or conv.padding != (k // 2, k // 2) or conv.stride[0] != conv.stride[1] or k % 2 == 0):
+            raise unsupported(f"a convolution {conv}")
+        layers.append(TrunkConv(conv, norm, act))
+
+    def add_pool(pool) -> None:
+        k, s = pool.kernel_size, pool.stride
+        if not (isinstance(k, int) and isinstance(s, int) and pool.padding == 0 and k == s):
+            raise unsupported(f"a max-pool {pool}")
+        layers.append(TrunkPool(k, s))
+
     def walk(module) -> None:
         children = list(module.children())
-        if (isinstance(module, nn.Sequential) and len(children) == 3 and isinstance(children[0], nn.Conv2d)
-                and isinstance(children[1], nn.BatchNorm2d)):
-            conv = children[0]
-            k = conv.kernel_size[0]
-            if (conv.bias is not None or conv.groups != 1 or conv.dilation != (1, 1) or conv.kernel_size != (k, k)
-                    or conv.padding != (k // 2, k // 2) or conv.stride[0] != conv.stride[1] or k % 2 == 0):
-                raise unsupported(f"a convolution {conv}")
-            layers.append(TrunkConv(conv, children[1], children[2]))
+        kinds = [type(c) for c in children]
+        if isinstance(module, nn.Sequential) and kinds[:2] == [nn.Conv2d, nn.BatchNorm2d] and len(children) == 3:
+            add_conv(*children)
+        elif (isinstance(module, nn.Sequential) and kinds[:3] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d]
+              and len(children) == 4):
+            # vgg's pool_early order (conv, pool, BN, act): a YOLO Conv is conv, BN, act, so the copy pools after
+            # the activation; in eval mode that is the same function wherever BN's scale is positive, as max-pool
+            # commutes with a per-channel increasing map
+            add_conv(children[0], children[2], children[3])
+            add_pool(children[1])
         elif isinstance(module, nn.Sequential):
             for child in children:
                 walk(child)
         elif isinstance(module, nn.MaxPool2d):
-            k, s = module.kernel_size, module.stride
-            if not (isinstance(k, int) and isinstance(s, int) and module.padding == 0 and k == s):
-                raise unsupported(f"a max-pool {module}")
-            layers.append(TrunkPool(k, s))
+            add_pool(module)
         elif isinstance(module, nn.Dropout):
             pass
         else:

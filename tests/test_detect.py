@@ -157,6 +157,31 @@ def test_backbone_is_the_classifier_trunk(classifier, stem):
     assert out[0].shape[:2] == (2, 4 + 10)
 
 
+def test_backbone_of_a_pool_early_trunk_is_the_same_function():
+    """vgg-fast pools before the BN and activation of each stage's last conv; the YOLO copy (conv, BN, act, pool)
+    computes the same function in eval mode as long as every BN scale is positive."""
+    from fashionkit.classify.models import create_model
+
+    torch.manual_seed(0)
+    classifier = create_model("vgg-fast", pool_early=True).eval()
+    for m in classifier.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # trained-looking statistics, positive scales
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.normal_(0, 0.3)
+            m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2)
+    kinds = [type(layer).__name__ for layer in trunk_layers(classifier)]
+    assert kinds == ["TrunkConv", "TrunkPool", "TrunkConv", "TrunkConv", "TrunkPool", "TrunkConv", "TrunkConv"]
+    cfg = detector_yaml(classifier, nc=10, stem=1)
+    model = build_model(cfg, nc=10).eval()
+    assert transfer_weights(model, classifier) == 6 * 5
+    grey = F.interpolate(torch.rand(1, 1, 40, 40), size=(160, 160), mode="bilinear")
+    with torch.no_grad():
+        ours = backbone_features(model, grey.expand(-1, 3, -1, -1))
+        theirs = classifier.trunk((grey - MEAN) / STD)
+    assert ours.shape == theirs.shape
+    m = 4
+    torch.testing.assert_close(ours[..., m:-m, m:-m], theirs[..., m:-m, m:-m], rtol=1e-4, atol=1e-4)
+
+
 def test_from_none_same_shapes_other_values(classify_run):
     ours = model_source(str(classify_run), nc=10)
     none = model_source("none", nc=10)

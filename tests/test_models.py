@@ -118,6 +118,30 @@ def test_options_record_the_architecture():
     assert rebuilt.head.out_features == 5 and isinstance(rebuilt.neck[2], nn.Tanh)
 
 
+def test_pool_early_is_the_same_net_on_a_quarter_of_the_pixels():
+    torch.manual_seed(0)
+    late, early = create_model("vgg-fast", pool_early=False), create_model("vgg-fast", pool_early=True)
+    assert models.count_params(late) == models.count_params(early)
+    seen = {}
+    early.trunk[0][0][2].register_forward_hook(lambda m, i, o: seen.update(bn=i[0].shape))
+    x = torch.randn(3, 1, 28, 28)
+    early(x)
+    assert seen["bn"] == (3, 24, 14, 14)  # the first BN + ReLU run after the pool
+
+    # with the same weights and positive BN scales, both orders compute the same function in eval mode
+    layers = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+    for a, b in zip([m for m in late.modules() if isinstance(m, layers)],
+                    [m for m in early.modules() if isinstance(m, layers)], strict=True):
+        if isinstance(a, nn.BatchNorm2d):
+            a.weight.data.uniform_(0.5, 1.5), a.bias.data.normal_(0, 0.3)
+            a.running_mean.normal_(0, 0.5), a.running_var.uniform_(0.5, 2)
+        b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(early.eval()(x), late.eval()(x))
+    with pytest.raises(UserError, match="pool_early"):
+        create_model("vgg", pool_early=1)
+
+
 def test_family_size_options():
     assert create_model("vgg", fc_layers=3, fc_dim=64).feature_dim == 64
     assert create_model("vgg", width=0.5).trunk_channels == 128
