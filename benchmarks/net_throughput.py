@@ -18,10 +18,14 @@ NETS = {  # name: (registry model, options)
     "24-48-96 convs 1-2-2": ("vgg", {"channels": [24, 48, 96], "convs": [1, 2, 2], "dropout": 0.1}),
     "48-96-192 convs 1-1-1": ("vgg", {"channels": [48, 96, 192], "convs": 1, "dropout": 0.1}),
     "vgg-fast": ("vgg-fast", {}),
+    # airbench's order: each stage's max-pool before its last BN + activation (BENCHMARKS.md step 32)
+    "vgg-fast pool-early": ("vgg-fast", {"pool_early": True}),
     # candidates for the 60-minute recipe (BENCHMARKS.md, "Best CPU recipe within 60 minutes")
     "40-80-160 convs 1-2-2": ("vgg", {"channels": [40, 80, 160], "convs": [1, 2, 2], "dropout": 0.1}),
     "48-96-192 convs 1-2-2": ("vgg", {"channels": [48, 96, 192], "convs": [1, 2, 2], "dropout": 0.1}),
     "vgg": ("vgg", {}),
+    "vgg-fast-wide": ("vgg-fast-wide", {}),
+    "vgg-fast-wide pool-early": ("vgg-fast-wide", {"pool_early": True}),
 }
 
 def main() -> None:
