@@ -158,8 +158,8 @@ def test_backbone_is_the_classifier_trunk(classifier, stem):
 
 
 def test_backbone_of_a_pool_early_trunk_is_the_same_function():
-    """vgg-fast pools before the BN and activation of each stage's last conv; the YOLO copy (conv, BN, act, pool)
-    computes the same function in eval mode as long as every BN scale is positive."""
+    """A vgg trunk built with pool_early pools before the BN and activation of each stage's last conv; the YOLO
+    copy (conv, BN, act, pool) computes the same function in eval mode as long as every BN scale is positive."""
     from fashionkit.classify.models import create_model
 
     torch.manual_seed(0)
