@@ -159,17 +159,18 @@ def vgg(num_classes: int = 10, *, channels=(64, 128, 256), convs=2, fc_layers: i
     stages, c_in = [], 1
     for i, c in enumerate(channels):
         stage = [conv_bn_act(c_in if j == 0 else c, c, 3, activation) for j in range(per_stage[i])]
-        if i < len(channels) - 1 and pool_early:
-            # max-pool commutes with a per-channel increasing map (BN with a positive scale in eval mode, then ReLU),
-            # so this is the same kind of net, with the last BN + activation of the stage (and, after a frozen
-            # whitening conv, the whole backward pass at full size) on a quarter of the pixels: vgg-fast's default
-            # run takes 8-10% less wall clock, but scored lower on validation, so it is an option (BENCHMARKS.md
-            # step 32)
-            conv, norm, act = stage[-1]
-            stage[-1] = nn.Sequential(conv, nn.MaxPool2d(2), norm, act)
-            stage += [nn.Dropout(dropout)]
-        elif i < len(channels) - 1:
-            stage += [nn.MaxPool2d(2), nn.Dropout(dropout)]
+        if i < len(channels) - 1:
+            if pool_early:
+                # max-pool commutes with a per-channel increasing map (BN with a positive scale in eval mode, then
+                # ReLU), so this is the same kind of net, with the last BN + activation of the stage (and, after a
+                # frozen whitening conv, the whole backward pass at full size) on a quarter of the pixels: vgg-fast's
+                # default run takes 8-10% less wall clock, but scored lower on validation, so it is an option
+                # (BENCHMARKS.md step 32)
+                conv, norm, act = stage[-1]
+                stage[-1] = nn.Sequential(conv, nn.MaxPool2d(2), norm, act)
+            else:
+                stage.append(nn.MaxPool2d(2))
+            stage.append(nn.Dropout(dropout))
         stages.append(nn.Sequential(*stage))
         c_in = c
     _check(isinstance(whiten, bool), f"option whiten={whiten!r}: give true or false")
