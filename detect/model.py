@@ -138,13 +138,14 @@ def trunk_layers(classifier) -> list[TrunkConv | TrunkPool]:
             raise unsupported(f"a max-pool {pool}")
         layers.append(TrunkPool(k, s))
 
+    def begins(children, length: int, *kinds) -> bool:
+        return len(children) == length and all(isinstance(c, k) for c, k in zip(children, kinds))
+
     def walk(module) -> None:
         children = list(module.children())
-        kinds = [type(c) for c in children]
-        if isinstance(module, nn.Sequential) and kinds[:2] == [nn.Conv2d, nn.BatchNorm2d] and len(children) == 3:
+        if isinstance(module, nn.Sequential) and begins(children, 3, nn.Conv2d, nn.BatchNorm2d):
             add_conv(*children)
-        elif (isinstance(module, nn.Sequential) and kinds[:3] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d]
-              and len(children) == 4):
+        elif isinstance(module, nn.Sequential) and begins(children, 4, nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d):
             # vgg's pool_early order (conv, pool, BN, act): a YOLO Conv is conv, BN, act, so the copy pools after
             # the activation; in eval mode that is the same function wherever BN's scale is positive, as max-pool
             # commutes with a per-channel increasing map
