@@ -58,6 +58,13 @@ def load_script(rel: str):
     return module
 
 
+def trained_looking_bn(bn: torch.nn.BatchNorm2d) -> None:
+    """Give a fresh BatchNorm the kind of statistics training leaves (positive scales, shifted means, variances
+    off 1), so that tests comparing two nets in eval mode are not passed by the identity a fresh BN computes."""
+    bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.normal_(0, 0.3)
+    bn.running_mean.normal_(0, 0.5), bn.running_var.uniform_(0.5, 2)
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """Small real stand-ins of the bundled models, made by the rebuild script's --tiny mode (a quarter-width

@@ -160,14 +160,15 @@ def test_backbone_is_the_classifier_trunk(classifier, stem):
 def test_backbone_of_a_pool_early_trunk_is_the_same_function():
     """A vgg trunk built with pool_early pools before the BN and activation of each stage's last conv; the YOLO
     copy (conv, BN, act, pool) computes the same function in eval mode as long as every BN scale is positive."""
+    from conftest import trained_looking_bn
+
     from fashionkit.classify.models import create_model
 
     torch.manual_seed(0)
     classifier = create_model("vgg-fast", pool_early=True).eval()
     for m in classifier.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # trained-looking statistics, positive scales
-            m.weight.data.uniform_(0.5, 1.5), m.bias.data.normal_(0, 0.3)
-            m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            trained_looking_bn(m)
     kinds = [type(layer).__name__ for layer in trunk_layers(classifier)]
     assert kinds == ["TrunkConv", "TrunkPool", "TrunkConv", "TrunkConv", "TrunkPool", "TrunkConv", "TrunkConv"]
     cfg = detector_yaml(classifier, nc=10, stem=1)
