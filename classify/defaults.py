@@ -40,6 +40,10 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "patience": Opt(0, "early stopping: stop after this many epochs without improvement (0 = off)"),
     "monitor": Opt("val_loss", "what early stopping and best.pt follow", choices=("val_loss", "val_acc")),
     "augment": Opt("flip-crop", "augmentation preset (see `fashionkit data presets`)"),
+    "final_augment": Opt("", "a lighter augmentation preset for the last --final-augment-epochs epochs (e.g. "
+                             "flip-crop after flip-crop-erase: the end of the run learns the clean images, as "
+                             "ultralytics' close_mosaic does); empty = --augment throughout"),
+    "final_augment_epochs": Opt(0, "how many of the last epochs train with --final-augment (0 = none)"),
     "val_size": Opt(5000, "validation items held out of the 60k training set (stratified)"),
     "subset": Opt(0, "train on a stratified subset of N items (val shrinks to N/5); 0 = all"),
     "seed": Opt(0, "random seed (same seed and device give the same metrics on CPU)"),

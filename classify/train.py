@@ -95,6 +95,9 @@ class Trainer:
         self.device = distributed.init(select_device(cfg["device"]))
         self.amp = amp_dtype(self.device, cfg["amp"])
         augment = build_augment(cfg["augment"])
+        # the last --final-augment-epochs epochs switch to the lighter preset (chosen per epoch in train_epoch,
+        # so a resumed run switches at the same epoch)
+        self.augments = (augment, build_augment(cfg["final_augment"]) if cfg["final_augment_epochs"] else augment)
 
         images, labels = load_split("train", cfg["data_dir"])
         train_idx, val_idx = make_splits(labels.numpy(), cfg["val_size"], cfg["seed"], cfg["subset"] or None)
@@ -166,6 +169,7 @@ class Trainer:
 
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
+        self.train_loader.augment = self.augments[self.epoch >= self.cfg["epochs"] - self.cfg["final_augment_epochs"]]
         total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}", leave=False,
                    dynamic_ncols=True, disable=None if self.main else True)
@@ -433,6 +437,14 @@ def validate(cfg: dict) -> None:
     if cfg["model"] not in MODELS:
         raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
     build_augment(cfg["augment"])
+    if cfg["final_augment_epochs"]:
+        if not cfg["final_augment"]:
+            raise UserError("--final-augment-epochs needs --final-augment, the preset to train those epochs with "
+                            "(e.g. --final-augment flip-crop)")
+        build_augment(cfg["final_augment"])
+    if not 0 <= cfg["final_augment_epochs"] <= cfg["epochs"]:
+        raise UserError(f"--final-augment-epochs must be between 0 and --epochs ({cfg['epochs']}), "
+                        f"got {cfg['final_augment_epochs']}")
     for key in ("epochs", "batch_size"):
         if cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")

@@ -308,3 +308,36 @@ def test_progressive_resizing_grows_the_training_images(runs_dir, tmp_path):
     assert sizes == [[16], [20], [24], [28]]  # 16 px growing to 28 by 3 of the 4 epochs
     assert all(float(r["val_acc"]) > 0 for r in rows)  # validation at full size throughout
     assert sizes_per_epoch(model="mlp")[0] == [[28]] * 4  # a flattening neck needs 28 px: never resized
+
+
+def test_final_augment_trains_the_last_epochs_with_the_lighter_preset(runs_dir, tmp_path):
+    from fashionkit.classify.defaults import TRAIN_OPTIONS
+    from fashionkit.classify.train import Trainer
+    from fashionkit.config import resolve
+
+    cfg = resolve(TRAIN_OPTIONS, {"subset": 500, "epochs": 4, "augment": "flip-crop-erase",
+                                  "final_augment": "flip-crop", "final_augment_epochs": 1, "test": False})
+    trainer = Trainer(cfg, tmp_path)
+    first, final = trainer.augments
+    assert "RandomErasing" in repr(first) and "RandomErasing" not in repr(final) and "RandomCrop" in repr(final)
+    used: dict[int, set] = {}
+
+    def spy(augment, name):
+        def call(x, g, **where):
+            used.setdefault(where["epoch"], set()).add(name)
+            return augment(x, g, **where)
+        return call
+
+    trainer.augments = (spy(first, "augment"), spy(final, "final"))
+    trainer.fit()
+    assert [used[e] for e in range(4)] == [{"augment"}] * 3 + [{"final"}]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"final_augment_epochs": 1}, "needs --final-augment"),
+    ({"final_augment": "nope", "final_augment_epochs": 1}, "unknown augmentation preset 'nope'"),
+    ({"final_augment": "flip", "final_augment_epochs": 3}, r"between 0 and --epochs \(2\)"),
+])
+def test_final_augment_errors(runs_dir, options, message):
+    with pytest.raises(UserError, match=message):
+        train({**TINY, **options})
