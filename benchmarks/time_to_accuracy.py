@@ -137,6 +137,8 @@ def reference_recipe(args, test) -> dict:
                  "flip": [v2.RandomHorizontalFlip()], "none": []}
     if cfg["augment"] not in per_image:
         raise SystemExit(f"reference: no per-image version of augmentation {cfg['augment']!r}")
+    if cfg["final_augment_epochs"]:  # the plain loop keeps one transform for the whole run
+        raise SystemExit("reference: --set final_augment has no reference version; time the reference without it")
     clock = Clock()
     torch.manual_seed(cfg["seed"])
     images, labels = load_split("train")

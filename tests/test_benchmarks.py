@@ -89,6 +89,13 @@ def test_time_to_accuracy_rejects_an_unknown_recipe():
     assert proc.returncode != 0 and "unknown recipe 'fastest'" in proc.stderr
 
 
+def test_time_to_accuracy_refuses_a_final_augment_for_the_reference():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--quick", "--recipes",
+                           "reference", "--set", "final_augment=flip", "--set", "final_augment_epochs=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "final_augment has no reference version" in proc.stderr
+
+
 def test_track_errors_counts_wrong_tracks_by_the_item_each_followed_most(tmp_path):
     """Track 1 follows a coat and is named coat; track 2 follows a shirt for two frames and a bag for one, and is
     named T-shirt/top: wrong, judged as the shirt (its most-matched item), within the hard classes; track 3 sits on
