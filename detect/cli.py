@@ -87,6 +87,8 @@ def cmd_train(args) -> int:
     val, test = summary.get("val") or {}, summary.get("test") or {}
     scores = "".join(f", {split} mAP50 {m['mAP50']:.3f} mAP50-95 {m['mAP50-95']:.3f}"
                      for split, m in (("val", val), ("test", test)) if "mAP50" in m)
+    if "read" in test:
+        scores += f", test mAP50 {test['read']['mAP50']:.3f} with the crop reader"
     print(f"done: {run} ({summary['status']}, {summary['epochs_done']} epochs, "
           f"{summary['train_images_per_s']} train images/s{scores}); weights {run / (summary['best'] or '?')}")
     return 0
@@ -184,7 +186,8 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("eval", help="mAP of a detect run on a dataset split; precision/recall on a make-video clip",
                        formatter_class=formatter,
                        description="Evaluate a detect run's best.pt: mAP50 and mAP50-95 on the test (or val) split "
-                       "with ultralytics' validator, and with --video X.mp4 precision and recall at IoU 0.5 against "
+                       "with ultralytics' validator, then again with each box's class re-read by the crop reader "
+                       "(--classifier), and with --video X.mp4 precision and recall at IoU 0.5 against "
                        "the clip's X.json ground truth plus end-to-end frames/s. Writes RUN/eval/<split>/eval.json.")
     p.add_argument("run", metavar="RUN", help="detect run directory (or a detection .pt)")
     add_options(p, EVAL_OPTIONS)

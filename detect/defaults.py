@@ -160,6 +160,13 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "split": Opt("test", "dataset split for mAP", choices=("test", "val")),
     "imgsz": Opt(0, "image size (0 = the run's training size)"),
     "batch": Opt(16, "batch size"),
+    # the detector's boxes, each read by the classifier as a track's crops are: on the realistic test scenes the
+    # bundled detector's mAP50 0.686 -> 0.794 (BENCHMARKS.md, "The detector's boxes read by the crop reader")
+    "classifier": Opt("auto", "classify run that re-reads the class of each box for a second mAP (cut out and read "
+                      "as `detect video --track` reads a track's crops): RUN, auto (the detector's crop reader, as "
+                      "`detect video --classifier auto` chooses) or none (the detector's own classes only)", type=str),
+    "vote_weight": Opt(0.2, "with --classifier: weight of the detector's class scores against the classifier's "
+                       "reading (as `detect video --vote-weight`)"),
     "video": Opt(None, "also run on a `detect make-video` clip and score it against its .json ground truth",
                  type=str),
     "video_imgsz": Opt(320, "inference size for --video"),

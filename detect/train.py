@@ -236,6 +236,14 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
                              "seconds": reader_summary["seconds"]["total"]}
         atomic_write_json(run / "summary.json", summary)
         print(format_summary(reader, reader_summary), flush=True)
+        if "test" in summary:  # the test mAP again, each box's class re-read by the new reader
+            from fashionkit.detect.defaults import EVAL_OPTIONS
+            from fashionkit.detect.reader import evaluate_read
+
+            summary["test"]["read"] = evaluate_read(trainer.best, reader, data, "test", cfg["imgsz"], cfg["batch"],
+                                                    device, run / "test" / "read",
+                                                    EVAL_OPTIONS["vote_weight"].default, cfg["plots"], cfg["threads"])
+            atomic_write_json(run / "summary.json", summary)
     return run, summary
 
 
@@ -356,6 +364,17 @@ def write_summary(run: Path, trainer, base: dict, status: str) -> dict:
     return summary
 
 
+def metric_dict(metrics, split: str) -> dict:
+    """The figures of an ultralytics validation kept in summary.json and eval.json."""
+    box = metrics.box
+    names = metrics.names
+    per_class = {names[int(c)]: round(float(box.maps[int(c)]), 5) for c in box.ap_class_index}
+    return {"split": split, "images": int(getattr(metrics, "seen", 0) or 0) or None,
+            "precision": round(float(box.mp), 5), "recall": round(float(box.mr), 5),
+            "mAP50": round(float(box.map50), 5), "mAP50-95": round(float(box.map), 5),
+            "mAP50-95_per_class": per_class}
+
+
 def evaluate(weights: str | Path, data: str | Path, split: str, imgsz: int, batch: int, device: str, out: Path,
              plots: bool = True, threads: int = 0) -> dict:
     """mAP of a detector on a dataset split with ultralytics' validator; plots go to ``out``."""
@@ -366,13 +385,7 @@ def evaluate(weights: str | Path, data: str | Path, split: str, imgsz: int, batc
     keep_threads(model, threads)
     metrics = model.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device,
                                      plots=plots, project=str(out.parent), name=out.name, exist_ok=True, verbose=False)
-    box = metrics.box
-    names = metrics.names
-    per_class = {names[int(c)]: round(float(box.maps[int(c)]), 5) for c in box.ap_class_index}
-    result = {"split": split, "images": int(getattr(metrics, "seen", 0) or 0) or None,
-              "precision": round(float(box.mp), 5), "recall": round(float(box.mr), 5),
-              "mAP50": round(float(box.map50), 5), "mAP50-95": round(float(box.map), 5),
-              "mAP50-95_per_class": per_class}
+    result = metric_dict(metrics, split)
     print(f"{split}: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}  precision "
           f"{result['precision']:.4f}  recall {result['recall']:.4f}", flush=True)
     return result

@@ -670,8 +670,31 @@ def format_summary(s: dict) -> str:
 
 # ---- detect eval -------------------------------------------------------------------------------------------
 
+def eval_classifier(cfg: dict, weights: Path, names: dict) -> Path | None:
+    """``detect eval --classifier``: the classify run that re-reads the boxes' classes (auto: as ``detect video
+    --track`` chooses it), or None; one whose classes are not the detector's is a UserError."""
+    import torch
+
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.detect.tracks import choose_runs, open_classifier
+
+    if not 0 <= cfg["vote_weight"] <= 1:
+        raise UserError(f"--vote-weight {cfg['vote_weight']}: give a weight from 0 to 1")
+    classifier, _ = choose_runs({"classifier": cfg["classifier"], "metric": "none"}, weights)
+    if classifier is None:
+        return None
+    if [names[i] for i in range(len(names))] != list(CLASSES):
+        if str(cfg["classifier"]).lower() == "auto":
+            return None
+        raise UserError(f"--classifier {classifier}: the detector's classes are not Fashion-MNIST's ten, which a "
+                        f"classify run reads; pass --classifier none")
+    open_classifier(classifier, torch.device("cpu"))  # a clear error for a run that is no Fashion-MNIST reader
+    return classifier
+
+
 def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
-    """mAP of a detect run's best.pt on a dataset split (and, with ``--video``, P/R on a make-video clip)."""
+    """mAP of a detect run's best.pt on a dataset split, alone and with its boxes' classes re-read by
+    ``--classifier`` (and, with ``--video``, P/R on a make-video clip)."""
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
     from fashionkit.detect.train import data_yaml, dataset_info, evaluate, ultralytics_device
@@ -688,11 +711,18 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     home = run if run.is_dir() else weights.parent
     out = ensure_dir(Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"])
     use_ultralytics()
-    load_detector(weights)  # a clear error for a non-detector before ultralytics' validator sees it
+    detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
+    classifier = eval_classifier(cfg, weights, detector.names)
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
               cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"],
                                      cfg["threads"])}
+    if classifier is not None:
+        from fashionkit.detect.reader import evaluate_read
+
+        result[cfg["split"]]["read"] = evaluate_read(weights, classifier, data, cfg["split"], imgsz, cfg["batch"],
+                                                     device, out / "read", cfg["vote_weight"], cfg["plots"],
+                                                     cfg["threads"])
     if cfg["video"]:
         video = Path(cfg["video"])
         from fashionkit.config import resolve

@@ -552,7 +552,19 @@ def test_eval_reports_map_and_video_scores(cli, trained, clip, work, capsys):
     assert cli("detect", "eval", run, "--video", path, "--no-plots") == 0
     result = json.loads((run / "eval" / "test" / "eval.json").read_text())
     assert 0 <= result["test"]["mAP50"] <= 1 and "precision" in result["video"]["gt"]
-    assert "mAP50" in capsys.readouterr().out
+    # the boxes read again by the run's crop reader (--classifier auto)
+    read = result["test"]["read"]
+    assert read["classifier"] == str(run / "reader") and read["vote_weight"] == 0.2 and 0 <= read["mAP50"] <= 1
+    out = capsys.readouterr().out
+    assert "mAP50" in out and f"classes read by {run / 'reader'}" in out
+    assert cli("detect", "eval", run, "--classifier", "none", "--no-plots", "--out", work / "eval-none") == 0
+    assert "read" not in json.loads((work / "eval-none" / "eval.json").read_text())["test"]
+    capsys.readouterr()
+    for argv, says in ((("--vote-weight", 2), "--vote-weight 2.0"), (("--classifier", run), "is a detect run"),
+                       (("--classifier", work / "nowhere"), "not found")):
+        assert cli("detect", "eval", run, *argv, "--no-plots") == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
 
 
 # ---- track-level classes (detect/tracks.py) and scoring (detect/scoring.py) ---------------------------------
@@ -615,6 +627,26 @@ def test_track_vote_mixes_votes_and_classifier_reading():
     assert margin[2] == 0
     assert mix(votes, probs, vote_weight=1.0)[1, 0] == pytest.approx(0.5)  # weight 1: the votes alone
     assert mix(votes, None, 0.5) == pytest.approx(mix(votes, probs * np.nan, 0.5))
+
+
+def test_reread_scores_each_box_under_the_classes_its_reading_gives():
+    from fashionkit.detect.reader import reread
+
+    scores = np.zeros((3, 10))
+    scores[0, [4, 6]] = [0.8, 0.2]  # the detector: coat, a little shirt
+    scores[1, 6] = 0.5  # shirt
+    scores[2, 1] = 0.9  # trouser, a box too small to read
+    probs = np.full((3, 10), np.nan)
+    probs[0] = np.eye(10)[6]  # the reader: a shirt, surely
+    probs[1] = np.eye(10)[6] * 0.5 + np.eye(10)[0] * 0.5 - 0.001 * (np.arange(10) == 0)
+    box, cls, conf = reread(scores, probs, vote_weight=0.2)
+    pairs = {(int(b), int(c)): float(f) for b, c, f in zip(box, cls, conf)}
+    # box 0: shares 0.2 x (0.8, 0.2) + 0.8 x (0, 1) = coat 0.16, shirt 0.84, each times the box's best score 0.8
+    assert pairs[(0, 6)] == pytest.approx(0.8 * 0.84) and pairs[(0, 4)] == pytest.approx(0.8 * 0.16)
+    assert pairs[(1, 6)] == pytest.approx(0.5 * (0.2 + 0.8 * 0.5)) and pairs[(1, 0)] == pytest.approx(0.5 * 0.8 * 0.499)
+    assert pairs[(2, 1)] == pytest.approx(0.9)  # unread: the detector's class and score
+    assert len(pairs) == 5  # classes under MIN_SHARE are not scored
+    assert [len(a) for a in reread(np.zeros((0, 10)), np.zeros((0, 10)), 0.2)] == [0, 0, 0]
 
 
 def test_collector_keeps_the_best_spaced_crops_and_new_ids_for_images():
@@ -1080,6 +1112,8 @@ def test_train_makes_a_crop_reader_that_loads_as_a_classify_run(trained, classif
     run, summary = trained
     reader = run / "reader"
     assert summary["reader"]["dir"] == str(reader)
+    # the test mAP again with the boxes' classes read by the new reader
+    assert summary["test"]["read"]["classifier"] == str(reader) and 0 <= summary["test"]["read"]["mAP50"] <= 1
     info = json.loads((reader / "run.json").read_text())
     assert info["stage"] == "classify" and info["classifier_run"] == str(classify_run)
     model, _, _, _ = load_run_model(reader)  # same architecture as its config.yaml says
