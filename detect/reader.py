@@ -236,7 +236,6 @@ def format_summary(reader: Path, s: dict) -> str:
             f"{pct(a['reader']['val'])}, test {pct(a['classifier']['test'])} -> {pct(a['reader']['test'])}")
 
 
-
 # ---- the detector's boxes read by the classifier: mAP of the two together ----------------------------------------
 
 # a box is scored under each class that has at least this share of its mixed class distribution: a box the reader
