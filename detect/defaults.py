@@ -161,7 +161,7 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "imgsz": Opt(0, "image size (0 = the run's training size)"),
     "batch": Opt(16, "batch size"),
     # the detector's boxes, each read by the classifier as a track's crops are: on the realistic test scenes the
-    # bundled detector's mAP50 0.686 -> 0.794 (BENCHMARKS.md, "The detector's boxes read by the crop reader")
+    # bundled detector's mAP50 0.686 -> 0.803 (BENCHMARKS.md, "The detector's boxes read by the crop reader")
     "classifier": Opt("auto", "classify run that re-reads the class of each box for a second mAP (cut out and read "
                       "as `detect video --track` reads a track's crops): RUN, auto (the detector's crop reader, as "
                       "`detect video --classifier auto` chooses) or none (the detector's own classes only)", type=str),

@@ -641,10 +641,13 @@ def test_reread_scores_each_box_under_the_classes_its_reading_gives():
     probs[1] = np.eye(10)[6] * 0.5 + np.eye(10)[0] * 0.5 - 0.001 * (np.arange(10) == 0)
     box, cls, conf = reread(scores, probs, vote_weight=0.2)
     pairs = {(int(b), int(c)): float(f) for b, c, f in zip(box, cls, conf)}
-    # box 0: shares 0.2 x (0.8, 0.2) + 0.8 x (0, 1) = coat 0.16, shirt 0.84, each times the box's best score 0.8
-    assert pairs[(0, 6)] == pytest.approx(0.8 * 0.84) and pairs[(0, 4)] == pytest.approx(0.8 * 0.16)
+    # box 0: shares 0.2 x (0.8, 0.2) + 0.8 x (0, 1) = coat 0.16, shirt 0.84, each times the box's summed scores 1.0
+    assert pairs[(0, 6)] == pytest.approx(0.84) and pairs[(0, 4)] == pytest.approx(0.16)
     assert pairs[(1, 6)] == pytest.approx(0.5 * (0.2 + 0.8 * 0.5)) and pairs[(1, 0)] == pytest.approx(0.5 * 0.8 * 0.499)
     assert pairs[(2, 1)] == pytest.approx(0.9)  # unread: the detector's class and score
+    scores[0, 4] = 0.9  # box 0's scores now sum past 1: its confidence is 1, shirt's share 0.2 x 0.2 / 1.1 + 0.8
+    box, cls, conf = reread(scores, probs, vote_weight=0.2)
+    assert conf[(box == 0) & (cls == 6)][0] == pytest.approx(0.2 * 0.2 / 1.1 + 0.8)
     assert len(pairs) == 5  # classes under MIN_SHARE are not scored
     assert [len(a) for a in reread(np.zeros((0, 10)), np.zeros((0, 10)), 0.2)] == [0, 0, 0]
 
