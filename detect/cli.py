@@ -149,7 +149,8 @@ def register(sub, formatter) -> None:
                        "stages, a YOLOv8 neck and Detect head, and fine-tune it with the ultralytics trainer. "
                        "--from none gives the same shape at random init, --from yolov8n.yaml a stock model. Writes "
                        "<runs>/detect/<name>/: config.yaml, model.yaml, summary.json, ultralytics/ (weights/best.pt, "
-                       "results.csv, plots) and test/ (test-split mAP).")
+                       "results.csv, plots), test/ (test-split mAP), reader/ (the crop reader, for --track) and "
+                       "test/read/ (the test mAP with the reader naming the boxes).")
     add_options(p, TRAIN_OPTIONS)
     p.set_defaults(func=cmd_train)
 

@@ -2,7 +2,8 @@
 
 Our run directory ``<runs>/detect/<name>/`` holds ``config.yaml``, ``run.json``, ``model.yaml`` (the detector's
 ultralytics YAML), ``summary.json`` and, in ``ultralytics/``, the ultralytics run itself: ``weights/best.pt`` and
-``last.pt``, ``results.csv``, ``args.yaml`` and its plots. ``test/`` holds the test-split evaluation of best.pt.
+``last.pt``, ``results.csv``, ``args.yaml`` and its plots. ``test/`` holds the test-split evaluation of best.pt,
+and ``test/read/`` the same with each box's class read by the run's crop reader (``reader/``, made after training).
 The trainer does the loss, augmentation, EMA, metrics, plots, early stopping and checkpoints; we only hand it the
 prepared model, freeze the copied backbone for the first epochs, and measure the training speed.
 """
