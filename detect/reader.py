@@ -307,20 +307,18 @@ def reading_validator(reader, vote_weight: float):
     return ReadingValidator
 
 
-def evaluate_read(weights: str | Path, classifier_run: Path, data: str | Path, split: str, imgsz: int, batch: int,
+def evaluate_read(weights: str | Path, reader, run: Path, data: str | Path, split: str, imgsz: int, batch: int,
                   device: str, out: Path, vote_weight: float, plots: bool = True, threads: int = 0) -> dict:
-    """mAP of a detector whose boxes' classes are re-read by a classify run (``reading_validator``); plots to
+    """mAP of a detector whose boxes' classes are re-read by ``reader``, the model of the classify run ``run``
+    (``tracks.open_classifier``; the validator moves it to its device), with ``reading_validator``; plots to
     ``out``."""
-    import torch
     from ultralytics import YOLO
 
-    from fashionkit.detect.tracks import open_classifier
     from fashionkit.detect.train import keep_threads, metric_dict
 
     out = Path(out).resolve()
     model = YOLO(str(weights))
     keep_threads(model, threads)
-    reader, _, run = open_classifier(classifier_run, torch.device("cpu"))  # moved to the validator's device there
     metrics = model.val(validator=reading_validator(reader, vote_weight), data=str(data), split=split, imgsz=imgsz,
                         batch=batch, device=device, plots=plots, project=str(out.parent), name=out.name,
                         exist_ok=True, verbose=False)

@@ -134,6 +134,14 @@ class Readers:
     hard: list = field(default_factory=list)
 
 
+def has_fashion_classes(names: dict) -> bool:
+    """Whether a detector's classes (``{index: name}``) are Fashion-MNIST's ten, the classes classify and metric runs
+    read."""
+    from fashionkit.data.fashion_mnist import CLASSES
+
+    return [names[i] for i in range(len(names))] == list(CLASSES)
+
+
 def load_readers(classifier_run: Path | None, metric_run: Path | None, names: dict, device) -> Readers:
     """Load and check the classifier and metric runs against the detector's classes; a misfit is a UserError."""
     import torch
@@ -143,9 +151,9 @@ def load_readers(classifier_run: Path | None, metric_run: Path | None, names: di
     readers = Readers(device)
     if classifier_run is None and metric_run is None:
         return readers
-    detector_classes = [names[i] for i in range(len(names))]
-    if detector_classes != list(CLASSES):
-        raise UserError(f"the detector's {len(names)} classes ({', '.join(detector_classes[:4])}, ...) are not "
+    if not has_fashion_classes(names):
+        shown = ", ".join(names[i] for i in range(min(4, len(names))))
+        raise UserError(f"the detector's {len(names)} classes ({shown}, ...) are not "
                         f"Fashion-MNIST's ten, which classify and metric runs know; pass --classifier none "
                         f"--metric none")
     if classifier_run is not None:

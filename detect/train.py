@@ -238,11 +238,15 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         atomic_write_json(run / "summary.json", summary)
         print(format_summary(reader, reader_summary), flush=True)
         if "test" in summary:  # the test mAP again, each box's class re-read by the new reader
+            import torch
+
             from fashionkit.detect.defaults import EVAL_OPTIONS
             from fashionkit.detect.reader import evaluate_read
+            from fashionkit.detect.tracks import open_classifier
 
-            summary["test"]["read"] = evaluate_read(trainer.best, reader, data, "test", cfg["imgsz"], cfg["batch"],
-                                                    device, run / "test" / "read",
+            model = open_classifier(reader, torch.device("cpu"))[0]
+            summary["test"]["read"] = evaluate_read(trainer.best, model, reader, data, "test", cfg["imgsz"],
+                                                    cfg["batch"], device, run / "test" / "read",
                                                     EVAL_OPTIONS["vote_weight"].default, cfg["plots"], cfg["threads"])
             atomic_write_json(run / "summary.json", summary)
     return run, summary

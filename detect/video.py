@@ -670,26 +670,26 @@ def format_summary(s: dict) -> str:
 
 # ---- detect eval -------------------------------------------------------------------------------------------
 
-def eval_classifier(cfg: dict, weights: Path, names: dict) -> Path | None:
-    """``detect eval --classifier``: the classify run that re-reads the boxes' classes (auto: as ``detect video
-    --track`` chooses it), or None; one whose classes are not the detector's is a UserError."""
+def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path] | None:
+    """``detect eval --classifier``: ``(model, run)`` of the classify run that re-reads the boxes' classes (auto: as
+    ``detect video --track`` chooses it), loaded on the CPU, or None; one whose classes are not the detector's is a
+    UserError."""
     import torch
 
-    from fashionkit.data.fashion_mnist import CLASSES
-    from fashionkit.detect.tracks import choose_runs, open_classifier
+    from fashionkit.detect.tracks import choose_runs, has_fashion_classes, open_classifier
 
     if not 0 <= cfg["vote_weight"] <= 1:
         raise UserError(f"--vote-weight {cfg['vote_weight']}: give a weight from 0 to 1")
     classifier, _ = choose_runs({"classifier": cfg["classifier"], "metric": "none"}, weights)
     if classifier is None:
         return None
-    if [names[i] for i in range(len(names))] != list(CLASSES):
+    if not has_fashion_classes(names):
         if str(cfg["classifier"]).lower() == "auto":
             return None
         raise UserError(f"--classifier {classifier}: the detector's classes are not Fashion-MNIST's ten, which a "
                         f"classify run reads; pass --classifier none")
-    open_classifier(classifier, torch.device("cpu"))  # a clear error for a run that is no Fashion-MNIST reader
-    return classifier
+    model, _, run = open_classifier(classifier, torch.device("cpu"))  # a run that is no Fashion-MNIST reader: error
+    return model, run
 
 
 def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
@@ -713,14 +713,14 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     use_ultralytics()
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
-    classifier = eval_classifier(cfg, weights, detector.names)
+    reader = eval_classifier(cfg, weights, detector.names)
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
               cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"],
                                      cfg["threads"])}
-    if classifier is not None:
+    if reader is not None:
         from fashionkit.detect.reader import evaluate_read
 
-        result[cfg["split"]]["read"] = evaluate_read(weights, classifier, data, cfg["split"], imgsz, cfg["batch"],
+        result[cfg["split"]]["read"] = evaluate_read(weights, *reader, data, cfg["split"], imgsz, cfg["batch"],
                                                      device, out / "read", cfg["vote_weight"], cfg["plots"],
                                                      cfg["threads"])
     if cfg["video"]:
