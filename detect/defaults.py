@@ -165,8 +165,8 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "classifier": Opt("auto", "classify run that re-reads the class of each box for a second mAP (cut out and read "
                       "as `detect video --track` reads a track's crops): RUN, auto (the detector's crop reader, as "
                       "`detect video --classifier auto` chooses) or none (the detector's own classes only)", type=str),
-    "vote_weight": Opt(0.2, "with --classifier: weight of the detector's class scores against the classifier's "
-                       "reading (as `detect video --vote-weight`)"),
+    "vote_weight": Opt(VIDEO_OPTIONS["vote_weight"].default, "with --classifier: weight of the detector's class scores "
+                       "against the classifier's reading (as `detect video --vote-weight`)"),
     "video": Opt(None, "also run on a `detect make-video` clip and score it against its .json ground truth",
                  type=str),
     "video_imgsz": Opt(320, "inference size for --video"),
