@@ -645,10 +645,10 @@ def test_reread_scores_each_box_under_the_classes_its_reading_gives():
     assert pairs[(0, 6)] == pytest.approx(0.84) and pairs[(0, 4)] == pytest.approx(0.16)
     assert pairs[(1, 6)] == pytest.approx(0.5 * (0.2 + 0.8 * 0.5)) and pairs[(1, 0)] == pytest.approx(0.5 * 0.8 * 0.499)
     assert pairs[(2, 1)] == pytest.approx(0.9)  # unread: the detector's class and score
+    assert len(pairs) == 5  # classes under MIN_SHARE are not scored
     scores[0, 4] = 0.9  # box 0's scores now sum past 1: its confidence is 1, shirt's share 0.2 x 0.2 / 1.1 + 0.8
     box, cls, conf = reread(scores, probs, vote_weight=0.2)
     assert conf[(box == 0) & (cls == 6)][0] == pytest.approx(0.2 * 0.2 / 1.1 + 0.8)
-    assert len(pairs) == 5  # classes under MIN_SHARE are not scored
     assert [len(a) for a in reread(np.zeros((0, 10)), np.zeros((0, 10)), 0.2)] == [0, 0, 0]
 
 
