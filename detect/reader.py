@@ -59,21 +59,15 @@ def split_dirs(data_yaml: Path, split: str) -> tuple[Path, Path] | None:
     return (images, labels) if images.is_dir() else None
 
 
-def scene_crops(data_yaml: Path, split: str, copies: int = 1, jitter: float = 0.0, seed: int = 0):
-    """``(items uint8 [N, 28, 28], labels int64 [N])`` cut from the ground-truth boxes of a split's scenes the way a
-    track's crops are cut; each box ``copies`` times with its centre and size moved by N(0, ``jitter``) of its size.
-    Boxes too small to read (``tracks.CROP_MIN_SIDE``) are left out, as in a track."""
+def labelled_frames(data_yaml: Path, split: str):
+    """``(BGR frame, [(class, x1, y1, x2, y2), ...])`` for each scene of a make-data split with a label file, in
+    file order: the ground-truth boxes in the frame's pixels."""
     import cv2
-    import torch
-
-    from fashionkit.detect.tracks import crop_grey, crop_item
 
     dirs = split_dirs(data_yaml, split)
     if dirs is None:
-        return torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+        return
     images, labels = dirs
-    rng = np.random.default_rng(seed)
-    items, classes = [], []
     for file in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
         label_file = labels / f"{file.stem}.txt"
         rows = np.loadtxt(label_file, ndmin=2) if label_file.is_file() and label_file.stat().st_size else []
@@ -83,15 +77,31 @@ def scene_crops(data_yaml: Path, split: str, copies: int = 1, jitter: float = 0.
         if frame is None:
             continue
         H, W = frame.shape[:2]
-        for c, cx, cy, w, h in rows:
+        yield frame, [(int(c), (cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H)
+                      for c, cx, cy, w, h in rows]
+
+
+def scene_crops(data_yaml: Path, split: str, copies: int = 1, jitter: float = 0.0, seed: int = 0):
+    """``(items uint8 [N, 28, 28], labels int64 [N])`` cut from the ground-truth boxes of a split's scenes the way a
+    track's crops are cut; each box ``copies`` times with its centre and size moved by N(0, ``jitter``) of its size.
+    Boxes too small to read (``tracks.CROP_MIN_SIDE``) are left out, as in a track."""
+    import torch
+
+    from fashionkit.detect.tracks import crop_grey, crop_item
+
+    rng = np.random.default_rng(seed)
+    items, classes = [], []
+    for frame, boxes in labelled_frames(data_yaml, split):
+        for c, x1, y1, x2, y2 in boxes:
+            w, h = x2 - x1, y2 - y1
             for _ in range(copies):
                 dx, dy, dw, dh = rng.normal(0.0, jitter, 4) if jitter else (0.0, 0.0, 0.0, 0.0)
-                bw, bh = w * W * (1 + dw), h * H * (1 + dh)
-                x, y = cx * W + dx * w * W, cy * H + dy * h * H
+                bw, bh = w * (1 + dw), h * (1 + dh)
+                x, y = (x1 + x2) / 2 + dx * w, (y1 + y2) / 2 + dy * h
                 grey = crop_grey(frame, (x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2))
                 if grey is not None:
                     items.append(crop_item(grey))
-                    classes.append(int(c))
+                    classes.append(c)
     if not items:
         return torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
     return torch.stack(items), torch.tensor(classes, dtype=torch.long)

@@ -146,3 +146,41 @@ def test_track_errors_counts_wrong_tracks_by_the_item_each_followed_most(tmp_pat
     assert "was not scored against a ground truth: give --gt clip.json" in failed.stderr
     failed = subprocess.run([sys.executable, script, str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr and "no detections.jsonl" in failed.stderr
+
+
+def test_reader_ceiling_reads_every_ground_truth_box_once(tmp_path):
+    """The crops the script reads are the labelled boxes, in order with their classes: its accuracy is the one
+    `reader.scene_crops` + `predict_probs` give for the same split, and every box falls in one size bin and on one
+    side of the frame-edge split."""
+    import numpy as np
+    import torch
+
+    from fashionkit.bundled import bundled_dir
+    from fashionkit.classify.predict import predict_probs
+    from fashionkit.config import resolve
+    from fashionkit.detect.cli import MAKE_DATA_OPTIONS
+    from fashionkit.detect.reader import scene_crops
+    from fashionkit.detect.scenes import make_dataset
+    from fashionkit.detect.tracks import open_classifier
+
+    data = tmp_path / "scenes"
+    make_dataset(resolve(MAKE_DATA_OPTIONS, {"out": str(data), "imgsz": 160, "max_scale": 4.0, "workers": 1,
+                                             "train": 2, "val": 6, "test": 2}), progress=False)
+    reader = bundled_dir("detector") / "reader"
+    out = tmp_path / "ceiling.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/reader_ceiling.py"), "--reader", str(reader), "--data",
+                    str(data), "--splits", "val", "--out", str(out)], check=True, capture_output=True, text=True,
+                   timeout=300)
+    val = json.loads(out.read_text())["splits"]["val"]
+    labels = [np.loadtxt(f, ndmin=2) for f in sorted((data / "labels" / "val").glob("*.txt")) if f.stat().st_size]
+    assert val["boxes"] == sum(len(rows) for rows in labels) > 0
+    items, classes = scene_crops(data / "data.yaml", "val")
+    assert val["readable"] == len(classes)
+    model = open_classifier(reader, torch.device("cpu"))[0]
+    right = (predict_probs(model, items, torch.device("cpu")).argmax(1) == classes).sum().item()
+    one = val["one view"]
+    assert one["accuracy"] == round(right / val["boxes"], 4)
+    assert 0 < one["mAP50 of the ground-truth boxes read"] <= 1
+    assert sum(b["n"] for b in one["by longer side (px)"].values()) == val["boxes"]
+    assert one["at the frame edge"]["n"] + one["inside the frame"]["n"] == val["boxes"]
+    assert one["hard classes"]["n"] + one["other classes"]["n"] == val["boxes"]
