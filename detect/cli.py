@@ -87,6 +87,8 @@ def cmd_train(args) -> int:
     val, test = summary.get("val") or {}, summary.get("test") or {}
     scores = "".join(f", {split} mAP50 {m['mAP50']:.3f} mAP50-95 {m['mAP50-95']:.3f}"
                      for split, m in (("val", val), ("test", test)) if "mAP50" in m)
+    if "boxes" in test:
+        scores += f" ({test['boxes']['mAP50']:.3f} with classes ignored)"
     if "read" in test:
         scores += f", test mAP50 {test['read']['mAP50']:.3f} with the crop reader"
     print(f"done: {run} ({summary['status']}, {summary['epochs_done']} epochs, "
@@ -149,8 +151,8 @@ def register(sub, formatter) -> None:
                        "stages, a YOLOv8 neck and Detect head, and fine-tune it with the ultralytics trainer. "
                        "--from none gives the same shape at random init, --from yolov8n.yaml a stock model. Writes "
                        "<runs>/detect/<name>/: config.yaml, model.yaml, summary.json, ultralytics/ (weights/best.pt, "
-                       "results.csv, plots), test/ (test-split mAP), reader/ (the crop reader, for --track) and "
-                       "test/read/ (the test mAP with the reader naming the boxes).")
+                       "results.csv, plots), test/ (test-split mAP; test/boxes/: with classes ignored), reader/ (the "
+                       "crop reader, for --track) and test/read/ (the test mAP with the reader naming the boxes).")
     add_options(p, TRAIN_OPTIONS)
     p.set_defaults(func=cmd_train)
 
@@ -187,7 +189,9 @@ def register(sub, formatter) -> None:
     p = sub.add_parser("eval", help="mAP of a detect run on a dataset split; precision/recall on a make-video clip",
                        formatter_class=formatter,
                        description="Evaluate a detect run's best.pt: mAP50 and mAP50-95 on the test (or val) split "
-                       "with ultralytics' validator, then again with each box's class re-read by the crop reader "
+                       "with ultralytics' validator, again with classes ignored (the boxes alone: is it finding the "
+                       "items or naming them that holds the detector back?), then with each box's class re-read by the "
+                       "crop reader "
                        "(--classifier), and with --video X.mp4 precision and recall at IoU 0.5 against "
                        "the clip's X.json ground truth plus end-to-end frames/s. Writes RUN/eval/<split>/eval.json.")
     p.add_argument("run", metavar="RUN", help="detect run directory (or a detection .pt)")

@@ -3,7 +3,8 @@
 Our run directory ``<runs>/detect/<name>/`` holds ``config.yaml``, ``run.json``, ``model.yaml`` (the detector's
 ultralytics YAML), ``summary.json`` and, in ``ultralytics/``, the ultralytics run itself: ``weights/best.pt`` and
 ``last.pt``, ``results.csv``, ``args.yaml`` and its plots. ``test/`` holds the test-split evaluation of best.pt,
-and ``test/read/`` the same with each box's class read by the run's crop reader (``reader/``, made after training).
+``test/boxes/`` the same with classes ignored, and ``test/read/`` the same with each box's class read by the run's
+crop reader (``reader/``, made after training).
 The trainer does the loss, augmentation, EMA, metrics, plots, early stopping and checkpoints; we only hand it the
 prepared model, freeze the copied backbone for the first epochs, and measure the training speed.
 """
@@ -219,6 +220,8 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     if cfg["test"] and "test" in info and Path(trainer.best).is_file():
         summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
                                    cfg["plots"], cfg["threads"])
+        summary["test"]["boxes"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device,
+                                            run / "test" / "boxes", cfg["plots"], cfg["threads"], boxes_alone=True)
         atomic_write_json(run / "summary.json", summary)
     if cfg["reader_epochs"] and source.classifier_run and summary["best"]:
         from fashionkit.detect.defaults import READER_OPTIONS
@@ -381,16 +384,20 @@ def metric_dict(metrics, split: str) -> dict:
 
 
 def evaluate(weights: str | Path, data: str | Path, split: str, imgsz: int, batch: int, device: str, out: Path,
-             plots: bool = True, threads: int = 0) -> dict:
-    """mAP of a detector on a dataset split with ultralytics' validator; plots go to ``out``."""
+             plots: bool = True, threads: int = 0, boxes_alone: bool = False) -> dict:
+    """mAP of a detector on a dataset split with ultralytics' validator; plots go to ``out``. ``boxes_alone``:
+    classes ignored (ultralytics' ``single_cls``), so the score is the boxes' alone: set against the score with
+    classes, it says whether finding the items or naming them holds a detector back."""
     from ultralytics import YOLO
 
     out = Path(out).resolve()
     model = YOLO(str(weights))
     keep_threads(model, threads)
-    metrics = model.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device,
-                                     plots=plots, project=str(out.parent), name=out.name, exist_ok=True, verbose=False)
+    metrics = model.val(data=str(data), split=split, imgsz=imgsz, batch=batch, device=device, single_cls=boxes_alone,
+                        plots=plots, project=str(out.parent), name=out.name, exist_ok=True, verbose=False)
     result = metric_dict(metrics, split)
-    print(f"{split}: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}  precision "
-          f"{result['precision']:.4f}  recall {result['recall']:.4f}", flush=True)
+    if boxes_alone:
+        del result["mAP50-95_per_class"]  # one class, named after the first: not a per-class figure
+    print(f"{split}{', boxes alone (classes ignored)' if boxes_alone else ''}: mAP50 {result['mAP50']:.4f}  mAP50-95 "
+          f"{result['mAP50-95']:.4f}  precision {result['precision']:.4f}  recall {result['recall']:.4f}", flush=True)
     return result

@@ -693,8 +693,9 @@ def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path
 
 
 def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
-    """mAP of a detect run's best.pt on a dataset split, alone and with its boxes' classes re-read by
-    ``--classifier`` (and, with ``--video``, P/R on a make-video clip)."""
+    """mAP of a detect run's best.pt on a dataset split: with its own classes, with classes ignored (the boxes
+    alone), and with its boxes' classes re-read by ``--classifier`` (and, with ``--video``, P/R on a make-video
+    clip)."""
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
     from fashionkit.detect.train import data_yaml, dataset_info, evaluate, ultralytics_device
@@ -717,6 +718,8 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
               cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"],
                                      cfg["threads"])}
+    result[cfg["split"]]["boxes"] = evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out / "boxes",
+                                             cfg["plots"], cfg["threads"], boxes_alone=True)
     if reader is not None:
         from fashionkit.detect.reader import evaluate_read
 
