@@ -31,7 +31,7 @@ def main() -> None:
     from ultralytics.utils.metrics import ap_per_class
 
     from fashionkit.classify.predict import predict_probs
-    from fashionkit.detect.reader import MIN_SHARE, labelled_frames
+    from fashionkit.detect.reader import MIN_SHARE, scene_boxes
     from fashionkit.detect.tracks import crop_grey, crop_item, open_classifier
     from fashionkit.detect.train import data_yaml
 
@@ -49,7 +49,7 @@ def main() -> None:
     result = {"reader": str(run), "data": str(data), "command": " ".join(sys.argv), "cpu": cpu_name(), "splits": {}}
     for split in a.splits.split(","):
         classes, items, sides, edges = [], [], [], []
-        for frame, boxes in labelled_frames(data, split):
+        for frame, boxes in scene_boxes(data, split):
             H, W = frame.shape[:2]
             for c, x1, y1, x2, y2 in boxes:
                 classes.append(c)

@@ -59,7 +59,7 @@ def split_dirs(data_yaml: Path, split: str) -> tuple[Path, Path] | None:
     return (images, labels) if images.is_dir() else None
 
 
-def labelled_frames(data_yaml: Path, split: str):
+def scene_boxes(data_yaml: Path, split: str):
     """``(BGR frame, [(class, x1, y1, x2, y2), ...])`` for each scene of a make-data split with a label file, in
     file order: the ground-truth boxes in the frame's pixels."""
     import cv2
@@ -91,7 +91,7 @@ def scene_crops(data_yaml: Path, split: str, copies: int = 1, jitter: float = 0.
 
     rng = np.random.default_rng(seed)
     items, classes = [], []
-    for frame, boxes in labelled_frames(data_yaml, split):
+    for frame, boxes in scene_boxes(data_yaml, split):
         for c, x1, y1, x2, y2 in boxes:
             w, h = x2 - x1, y2 - y1
             for _ in range(copies):
