@@ -77,9 +77,14 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "stride": Opt(1, "process every Nth frame"),
     "max_frames": Opt(0, "stop after this many processed frames (0 = all)"),
     "batch": Opt(8, "frames per forward pass"),
-    "track": Opt(False, "track items across frames (ultralytics BoT-SORT) and give each track one class from its "
+    # on: `detect video input.mp4` is the product's command, and tracking names items better on every test clip,
+    # precision and recall with class alike (10 s / 60 s seed 3 / 60 s seed 4, bundled models, 2-core Zen 2: per
+    # frame 0.866 / 0.847, 0.664 / 0.577, 0.599 / 0.559 at 50.2 / 50.5 / 49.3 frames/s; tracked 0.891 / 0.878,
+    # 0.870 / 0.685, 0.710 / 0.645 at 35.8 / 37.5 / 31.8; BENCHMARKS.md, "Tracking by default")
+    "track": Opt(True, "track items across frames (ultralytics BoT-SORT) and give each track one class from its "
                  "frames' votes, its crops read by --classifier and, for unsure hard classes, --metric's kNN "
-                 "resolver; a folder of images: each detection is its own track"),
+                 "resolver; a folder of images: each detection is its own track, read by --classifier. "
+                 "--no-track: every frame on its own, named by the detector alone (faster, flickers)"),
     # BoT-SORT (ByteTrack's association plus camera-motion compensation by sparse optical flow, no re-identification):
     # with NMS across classes it won two of three validation clips by F1 with the track's class (0.807 / 0.655 /
     # 0.630 -> 0.819 / 0.649 / 0.688) at about 33-40 instead of 47-53 frames/s end to end on a 2-core CPU
@@ -116,7 +121,8 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 0: filling gaps raised recall there
     # but cost more precision than it gained on the test clip, so it stays an option
     "min_track_frames": Opt(10, "with --track on a video: leave out tracks seen in fewer frames than this (a false "
-                            "detection flashes for a frame or two; 1 = keep every track)"),
+                            "detection flashes for a frame or two; at most the frames processed, so a short clip "
+                            "keeps its items; 1 = keep every track)"),
     "fill_gaps": Opt(0, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
                      "missed the item, the tracker kept it) with boxes interpolated between the detections either "
                      "side (0 = off)"),

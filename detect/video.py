@@ -581,6 +581,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 phases["first_pass"] = time.perf_counter() - t0
                 # short tracks and gaps exist only where a tracker linked frames (not in a folder of images)
                 joined = tracks.stitch(collector, cfg["stitch_gap"], cfg["stride"]) if use_tracker else {}
+                # a clip shorter than --min-track-frames would lose every item: its tracks need only span it
+                cfg = {**cfg, "min_track_frames": min(cfg["min_track_frames"], max(processed, 1))}
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
                 min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out

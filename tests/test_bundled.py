@@ -347,6 +347,10 @@ def test_detect_video_without_weights_uses_the_bundled_detector_exported_into_th
     assert f"using the bundled detector: {card['headline']}; pass --weights runs/detect/<run> for your own" in err
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["backend"] == "onnx" and summary["frames_processed"] == 8
+    # tracking by default, each track read by the bundled detector's crop reader; an 8-frame clip is shorter than
+    # --min-track-frames (10), so its tracks need only span it
+    assert summary["track"] is True and summary["tracks"]["classifier"] == str(own_copy / "detector" / "reader")
+    assert summary["tracks"]["min_track_frames"] == 8
     assert Path(summary["weights"]) == own_copy / "detector" / "ultralytics" / "weights" / "best.pt"
     assert snapshot(own_copy) == before  # the package is never written to
     exported = list((tmp_path / "cache" / "fashionkit" / "onnx").glob("bundled-detector-*.onnx"))

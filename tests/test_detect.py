@@ -329,7 +329,9 @@ def test_video_writes_annotated_video_jsonl_csv_summary(trained, clip, work):
 
     path, gt = clip
     out = work / "video"
-    s = run_video(path, video_cfg(weights=str(trained[0]), out=str(out), stride=2, batch=4), progress=False)
+    # --no-track: every frame on its own, named by the detector (tracking, the default, is tested below)
+    s = run_video(path, video_cfg(weights=str(trained[0]), out=str(out), stride=2, batch=4, track=False),
+                  progress=False)
     n = len(gt)
     processed = list(range(0, n, 2))
     assert s["frames_read"] == n and s["frames_processed"] == len(processed) and s["complete"]
@@ -457,7 +459,7 @@ def test_video_nms_across_classes_leaves_one_box_per_item(clip, work):
 
     def overlaps(out: str, **opts) -> tuple[int, int, bool]:
         """(pairs of boxes in one frame above NMS's IoU 0.7 with different classes, boxes, the summary's flag)"""
-        s = run_video(path, resolve(VIDEO_OPTIONS, {"weights": bundled, "backend": "torch", "conf": 0.1,
+        s = run_video(path, resolve(VIDEO_OPTIONS, {"weights": bundled, "backend": "torch", "conf": 0.1, "track": False,
                                                     "out": str(work / out), "save_video": False, **opts}),
                       progress=False)
         cross = boxes = 0
@@ -474,6 +476,28 @@ def test_video_nms_across_classes_leaves_one_box_per_item(clip, work):
     assert per_class[0] > 0 and per_class[2] is False
     assert across[0] == 0 and across[2] is True
     assert per_class[1] - per_class[0] <= across[1] < per_class[1]  # only the second boxes went
+
+
+def test_video_tracks_by_default_and_a_clip_shorter_than_min_track_frames_keeps_its_items(work):
+    """`detect video input.mp4` with no flags: tracks, each named once by the bundled detector's crop reader. An
+    8-frame clip is shorter than --min-track-frames (10): its tracks need only span it, or every item would go."""
+    from fashionkit.bundled import bundled_dir
+    from fashionkit.detect.scenes import make_video
+    from fashionkit.detect.video import run_video
+
+    path = work / "short.mp4"
+    gt = make_video(path, resolve(MAKE_VIDEO_OPTIONS, {"seconds": 0.8, "fps": 10.0, "width": 320, "height": 240,
+                                                      "items": 3, "min_scale": 1.5, "max_scale": 3.0}),
+                    progress=False)
+    assert len(gt) == 8
+    s = run_video(path, resolve(VIDEO_OPTIONS, {"backend": "torch", "save_video": False, "out": str(work / "short")}),
+                  progress=False)
+    t = s["tracks"]
+    assert s["track"] is True and t["classifier"] == str(bundled_dir("detector") / "reader")
+    assert t["min_track_frames"] == 8 and t["dropped_short"] == 0
+    assert t["count"] == 3 and all(item["frames"] == 8 for item in t["items"])
+    lines = [json.loads(line) for line in (work / "short" / "detections.jsonl").read_text().splitlines()]
+    assert {d["track_id"] for line in lines for d in line["detections"]} == {i["track_id"] for i in t["items"]}
 
 
 def test_video_on_image_folder_and_single_image(trained, dataset, work):
