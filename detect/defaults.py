@@ -176,7 +176,8 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "video": Opt(None, "also run on a `detect make-video` clip and score it against its .json ground truth",
                  type=str),
     "video_imgsz": Opt(320, "inference size for --video"),
-    "conf": Opt(0.25, "confidence threshold for --video"),
+    "conf": Opt(None, "confidence threshold for --video; none: `detect video`'s own (0.1, since it tracks a video by "
+                "default)", type=float),
     "min_visible": Opt(0.5, "with --video: items less visible than this are ignored"),
     "plots": Opt(True, "PR curves and confusion matrix of the mAP evaluation"),
     "out": Opt(None, "output directory; none means RUN/eval/<split>", type=str),

@@ -576,6 +576,7 @@ def test_eval_reports_map_and_video_scores(cli, trained, clip, work, capsys):
     assert cli("detect", "eval", run, "--video", path, "--no-plots") == 0
     result = json.loads((run / "eval" / "test" / "eval.json").read_text())
     assert 0 <= result["test"]["mAP50"] <= 1 and "precision" in result["video"]["gt"]
+    assert result["video"]["conf"] == 0.1 and "tracks" in result["video"]["gt"]  # `detect video` as it runs by default
     # the boxes alone (ultralytics' single_cls): one class, so no per-class figures
     boxes = result["test"]["boxes"]
     assert 0 <= boxes["mAP50"] <= 1 and "mAP50-95_per_class" not in boxes
