@@ -13,7 +13,7 @@ OUT/runs:
  4. ambiguous items demos/ambiguous.py on the two runs above: the least-sure test items and their neighbours
  5. detector        ``detect make-data`` (``--preset realistic`` where this fashionkit has it; 1,000 scenes),
                     ``detect train --from <the classifier> --minutes 6``
- 6. video           demos/video.py: ``detect make-video`` and ``detect video --track`` with the detector above
+ 6. video           demos/video.py: ``detect make-video`` and ``detect video`` (tracking) with the detector above
 
 report.html collects the figures the commands wrote into their run directories -- learning curves, confusion
 matrix, t-SNE, look-up strips, PR curve -- plus the per-class F1 before/after resolve and annotated video frames
@@ -297,7 +297,7 @@ def report(out: Path, made: dict, timings: list, tiny: bool, total: float) -> Pa
     s.append("<h2>6. Video</h2>")
     vs = vid["summary"]
     gt = vs.get("gt")
-    s.append(f"<p><code>detect video --track</code>: {vs['frames_processed']} frames at {vs['fps']:.1f} frames/s"
+    s.append(f"<p><code>detect video</code>: {vs['frames_processed']} frames at {vs['fps']:.1f} frames/s"
              + (f"; against the clip's ground truth at IoU {gt['iou']}: precision {gt['precision']}, recall "
                 f"{gt['recall']}" if gt else "") + ".</p>")
     annotated = Path(vid["video_out"]) / "annotated.mp4"

@@ -1,5 +1,5 @@
-"""Video: a generated clip through ``detect video --track`` with the bundled detector (or yours), and what was found
-per class and per track.
+"""Video: a generated clip through ``detect video`` (which tracks) with the bundled detector (or yours), and what
+was found per class and per track.
 
     .venv/bin/python demos/video.py                          # 10 s clip, bundled detector (about a minute)
     .venv/bin/python demos/video.py --weights runs/detect/train --seconds 20
@@ -7,7 +7,7 @@ per class and per track.
     .venv/bin/python demos/video.py --tiny                   # CI: a 1-second 320x240 clip
 
 Two product commands, run as a user types them: ``detect make-video OUT/clip.mp4`` (items from the official test
-set crossing the frame, with per-frame ground truth) and ``detect video OUT/clip.mp4 --track --gt OUT/clip.json``
+set crossing the frame, with per-frame ground truth) and ``detect video OUT/clip.mp4 --gt OUT/clip.json``
 (BoT-SORT; precision and recall at IoU 0.5 against the ground truth). Then, from the command's own
 detections.jsonl: per class, detections and unique tracks; per track, its frames, the classes it was given and
 its majority class. Writes OUT/tracks.md and OUT/tracks.json beside the command's outputs (OUT/video/).
@@ -84,7 +84,8 @@ def markdown(summary: dict, classes: list[dict], tracks: list[dict]) -> str:
 
 def run(out: str | Path, weights: str | None = None, input_video: str | None = None, seconds: float = 10.0,
         tiny: bool = False, timings: dict | None = None) -> dict:
-    """Make the clip (unless ``input_video``), run ``detect video --track`` on it, tabulate per class and track."""
+    """Make the clip (unless ``input_video``), run ``detect video`` on it (tracking, its default), tabulate per class
+    and track."""
     from fashionkit.cli import main as fashionkit
     from fashionkit.runs import atomic_write_json, atomic_write_text, ensure_dir, read_json
 
@@ -109,9 +110,9 @@ def run(out: str | Path, weights: str | None = None, input_video: str | None = N
     else:
         clip = Path(input_video)
     video_out = out / "video"
-    step("detect video --track", ["detect", "video", str(clip), "--track", "--out", str(video_out), *gt,
-                                  *(["--weights", weights] if weights else []),
-                                  *(["--imgsz", "160", "--conf", "0.001"] if tiny else [])])
+    step("detect video", ["detect", "video", str(clip), "--out", str(video_out), *gt,
+                          *(["--weights", weights] if weights else []),
+                          *(["--imgsz", "160", "--conf", "0.001"] if tiny else [])])
     summary = read_json(video_out / "summary.json")
     tracks = tracks_of(video_out / "detections.jsonl")
     classes = per_class(tracks, summary)
