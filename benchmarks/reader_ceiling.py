@@ -20,7 +20,6 @@ import json
 import sys
 from pathlib import Path
 
-HARD = (0, 2, 4, 6)
 SIZES = (0, 30, 45, 65, 100, 150)  # longer side of the box in the frame, px: bins from each to the next
 
 
@@ -31,9 +30,11 @@ def main() -> None:
     from ultralytics.utils.metrics import ap_per_class
 
     from fashionkit.classify.predict import predict_probs
+    from fashionkit.data.fashion_mnist import parse_classes
     from fashionkit.detect.reader import MIN_SHARE, scene_boxes
     from fashionkit.detect.tracks import crop_grey, crop_item, open_classifier
     from fashionkit.detect.train import data_yaml
+    from fashionkit.metric.defaults import HARD_CLASSES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reader", default="fashionkit/models/detector/reader",
@@ -42,7 +43,6 @@ def main() -> None:
     p.add_argument("--splits", default="val,test")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     a = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     device = torch.device("cpu")
     model, _, run = open_classifier(Path(a.reader), device)
     data = data_yaml(a.data)
@@ -60,6 +60,7 @@ def main() -> None:
         classes, sides, edges = np.array(classes), np.array(sides), np.array(edges)
         read = np.array([i is not None for i in items])
         x = torch.stack([i for i in items if i is not None])
+        hard = np.isin(classes, parse_classes(HARD_CLASSES))  # the metric stage's classes
         out = {"boxes": len(classes), "readable": int(read.sum())}
         for views, tta in (("one view", False), ("six views", True)):
             probs = predict_probs(model, x, device, tta=tta).numpy()
@@ -68,7 +69,6 @@ def main() -> None:
             box, cls = np.nonzero(probs >= MIN_SHARE)
             tp = (cls == classes[read][box])[:, None]
             ap50 = ap_per_class(tp, probs[box, cls], cls.astype(float), classes.astype(float))[5][:, 0]
-            hard = np.isin(classes, HARD)
 
             def acc(mask, right=right):
                 return {"n": int(mask.sum()), "accuracy": round(float(right[mask].mean()), 4) if mask.any() else None}
