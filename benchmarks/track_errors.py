@@ -20,7 +20,10 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-HARD = {0, 2, 4, 6}  # T-shirt/top, pullover, coat, shirt: the metric stage's classes
+from fashionkit.data.fashion_mnist import parse_classes
+from fashionkit.metric.defaults import HARD_CLASSES
+
+HARD = set(parse_classes(HARD_CLASSES))  # T-shirt/top, pullover, coat, shirt: the metric stage's classes
 SIZES = [0, 10, 15, 20, 30, 45, 70, 100]  # short side at the detector's input, px: bins from each to the next (last:
 # and above); the realistic scenes' items start at about 20 px (`detect make-data --help`)
 
