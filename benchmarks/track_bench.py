@@ -3,7 +3,8 @@ flicker and per-track class accuracy, precision/recall.
 
     .venv/bin/python benchmarks/track_bench.py --weights runs/detect/<run> --video clip.mp4 \\
         [--metric runs/metric/<run>] [--classifier auto] [--reader auto] [--imgsz 320] [--conf 0.25] \\
-        [--min-track-frames 1] [--fill-gaps 0] [--repeat 1] [--out benchmarks/results/track.json]
+        [--min-track-frames 1] [--fill-gaps 0] [--variants per-frame,track-knn] [--repeat 1] \\
+        [--out benchmarks/results/track.json]
 
 The clip's ground truth is its .json beside it (``detect make-video`` writes both). Variants, each a full
 ``detect video`` run (read, infer, draw, encode the annotated video, write the detections):
@@ -16,6 +17,8 @@ The clip's ground truth is its .json beside it (``detect make-video`` writes bot
   ``detect reader``, the bundled detector's own for the bundled one; left out when there is none);
 * ``track-knn``: plus the metric run's kNN resolver for unsure tracks of its hard classes (only with ``--metric``),
   with the reader where there is one, else the classifier.
+
+A one-class detector (``detect train --one-class``) names nothing itself: only the variants with a classifier run.
 
 For each: frames/s (the best of ``--repeat`` runs: on a shared machine the best is the least disturbed), the CPU
 time per frame (all threads of the process: what a run costs, whatever else shares the cores), the time
@@ -122,6 +125,7 @@ def main() -> None:
     p.add_argument("--min-track-frames", type=int, default=VIDEO_OPTIONS["min_track_frames"].default)
     p.add_argument("--min-read-conf", type=float, default=VIDEO_OPTIONS["min_read_conf"].default)
     p.add_argument("--fill-gaps", type=int, default=VIDEO_OPTIONS["fill_gaps"].default)
+    p.add_argument("--variants", default=None, help="comma-separated names of the variants to run (none: all)")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--work", default="runs/detect/track-bench", help="where each run's outputs go")
@@ -129,6 +133,7 @@ def main() -> None:
     args = p.parse_args()
 
     from fashionkit.config import resolve
+    from fashionkit.detect.tracks import is_one_class
     from fashionkit.detect.train import ultralytics_device
     from fashionkit.detect.video import load_detector, run_video
 
@@ -136,14 +141,24 @@ def main() -> None:
     gt = video.with_suffix(".json")
     if not gt.is_file():
         raise SystemExit(f"{gt} not found: pass a clip made by `detect make-video` (it writes the .json beside it)")
-    load_detector(args.weights, "auto", ultralytics_device("auto"))  # a first ONNX export is not the first run's cost
+    # a first ONNX export is not the first run's cost
+    one_class = is_one_class(load_detector(args.weights, "auto", ultralytics_device("auto"))[0].names)
     result: dict = {"weights": args.weights, "video": str(video), "imgsz": args.imgsz, "conf": args.conf,
                     "tracker": args.tracker, "crops": args.crops, "vote_weight": args.vote_weight,
                     "resolve_margin": args.resolve_margin, "min_track_frames": args.min_track_frames,
                     "min_read_conf": args.min_read_conf, "fill_gaps": args.fill_gaps,
                     "machine": {"cpu": cpu_name(), "load_before": os.getloadavg()}, "rows": []}
     classifier, reader = readers(args.weights, args.classifier, args.reader)
-    for name, opts in variants(classifier, reader, args.metric).items():
+    chosen = variants(classifier, reader, args.metric)
+    if one_class:  # a detector that only finds items runs with a classifier to name them
+        chosen = {k: v for k, v in chosen.items() if v["track"] and v["classifier"] != "none"}
+    if args.variants:
+        unknown = set(args.variants.split(",")) - set(chosen)
+        if unknown:
+            raise SystemExit(f"--variants {args.variants}: no variant {', '.join(sorted(unknown))} here; choose from "
+                             f"{', '.join(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if k in args.variants.split(",")}
+    for name, opts in chosen.items():
         runs = []
         for i in range(args.repeat):
             cfg = resolve(VIDEO_OPTIONS, {"weights": args.weights, "imgsz": args.imgsz, "gt": str(gt),

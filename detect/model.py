@@ -399,6 +399,8 @@ def _detector_source(run: Path, nc: int) -> ModelSource:
     if model is None or not hasattr(model, "yaml"):
         raise UserError(f"--from {run}: {weights} holds no ultralytics detection model")
     model = model.float()
+    if nc == 1 and model.yaml.get("nc") != 1:  # `--one-class` from a detector that names its items
+        model = one_class_copy(model)
     if model.yaml.get("nc") != nc:
         raise UserError(f"--from {run}: its detector has {model.yaml.get('nc')} classes, the data {nc}; fine-tune it "
                         f"on scenes of the same classes (`detect make-data`), or start from a classify run")
@@ -409,6 +411,15 @@ def _detector_source(run: Path, nc: int) -> ModelSource:
     what = f"{info.get('classifier')} trunk, stem {info.get('stem')}" if info else "stock architecture"
     return ModelSource("detector", model, model.yaml, f"detector from {run} ({what}), fine-tuned as a whole",
                        classifier_run=str(classifier) if classifier else None)
+
+
+def one_class_copy(model):
+    """``model`` with one class, item (``detect train --one-class --from`` a detector of several): every tensor
+    copied but the last convolution of each class branch, which has one output now and starts anew (ultralytics'
+    own ``load``: the tensors whose shapes match)."""
+    new = build_model({**model.yaml, "nc": 1}, nc=1)
+    new.load(model)
+    return new
 
 
 def _stock_model(name: str, nc: int):

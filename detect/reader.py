@@ -257,7 +257,8 @@ MIN_SHARE = 0.01
 def reread(scores: np.ndarray, probs: np.ndarray, vote_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(box index, class, confidence)`` of each scored (box, class) pair: the detector's class scores ``[n, C]`` of
     n boxes mixed with the reader's probabilities ``[n, C]`` (NaN rows: a box too small to read keeps the
-    detector's) as a track's votes and reading are (``tracks.mix``), each pair scored as the box's confidence times
+    detector's; a one-class detector's scores ``[n, 1]`` name no class, so its unread boxes count under each at an
+    even share) as a track's votes and reading are (``tracks.mix``), each pair scored as the box's confidence times
     the class's share. The box's confidence is the sum of its class scores (at most 1), not the best one: a detector
     torn between two classes spreads its certainty that an item is there over both, and once the reader names the
     class the sum is that certainty (validation mAP50 +0.012 to +0.022 on three detectors against the best score;
@@ -274,7 +275,8 @@ def reread(scores: np.ndarray, probs: np.ndarray, vote_weight: float) -> tuple[n
 def reading_validator(reader, vote_weight: float):
     """An ultralytics ``DetectionValidator`` that scores the detector's boxes with their classes re-read: one box per
     item (NMS across classes), each cut out of the frame as a track's crops are and read by ``reader`` (a classify
-    model), its classes from ``reread``. The rest (matching at IoU 0.5-0.95, AP, plots) is ultralytics'."""
+    model), its classes from ``reread`` (a one-class detector's: from the reading alone). The rest (matching at IoU
+    0.5-0.95, AP, plots) is ultralytics'."""
     import torch
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils import nms
@@ -301,7 +303,7 @@ def reading_validator(reader, vote_weight: float):
                     grey = crop_grey(frame, box)
                     if grey is not None:
                         crops.append((i, j, crop_item(grey)))
-            probs = [np.full(s.shape, np.nan) for s in scores]
+            probs = [np.full((len(s), self.nc), np.nan) for s in scores]  # self.nc: the reader's classes
             if crops:
                 read = predict_probs(reader.to(self.device), torch.stack([c[2] for c in crops]), self.device).numpy()
                 for (i, j, _), p in zip(crops, read):
@@ -324,14 +326,20 @@ def evaluate_read(weights: str | Path, reader, run: Path, data: str | Path, spli
     ``out``."""
     from ultralytics import YOLO
 
+    from fashionkit.detect.tracks import reading_names
     from fashionkit.detect.train import keep_threads, metric_dict
 
     out = Path(out).resolve()
     model = YOLO(str(weights))
+    # a one-class detector's boxes are scored under the reader's classes, the dataset's: its scores [n, 1] then
+    # say only that an item is there (tracks.mix)
+    model.model.names = reading_names(model.names)
     keep_threads(model, threads)
+    # single_cls False: a one-class detector's checkpoint carries its training's True, which would make every label
+    # class 0 and so score the reader's classes against T-shirt/top alone
     metrics = model.val(validator=reading_validator(reader, vote_weight), data=str(data), split=split, imgsz=imgsz,
                         batch=batch, device=device, plots=plots, project=str(out.parent), name=out.name,
-                        exist_ok=True, verbose=False)
+                        exist_ok=True, verbose=False, single_cls=False)
     result = {"classifier": str(run), "vote_weight": vote_weight, **metric_dict(metrics, split)}
     print(f"{split}, classes read by {run}: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}  "
           f"precision {result['precision']:.4f}  recall {result['recall']:.4f}", flush=True)

@@ -34,6 +34,10 @@ following, get boxes interpolated between the detections either side (ByteTrack'
 
 A folder of images is a set of unrelated pictures: each detection is a track of its own (no tracker), so each item
 still gets the classifier's and the resolver's reading.
+
+A one-class detector (``detect train --one-class``) only finds the items: its votes say that an item is there, not
+which, so the classifier's reading alone names each track (and the resolver re-decides it as above); a track it could
+not read is left out, since nothing else names it.
 """
 
 from __future__ import annotations
@@ -132,6 +136,20 @@ class Readers:
     index: object = None
     metric_run: Path | None = None
     hard: list = field(default_factory=list)
+
+
+def is_one_class(names: dict) -> bool:
+    """Whether a detector only finds items (``detect train --one-class``: one class, item) and leaves naming them to
+    a classifier."""
+    return len(names) == 1
+
+
+def reading_names(names: dict) -> dict:
+    """The classes a detector's items are named with: its own, or a one-class detector's reader's (Fashion-MNIST's
+    ten)."""
+    from fashionkit.data.fashion_mnist import CLASSES
+
+    return dict(enumerate(CLASSES)) if is_one_class(names) else names
 
 
 def has_fashion_classes(names: dict) -> bool:
@@ -306,8 +324,12 @@ class TrackCollector:
 
 def mix(votes: np.ndarray, probs: np.ndarray | None, vote_weight: float) -> np.ndarray:
     """One class distribution per track from the detector's confidence-weighted votes ``[T, C]`` and the
-    classifier's mean probabilities over the track's crops ``[T, C]`` (None, or NaN rows: no classifier reading)."""
+    classifier's mean probabilities over the track's crops ``[T, C]`` (None, or NaN rows: no classifier reading).
+    A one-class detector's votes ``[T, 1]`` say that an item is there, not which: the reading alone names it (a row
+    it did not read gets an even distribution)."""
     votes = np.asarray(votes, float)
+    if votes.shape[1] == 1 and probs is not None:
+        votes, vote_weight = np.ones((len(votes), np.shape(probs)[1])), 0.0
     total = votes.sum(1, keepdims=True)
     p_votes = np.divide(votes, total, out=np.full_like(votes, 1.0 / votes.shape[1]), where=total > 0)
     if probs is None:
@@ -319,9 +341,11 @@ def mix(votes: np.ndarray, probs: np.ndarray | None, vote_weight: float) -> np.n
 
 def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote_weight: float,
                   resolve_margin: float, k: int = RESOLVE_K, batch_size: int = 256,
-                  skip_resolve_under: float = 0.0) -> dict[int, dict]:
-    """Each track's class, confidence and how it was reached (see the module doc). Tracks whose classifier reading
-    is under ``skip_resolve_under`` (``--min-read-conf``: ``drop_unread`` will leave them out) are not looked up."""
+                  skip_resolve_under: float = 0.0, frame_names: dict | None = None) -> dict[int, dict]:
+    """Each track's class (one of ``names``), confidence and how it was reached (see the module doc). Tracks whose
+    classifier reading is under ``skip_resolve_under`` (``--min-read-conf``: ``drop_unread`` will leave them out) are
+    not looked up. ``frame_names``: the detector's own classes, when they are not ``names`` (a one-class
+    detector)."""
     import torch
 
     from fashionkit.metric.resolve import decide, knn_neighbours, top2, weighted_vote
@@ -339,7 +363,7 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
         from fashionkit.classify.predict import predict_probs
 
         crop_probs = predict_probs(readers.classifier, items, readers.device, batch_size=batch_size).numpy()
-        probs = np.full(votes.shape, np.nan)
+        probs = np.full((len(tracks), len(names)), np.nan)
         owners = np.array([i for i, _ in crop_of], int)
         for i in np.unique(owners):
             probs[i] = crop_probs[owners == i].mean(0)
@@ -374,8 +398,8 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             "track_id": t.track_id, "frames": t.frames, "first_frame": t.first, "last_frame": t.last,
             "class_id": c, "class_name": names[c], "conf": round(float(mixed[i, c]), 4),
             "margin": round(float(margin[i]), 4), "before_resolve_class_id": int(top1[i]),
-            "frame_classes": {names[j]: int(n) for j, n in enumerate(t.counts) if n},
-            "vote_class_id": int(np.argmax(t.votes)),
+            "frame_classes": {(frame_names or names)[j]: int(n) for j, n in enumerate(t.counts) if n},
+            "vote_class_id": int(np.argmax(t.votes)) if len(t.votes) > 1 else None,  # one class: no vote on which
             "classifier_class_id": reading_of[i]["class_id"], "classifier_conf": reading_of[i]["conf"],
             "crops": len(t.crops),
             "resolved": bool(resolved[i]),
@@ -491,12 +515,14 @@ def is_unread(classifier_conf: float | None, min_conf: float) -> bool:
     return classifier_conf is not None and classifier_conf < min_conf
 
 
-def drop_unread(decisions: dict[int, dict], min_conf: float) -> set[int]:
+def drop_unread(decisions: dict[int, dict], min_conf: float, unnamed: bool = False) -> set[int]:
     """Take the tracks in whose crops the classifier found no class with a mean probability of ``min_conf`` or
     more out of ``decisions`` and return their ids. On photographs the detector also boxes the picture's own things, and
     names items too small, blurred or covered to see; the reader, trained on fashion items, spreads its probability
-    over several classes on both. Tracks it did not read (no classifier, no crop big enough) stay."""
-    unread = {tid for tid, t in decisions.items() if is_unread(t["classifier_conf"], min_conf)}
+    over several classes on both. Tracks it did not read (no classifier, no crop big enough) stay, unless
+    ``unnamed`` (a one-class detector: nothing else names them)."""
+    unread = {tid for tid, t in decisions.items() if is_unread(t["classifier_conf"], min_conf)
+              or (unnamed and t["classifier_conf"] is None)}
     for tid in unread:
         del decisions[tid]
     return unread

@@ -167,7 +167,7 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
     gpus = gpu_list(cfg["device"])  # before anything slow: a CPU-only machine hears it at once
     data = data_yaml(cfg["data"])
     info = dataset_info(data)
-    nc = len(info["names"])
+    nc = 1 if cfg["one_class"] else len(info["names"])
     extra = extra_args(cfg["extra"])
     device = gpus or ultralytics_device(cfg["device"])
     use_ultralytics()
@@ -195,6 +195,7 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         **({"time": cfg["minutes"] / 60} if cfg["minutes"] else {}),
         **({"lr0": cfg["lr0"]} if cfg["lr0"] else {}),
         **({"freeze": frozen} if freeze_epochs else {}),
+        **({"single_cls": True} if cfg["one_class"] else {}),  # ultralytics names its one class "item"
         **extra,
     }
     try:
@@ -218,10 +219,15 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         raise
     summary = write_summary(run, trainer, base, end_status(trainer))
     if cfg["test"] and "test" in info and Path(trainer.best).is_file():
-        summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
-                                   cfg["plots"], cfg["threads"])
-        summary["test"]["boxes"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device,
-                                            run / "test" / "boxes", cfg["plots"], cfg["threads"], boxes_alone=True)
+        if cfg["one_class"]:  # its own class is the boxes alone
+            summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
+                                       cfg["plots"], cfg["threads"], boxes_alone=True)
+            summary["test"]["boxes"] = dict(summary["test"])
+        else:
+            summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
+                                       cfg["plots"], cfg["threads"])
+            summary["test"]["boxes"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device,
+                                                run / "test" / "boxes", cfg["plots"], cfg["threads"], boxes_alone=True)
         atomic_write_json(run / "summary.json", summary)
     if cfg["reader_epochs"] and source.classifier_run and summary["best"]:
         from fashionkit.detect.defaults import READER_OPTIONS

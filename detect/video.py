@@ -23,6 +23,10 @@ twice as fast as PyTorch on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``-
   precision and recall at IoU 0.5 (detect/scoring.py), with ``--track`` also by the tracks' classes, class flicker
   and per-track class accuracy.
 
+A one-class detector (``detect train --one-class``) finds items without naming them: it runs only with tracking,
+whose classifier names each track (its per-frame class is its one class, ``item``), and ``detect eval`` scores its
+boxes alone and its boxes named by the classifier.
+
 A truncated video is processed as far as OpenCV can decode it; ``summary.json`` then says ``complete: false``
 with the frame it stopped at, a warning is printed, and the command still succeeds (many healthy files carry a
 slightly wrong frame count, so this cannot be an error). An mp4 cut before its index (moov atom) cannot be opened
@@ -502,10 +506,20 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     model, weights, backend = load_detector(cfg["weights"], cfg.get("backend", "torch"), device)
     keep_threads(model, cfg["threads"])
     names = model.names
+    # a one-class detector (`detect train --one-class`) only finds the items: tracking's classifier names them with
+    # Fashion-MNIST's classes, its own "item" stays the per-frame class
+    one_class = tracks.is_one_class(names)
+    class_names = tracks.reading_names(names)
+    if one_class and not track:
+        raise UserError(f"{weights}: a one-class detector finds items without naming them (its class: {names[0]}); "
+                        f"tracking's classifier names them: drop --no-track")
     if track:  # before the output directory exists: a misfitting run leaves nothing behind
         from fashionkit.device import select_device
 
-        readers = tracks.load_readers(*tracks.choose_runs(cfg, weights), names, select_device(cfg["device"]))
+        readers = tracks.load_readers(*tracks.choose_runs(cfg, weights), class_names, select_device(cfg["device"]))
+        if one_class and readers.classifier is None:
+            raise UserError(f"{weights}: a one-class detector finds items without naming them; pass --classifier auto "
+                            f"(its detect run's crop reader) or a classify run to name them")
         tracks.note(readers, cfg)
         # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
         crops = cfg["crops"] if readers.classifier is not None or readers.embedder is not None else 0  # none to read
@@ -515,7 +529,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     writer = Writer(out, source, cfg["save_video"])
     jsonl_tmp, csv_tmp = out / ".detections.jsonl.part", out / ".detections.csv.part"
     lines_tmp = out / ".detections.frames.part"  # --track: the first pass's lines, before the tracks' classes
-    tally, score = Tally(names), Score() if gt is not None else None
+    # a one-class detector's frames count under its own class, its tracks under their classes
+    tally = Tally(dict(enumerate([*names.values(), *class_names.values()])) if one_class else names)
+    score = Score() if gt is not None else None
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
     kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], agnostic_nms=cfg["agnostic_nms"], imgsz=cfg["imgsz"],
                   device=device, verbose=False)
@@ -586,12 +602,12 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
                 min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out
-                decisions = tracks.decide_tracks(collector, readers, names, cfg["vote_weight"], cfg["resolve_margin"],
-                                                 skip_resolve_under=min_read)
-                unread = tracks.drop_unread(decisions, min_read)
+                decisions = tracks.decide_tracks(collector, readers, class_names, cfg["vote_weight"],
+                                                 cfg["resolve_margin"], skip_resolve_under=min_read, frame_names=names)
+                unread = tracks.drop_unread(decisions, min_read, unnamed=one_class)
                 phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
-                for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, names, writer.enabled,
-                                                                fills, dropped | unread, joined):
+                for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, class_names,
+                                                                writer.enabled, fills, dropped | unread, joined):
                     emit(line, name, image)
                 phases["second_pass"] = time.perf_counter() - t0 - phases["first_pass"] - phases["decide"]
         keep = True
@@ -678,14 +694,14 @@ def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path
     UserError."""
     import torch
 
-    from fashionkit.detect.tracks import choose_runs, has_fashion_classes, open_classifier
+    from fashionkit.detect.tracks import choose_runs, has_fashion_classes, open_classifier, reading_names
 
     if not 0 <= cfg["vote_weight"] <= 1:
         raise UserError(f"--vote-weight {cfg['vote_weight']}: give a weight from 0 to 1")
     classifier, _ = choose_runs({"classifier": cfg["classifier"], "metric": "none"}, weights)
     if classifier is None:
         return None
-    if not has_fashion_classes(names):
+    if not has_fashion_classes(reading_names(names)):
         if str(cfg["classifier"]).lower() == "auto":
             return None
         raise UserError(f"--classifier {classifier}: the detector's classes are not Fashion-MNIST's ten, which a "
@@ -700,6 +716,7 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     clip)."""
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
+    from fashionkit.detect.tracks import is_one_class
     from fashionkit.detect.train import data_yaml, dataset_info, evaluate, ultralytics_device
     from fashionkit.runs import atomic_write_json, ensure_dir, read_json
 
@@ -717,11 +734,13 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
     reader = eval_classifier(cfg, weights, detector.names)
+    one_class = is_one_class(detector.names)  # its own class is the boxes alone
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
               cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"],
-                                     cfg["threads"])}
-    result[cfg["split"]]["boxes"] = evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out / "boxes",
-                                             cfg["plots"], cfg["threads"], boxes_alone=True)
+                                     cfg["threads"], boxes_alone=one_class)}
+    result[cfg["split"]]["boxes"] = dict(result[cfg["split"]]) if one_class else evaluate(
+        weights, data, cfg["split"], imgsz, cfg["batch"], device, out / "boxes", cfg["plots"], cfg["threads"],
+        boxes_alone=True)
     if reader is not None:
         from fashionkit.detect.reader import evaluate_read
 

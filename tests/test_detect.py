@@ -303,6 +303,13 @@ def test_train_from_a_detect_run_fine_tunes_its_whole_detector(trained, classify
         torch.testing.assert_close(value, start[name], msg=name)
     with pytest.raises(UserError, match="has 10 classes, the data 3"):
         model_source(str(source_run), nc=3)
+    one = model_source(str(source_run), nc=1).model  # --one-class: all but each class branch's last conv copied
+    assert one.yaml["nc"] == one.model[-1].nc == 1
+    kept = {k for k, v in one.state_dict().items() if k in start and v.shape == start[k].shape}
+    for name in kept:
+        torch.testing.assert_close(one.state_dict()[name], start[name], msg=name)
+    head = len(one.model) - 1
+    assert {k.rsplit(".", 1)[0] for k in set(one.state_dict()) - kept} == {f"model.{head}.cv3.{i}.2" for i in range(3)}
     broken = work / "broken-detect-run"  # a detect run whose best.pt is cut short
     shutil.copytree(source_run, broken, ignore=shutil.ignore_patterns("epoch*.pt", "last.pt"))
     weights = broken / source_summary["best"]
@@ -697,6 +704,22 @@ def test_reread_scores_each_box_under_the_classes_its_reading_gives():
     assert [len(a) for a in reread(np.zeros((0, 10)), np.zeros((0, 10)), 0.2)] == [0, 0, 0]
 
 
+def test_a_one_class_detectors_boxes_are_named_by_the_reading_alone():
+    from fashionkit.detect.reader import reread
+    from fashionkit.detect.tracks import mix
+
+    votes = np.array([[3.0], [2.0]])  # a one-class detector: an item is there, not which
+    probs = np.full((2, 10), np.nan)  # the second is too small to read
+    probs[0] = np.eye(10)[6] * 0.7 + 0.03
+    for weight in (0.0, 0.5, 1.0):  # its votes carry no class, whatever their weight
+        p = mix(votes, probs, weight)
+        assert p[0] == pytest.approx(probs[0]) and p[1] == pytest.approx(np.full(10, 0.1))
+    box, cls, conf = reread(np.array([[0.8], [0.6]]), probs, vote_weight=0.5)
+    pairs = {(int(b), int(c)): float(f) for b, c, f in zip(box, cls, conf)}
+    assert pairs[(0, 6)] == pytest.approx(0.8 * 0.73) and pairs[(0, 0)] == pytest.approx(0.8 * 0.03)
+    assert all(pairs[(1, c)] == pytest.approx(0.06) for c in range(10)) and len(pairs) == 20
+
+
 def test_collector_keeps_the_best_spaced_crops_and_new_ids_for_images():
     from fashionkit.detect.tracks import CROP_EVERY, TrackCollector
 
@@ -1001,6 +1024,55 @@ def test_video_track_gives_each_track_one_class_in_every_output(trained, clip, m
     assert "per-track accuracy" in text and "resolved by kNN" in text
 
 
+@pytest.fixture(scope="module")
+def one_class(work, classify_run, dataset):
+    """`detect train --one-class`: 1 epoch, its crop reader 1 epoch."""
+    from fashionkit.detect.train import train
+
+    return train({"from": str(classify_run), "data": str(dataset), "imgsz": 160, "epochs": 1, "batch": 8,
+                  "one_class": True, "extra": "nbs=8", "runs_dir": str(work / "runs"), "name": "det-one",
+                  "reader_epochs": 1})
+
+
+def test_a_one_class_detector_finds_the_items_and_its_reader_names_them(cli, one_class, clip, low_tracker, work,
+                                                                        capsys):
+    from ultralytics import YOLO
+
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.detect.video import run_video
+
+    run, summary = one_class
+    model = YOLO(str(run / summary["best"]))
+    assert model.names == {0: "item"} and model.model.model[-1].nc == 1
+    assert summary["test"]["mAP50"] == summary["test"]["boxes"]["mAP50"]  # its own class is the boxes alone
+    read_classes = set(summary["test"]["read"]["mAP50-95_per_class"])  # scored under the reader's classes, not class 0
+    assert read_classes <= set(CLASSES) and len(read_classes) > 1
+    assert cli("detect", "eval", run, "--split", "val", "--no-plots", "--out", work / "eval-one") == 0
+    val = json.loads((work / "eval-one" / "eval.json").read_text())["val"]
+    assert val["mAP50"] == val["boxes"]["mAP50"] and val["read"]["classifier"] == str(run / "reader")
+
+    path, gt = clip
+    s = run_video(path, video_cfg(weights=str(run), out=str(work / "one-class-video"), metric="none",
+                                  tracker=low_tracker, gt=str(path.with_suffix(".json"))), progress=False)
+    t = s["tracks"]
+    assert t["classifier"] == str(run / "reader") and t["count"] > 0
+    assert all(row["class_name"] in CLASSES and row["classifier_conf"] is not None for row in t["items"])
+    assert all(set(row["frame_classes"]) == {"item"} and row["vote_class_id"] is None for row in t["items"])
+    lines = [json.loads(line) for line in (work / "one-class-video" / "detections.jsonl").read_text().splitlines()]
+    dets = [d for ln in lines for d in ln["detections"]]
+    assert len(lines) == len(gt) and dets
+    assert all(d["class_name"] == "item" and d["track_class_name"] in CLASSES for d in dets)
+    assert s["items"]["item"]["detections"] == len(dets)
+    assert sum(row.get("unique_tracks", 0) for name, row in s["items"].items() if name != "item") == t["count"]
+
+    for flags, what in ((["--no-track"], "drop --no-track"), (["--classifier", "none"], "pass --classifier auto")):
+        out = work / f"one-class-refused{len(flags)}"
+        assert cli("detect", "video", path, "--weights", run, "--out", out, *flags) == 2
+        err = capsys.readouterr().err
+        assert "a one-class detector finds items without naming them" in err and what in err
+        assert "Traceback" not in err and not out.exists()
+
+
 def test_video_track_labels_the_annotated_video_with_the_track_class(trained, clip, low_tracker, work):
     """The second pass draws the stored detections on their own frames, each in its track's class."""
     from ultralytics.utils.plotting import colors
@@ -1260,6 +1332,27 @@ def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, me
     assert "flicker_per_frame" not in rows["per-frame"] and rows["track-votes"]["classifier"] is None
     assert rows["track-knn"]["metric"] == str(metric_run) and rows["track-votes"]["flicker_track"] == 0
     assert "cpus)" in result["machine"]["cpu"] and "| track-knn |" in result["markdown"]
+
+
+def test_track_bench_runs_the_variants_asked_and_a_one_class_detectors_with_a_classifier(one_class, clip, low_tracker,
+                                                                                         work, monkeypatch):
+    import runpy
+
+    path, _ = clip
+    out = work / "track-bench-one-class.json"
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "track_bench.py")
+    argv = ["track_bench.py", "--weights", str(one_class[0]), "--video", str(path), "--conf", "0.001", "--tracker",
+            low_tracker, "--min-track-frames", "1", "--min-read-conf", "0", "--work", str(work / "track-bench-one"),
+            "--out", str(out)]
+    monkeypatch.setattr("sys.argv", [*argv, "--variants", "track-votes"])
+    with pytest.raises(SystemExit, match="no variant track-votes here; choose from track-classifier, track-reader"):
+        runpy.run_path(script, run_name="__main__")  # a one-class detector has no votes on which class
+    monkeypatch.setattr("sys.argv", [*argv, "--variants", "track-reader"])
+    runpy.run_path(script, run_name="__main__")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["track-reader"] and rows[0]["classifier"] == str(one_class[0] / "reader")
+    assert rows[0]["tracks"] > 0 and rows[0]["precision_track_classes"] is not None
+
 
 # ---- several GPUs (ultralytics DDP) ---------------------------------------------------------------------------
 
