@@ -18,7 +18,8 @@ The clip's ground truth is its .json beside it (``detect make-video`` writes bot
 * ``track-knn``: plus the metric run's kNN resolver for unsure tracks of its hard classes (only with ``--metric``),
   with the reader where there is one, else the classifier.
 
-A one-class detector (``detect train --one-class``) names nothing itself: only the variants with a classifier run.
+A one-class detector (``detect train --one-class``) names nothing itself: only the variants with a classifier run
+(``per-frame``: the classifier auto finds names each box of each frame).
 
 For each: frames/s (the best of ``--repeat`` runs: on a shared machine the best is the least disturbed), the CPU
 time per frame (all threads of the process: what a run costs, whatever else shares the cores), the time
@@ -151,7 +152,7 @@ def main() -> None:
     classifier, reader = readers(args.weights, args.classifier, args.reader)
     chosen = variants(classifier, reader, args.metric)
     if one_class:  # a detector that only finds items runs with a classifier to name them
-        chosen = {k: v for k, v in chosen.items() if v["track"] and v["classifier"] != "none"}
+        chosen = {k: v for k, v in chosen.items() if v.get("classifier") != "none"}
     if args.variants:
         unknown = set(args.variants.split(",")) - set(chosen)
         if unknown:

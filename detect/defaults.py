@@ -102,7 +102,7 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "classifier": Opt("auto", "with --track: classify run that reads each track's crops: RUN, auto (the detector's "
                       "crop reader, RUN/reader from `detect reader`, if it has one, else the classify run it was "
                       "trained --from, if it exists; for the bundled detector its reader) or none (the detector's "
-                      "votes alone)",
+                      "votes alone); a one-class detector's names every box, with or without --track",
                       type=str),
     "metric": Opt("auto", "with --track: metric run (with its FAISS index) whose kNN vote re-decides tracks of its "
                   "hard classes with a small top-1/top-2 margin: RUN, auto (the newest indexed metric run made from "
@@ -123,7 +123,8 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     # 3 named right; box recall is what it costs (BENCHMARKS.md, "Tracks the reader cannot name")
     "min_read_conf": Opt(0.45, "with --track on a video: leave out tracks in whose crops the classifier finds no "
                          "class with a mean probability of at least this: boxes on things that are not fashion "
-                         "items, or items seen too poorly to name (0 = keep every track)"),
+                         "items, or items seen too poorly to name (0 = keep every track); without --track, a "
+                         "one-class detector's boxes likewise"),
     # 10: chosen with the conf above on the two validation clips (3, 6 and 10 tried: 10 best on both; with the
     # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 0: filling gaps raised recall there
     # but cost more precision than it gained on the test clip, so it stays an option

@@ -255,6 +255,35 @@ def crop_item(grey: np.ndarray):
     return to_item(np.clip(item, 0, None))
 
 
+def read_boxes(frames: list[np.ndarray], found: list[list[dict]], readers: Readers, names: dict,
+               min_conf: float = 0.0) -> list[list[dict]]:
+    """A one-class detector's detections named frame by frame (``detect video --no-track``): each box of each frame
+    cut out as a track's crops are and read by the classifier, all of them in one batch; its class is the reading's
+    top one, its confidence the box's times that class's probability. A box too small to read, or in which the
+    classifier finds no class with a probability of ``min_conf`` or more, is left out: nothing else names it."""
+    import torch
+
+    from fashionkit.classify.predict import predict_probs
+
+    items, owners = [], []
+    for f, (frame, dets) in enumerate(zip(frames, found)):
+        for j, d in enumerate(dets):
+            grey = crop_grey(frame, d["box"])
+            if grey is not None:
+                items.append(crop_item(grey))
+                owners.append((f, j))
+    named: list[list[dict]] = [[] for _ in found]
+    if not items:
+        return named
+    probs = predict_probs(readers.classifier, torch.stack(items), readers.device).numpy()
+    for (f, j), p in zip(owners, probs):
+        c = int(np.argmax(p))
+        if p[c] >= min_conf:
+            d = found[f][j]
+            named[f].append({**d, "class_id": c, "class_name": names[c], "conf": round(d["conf"] * float(p[c]), 4)})
+    return named
+
+
 # ---- collecting tracks -----------------------------------------------------------------------------------------
 
 @dataclass

@@ -23,9 +23,10 @@ twice as fast as PyTorch on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``-
   precision and recall at IoU 0.5 (detect/scoring.py), with ``--track`` also by the tracks' classes, class flicker
   and per-track class accuracy.
 
-A one-class detector (``detect train --one-class``) finds items without naming them: it runs only with tracking,
-whose classifier names each track (its per-frame class is its one class, ``item``), and ``detect eval`` scores its
-boxes alone and its boxes named by the classifier.
+A one-class detector (``detect train --one-class``) finds items without naming them: the classifier
+(``--classifier``) names them, with tracking each track (the per-frame class stays its one class, ``item``), without
+it each box in each frame (a box it cannot read, or on a video finds no class of at ``--min-read-conf`` in, is left
+out); ``detect eval`` scores its boxes alone and its boxes named by the classifier.
 
 A truncated video is processed as far as OpenCV can decode it; ``summary.json`` then says ``complete: false``
 with the frame it stopped at, a warning is printed, and the command still succeeds (many healthy files carry a
@@ -506,20 +507,21 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     model, weights, backend = load_detector(cfg["weights"], cfg.get("backend", "torch"), device)
     keep_threads(model, cfg["threads"])
     names = model.names
-    # a one-class detector (`detect train --one-class`) only finds the items: tracking's classifier names them with
-    # Fashion-MNIST's classes, its own "item" stays the per-frame class
+    # a one-class detector (`detect train --one-class`) only finds the items: the classifier names them with
+    # Fashion-MNIST's classes, each track's (its own "item" stays the per-frame class) or, without tracking, each box's
     one_class = tracks.is_one_class(names)
     class_names = tracks.reading_names(names)
-    if one_class and not track:
-        raise UserError(f"{weights}: a one-class detector finds items without naming them (its class: {names[0]}); "
-                        f"tracking's classifier names them: drop --no-track")
-    if track:  # before the output directory exists: a misfitting run leaves nothing behind
+    read_frames = one_class and not track
+    if track or read_frames:  # before the output directory exists: a misfitting run leaves nothing behind
         from fashionkit.device import select_device
 
-        readers = tracks.load_readers(*tracks.choose_runs(cfg, weights), class_names, select_device(cfg["device"]))
+        classifier_run, metric_run = tracks.choose_runs(cfg, weights)
+        readers = tracks.load_readers(classifier_run, metric_run if track else None, class_names,
+                                      select_device(cfg["device"]))
         if one_class and readers.classifier is None:
             raise UserError(f"{weights}: a one-class detector finds items without naming them; pass --classifier auto "
                             f"(its detect run's crop reader) or a classify run to name them")
+    if track:
         tracks.note(readers, cfg)
         # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
         crops = cfg["crops"] if readers.classifier is not None or readers.embedder is not None else 0  # none to read
@@ -573,14 +575,19 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                         results = model.track(frames, **kwargs) if use_tracker else model.predict(frames, **kwargs)
                     except FileNotFoundError as e:
                         raise UserError(f"--tracker {cfg['tracker']}: {e}") from None
-                    for (index, name, frame), result in zip(batch, results):
-                        dets = detections(result, track)
+                    found = [detections(result, track) for result in results]
+                    if read_frames:  # each box named by the classifier; on a video, not-fashion left out as tracks are
+                        found = tracks.read_boxes([f for _, _, f in batch], found, readers, class_names,
+                                                  cfg["min_read_conf"] if source.kind == "video" else 0.0)
+                    for (index, name, frame), result, dets in zip(batch, results, found):
                         t = round(index / source.fps, 4) if source.kind == "video" else None
                         line = {"frame": index, **({"time": t} if t is not None else {"source": name}),
                                 "detections": dets}
                         if track:
                             collector.add(index, frame, dets)
                             lines.write(json.dumps(line) + "\n")
+                        elif read_frames:
+                            emit(line, name, tracks.draw(frame, dets, class_names) if writer.enabled else None)
                         else:
                             emit(line, name, result.plot(line_width=2) if writer.enabled else None)
                     processed += len(batch)
@@ -640,6 +647,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         "threads": torch.get_num_threads(),
         "items": tally.result(cfg["track"]),
     }
+    if read_frames:
+        summary["classifier"] = str(readers.classifier_run)
     if track:
         summary["tracks"] = tracks.summary(decisions, readers, cfg, phases, len(dropped),
                                            sum(len(v) for v in fills.values()), len(joined), len(unread))

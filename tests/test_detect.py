@@ -720,6 +720,31 @@ def test_a_one_class_detectors_boxes_are_named_by_the_reading_alone():
     assert all(pairs[(1, c)] == pytest.approx(0.06) for c in range(10)) and len(pairs) == 20
 
 
+def test_a_one_class_detectors_boxes_are_read_frame_by_frame_without_tracking(train_set, test_set):
+    from fashionkit.classify.predict import predict_probs
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.detect.tracks import Readers, crop_grey, crop_item, read_boxes
+
+    images, labels = test_set
+    cpu, names = torch.device("cpu"), dict(enumerate(CLASSES))
+    readers = Readers(cpu, classifier=NearestMean(train_set).eval())
+    frames, found = [], []
+    for k in (0, 1, 2):
+        frame, box = paste_item(images[k].numpy(), 20, False)
+        frames.append(frame)  # the item, and a box too small to read
+        found.append([{"class_id": 0, "class_name": "item", "conf": 0.8, "box": box},
+                      {"class_id": 0, "class_name": "item", "conf": 0.9, "box": [1.0, 1.0, 6.0, 6.0]}])
+    named = read_boxes(frames, found, readers, names)
+    assert [len(n) for n in named] == [1, 1, 1]
+    for frame, dets, n in zip(frames, found, named):
+        p = predict_probs(readers.classifier, crop_item(crop_grey(frame, dets[0]["box"]))[None], cpu)[0]
+        c = int(p.argmax())
+        assert n[0]["class_id"] == c and n[0]["class_name"] == CLASSES[c] and n[0]["box"] == dets[0]["box"]
+        assert n[0]["conf"] == pytest.approx(0.8 * float(p[c]), abs=1e-4)
+    assert read_boxes(frames, found, readers, names, min_conf=1.01) == [[], [], []]  # no class that sure: left out
+    assert read_boxes([], [], readers, names) == []
+
+
 def test_collector_keeps_the_best_spaced_crops_and_new_ids_for_images():
     from fashionkit.detect.tracks import CROP_EVERY, TrackCollector
 
@@ -1065,11 +1090,20 @@ def test_a_one_class_detector_finds_the_items_and_its_reader_names_them(cli, one
     assert s["items"]["item"]["detections"] == len(dets)
     assert sum(row.get("unique_tracks", 0) for name, row in s["items"].items() if name != "item") == t["count"]
 
-    for flags, what in ((["--no-track"], "drop --no-track"), (["--classifier", "none"], "pass --classifier auto")):
+    # without tracking the reader names each box of each frame
+    s = run_video(path, video_cfg(weights=str(run), out=str(work / "one-class-frames"), track=False,
+                                  gt=str(path.with_suffix(".json"))), progress=False)
+    lines = [json.loads(line) for line in (work / "one-class-frames" / "detections.jsonl").read_text().splitlines()]
+    dets = [d for ln in lines for d in ln["detections"]]
+    assert s["classifier"] == str(run / "reader") and len(lines) == len(gt) and dets
+    assert all(d["class_name"] in CLASSES and "track_id" not in d for d in dets)
+    assert s["gt"]["precision"] is not None and "item" not in s["items"]
+
+    for flags in (["--classifier", "none"], ["--classifier", "none", "--no-track"]):
         out = work / f"one-class-refused{len(flags)}"
         assert cli("detect", "video", path, "--weights", run, "--out", out, *flags) == 2
         err = capsys.readouterr().err
-        assert "a one-class detector finds items without naming them" in err and what in err
+        assert "a one-class detector finds items without naming them; pass --classifier auto" in err
         assert "Traceback" not in err and not out.exists()
 
 
@@ -1345,7 +1379,7 @@ def test_track_bench_runs_the_variants_asked_and_a_one_class_detectors_with_a_cl
             low_tracker, "--min-track-frames", "1", "--min-read-conf", "0", "--work", str(work / "track-bench-one"),
             "--out", str(out)]
     monkeypatch.setattr("sys.argv", [*argv, "--variants", "track-votes"])
-    with pytest.raises(SystemExit, match="no variant track-votes here; choose from track-classifier, track-reader"):
+    with pytest.raises(SystemExit, match="no variant track-votes here; choose from per-frame, track-classifier"):
         runpy.run_path(script, run_name="__main__")  # a one-class detector has no votes on which class
     monkeypatch.setattr("sys.argv", [*argv, "--variants", "track-reader"])
     runpy.run_path(script, run_name="__main__")
