@@ -35,9 +35,9 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     # it finds the items as well as the ten-class detector does in 55 (test mAP50 with classes ignored 0.837 vs
     # 0.727 in the same 15), and read by the crop reader it names them better (0.670 vs 0.577)
     "one_class": Opt(False, "train one class, item (ultralytics' single_cls): the detector only finds the items and "
-                     "the crop reader (RUN/reader) names them, in `detect eval` and in `detect video`, which then "
-                     "needs --track; --from a detect run of ten classes keeps all of it but the last layer of its "
-                     "class branches"),
+                     "the crop reader (RUN/reader) names them, in `detect eval` and in `detect video` (each track, or "
+                     "with --no-track each box); --from a detect run of ten classes keeps all of it but the last "
+                     "layer of its class branches"),
     "patience": Opt(5, "early stopping: epochs without validation fitness improvement (0 = off)"),
     "close_mosaic": Opt(2, "turn mosaic augmentation off for the last N epochs"),
     # ultralytics warms up for 3 epochs; a CPU budget buys only a handful, so 3 would keep the learning rate low

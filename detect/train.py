@@ -219,15 +219,12 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         raise
     summary = write_summary(run, trainer, base, end_status(trainer))
     if cfg["test"] and "test" in info and Path(trainer.best).is_file():
-        if cfg["one_class"]:  # its own class is the boxes alone
-            summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
-                                       cfg["plots"], cfg["threads"], boxes_alone=True)
-            summary["test"]["boxes"] = dict(summary["test"])
-        else:
-            summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
-                                       cfg["plots"], cfg["threads"])
-            summary["test"]["boxes"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device,
-                                                run / "test" / "boxes", cfg["plots"], cfg["threads"], boxes_alone=True)
+        one_class = cfg["one_class"]  # its own class is the boxes alone
+        summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
+                                   cfg["plots"], cfg["threads"], boxes_alone=one_class)
+        summary["test"]["boxes"] = dict(summary["test"]) if one_class else evaluate(
+            trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test" / "boxes", cfg["plots"],
+            cfg["threads"], boxes_alone=True)
         atomic_write_json(run / "summary.json", summary)
     if cfg["reader_epochs"] and source.classifier_run and summary["best"]:
         from fashionkit.detect.defaults import READER_OPTIONS
