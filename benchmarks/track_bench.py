@@ -154,11 +154,12 @@ def main() -> None:
     if one_class:  # a detector that only finds items runs with a classifier to name them
         chosen = {k: v for k, v in chosen.items() if v.get("classifier") != "none"}
     if args.variants:
-        unknown = set(args.variants.split(",")) - set(chosen)
+        asked = args.variants.split(",")
+        unknown = set(asked) - set(chosen)
         if unknown:
             raise SystemExit(f"--variants {args.variants}: no variant {', '.join(sorted(unknown))} here; choose from "
                              f"{', '.join(chosen)}")
-        chosen = {k: v for k, v in chosen.items() if k in args.variants.split(",")}
+        chosen = {k: v for k, v in chosen.items() if k in asked}
     for name, opts in chosen.items():
         runs = []
         for i in range(args.repeat):

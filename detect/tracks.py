@@ -278,7 +278,7 @@ def read_boxes(frames: list[np.ndarray], found: list[list[dict]], readers: Reade
     probs = predict_probs(readers.classifier, torch.stack(items), readers.device).numpy()
     for (f, j), p in zip(owners, probs):
         c = int(np.argmax(p))
-        if p[c] >= min_conf:
+        if not is_unread(float(p[c]), min_conf):  # the test drop_unread applies to a track's reading
             d = found[f][j]
             named[f].append({**d, "class_id": c, "class_name": names[c], "conf": round(d["conf"] * float(p[c]), 4)})
     return named

@@ -219,12 +219,8 @@ def train(options: dict | None = None, config: str | Path | dict | None = None) 
         raise
     summary = write_summary(run, trainer, base, end_status(trainer))
     if cfg["test"] and "test" in info and Path(trainer.best).is_file():
-        one_class = cfg["one_class"]  # its own class is the boxes alone
-        summary["test"] = evaluate(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test",
-                                   cfg["plots"], cfg["threads"], boxes_alone=one_class)
-        summary["test"]["boxes"] = dict(summary["test"]) if one_class else evaluate(
-            trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device, run / "test" / "boxes", cfg["plots"],
-            cfg["threads"], boxes_alone=True)
+        summary["test"] = evaluate_with_boxes(trainer.best, data, "test", cfg["imgsz"], cfg["batch"], device,
+                                              run / "test", cfg["plots"], cfg["threads"], cfg["one_class"])
         atomic_write_json(run / "summary.json", summary)
     if cfg["reader_epochs"] and source.classifier_run and summary["best"]:
         from fashionkit.detect.defaults import READER_OPTIONS
@@ -384,6 +380,17 @@ def metric_dict(metrics, split: str) -> dict:
             "precision": round(float(box.mp), 5), "recall": round(float(box.mr), 5),
             "mAP50": round(float(box.map50), 5), "mAP50-95": round(float(box.map), 5),
             "mAP50-95_per_class": per_class}
+
+
+def evaluate_with_boxes(weights: str | Path, data: str | Path, split: str, imgsz: int, batch: int, device: str,
+                        out: Path, plots: bool, threads: int, one_class: bool) -> dict:
+    """``evaluate`` with the detector's classes, and with classes ignored under ``boxes`` (plots in ``out/boxes``):
+    what ``detect train`` and ``detect eval`` report. A one-class detector's own class is the boxes alone: scored
+    once."""
+    result = evaluate(weights, data, split, imgsz, batch, device, out, plots, threads, boxes_alone=one_class)
+    result["boxes"] = dict(result) if one_class else evaluate(weights, data, split, imgsz, batch, device,
+                                                              out / "boxes", plots, threads, boxes_alone=True)
+    return result
 
 
 def evaluate(weights: str | Path, data: str | Path, split: str, imgsz: int, batch: int, device: str, out: Path,

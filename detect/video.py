@@ -515,9 +515,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     if track or read_frames:  # before the output directory exists: a misfitting run leaves nothing behind
         from fashionkit.device import select_device
 
-        classifier_run, metric_run = tracks.choose_runs(cfg, weights)
-        readers = tracks.load_readers(classifier_run, metric_run if track else None, class_names,
-                                      select_device(cfg["device"]))
+        # without tracking only the classifier reads (a one-class detector's boxes): no metric run is looked for
+        runs = tracks.choose_runs(cfg if track else {**cfg, "metric": "none"}, weights)
+        readers = tracks.load_readers(*runs, class_names, select_device(cfg["device"]))
         if one_class and readers.classifier is None:
             raise UserError(f"{weights}: a one-class detector finds items without naming them; pass --classifier auto "
                             f"(its detect run's crop reader) or a classify run to name them")
@@ -726,7 +726,7 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
     from fashionkit.detect.tracks import is_one_class
-    from fashionkit.detect.train import data_yaml, dataset_info, evaluate, ultralytics_device
+    from fashionkit.detect.train import data_yaml, dataset_info, evaluate_with_boxes, ultralytics_device
     from fashionkit.runs import atomic_write_json, ensure_dir, read_json
 
     run = Path(run)
@@ -743,13 +743,9 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
     reader = eval_classifier(cfg, weights, detector.names)
-    one_class = is_one_class(detector.names)  # its own class is the boxes alone
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
-              cfg["split"]: evaluate(weights, data, cfg["split"], imgsz, cfg["batch"], device, out, cfg["plots"],
-                                     cfg["threads"], boxes_alone=one_class)}
-    result[cfg["split"]]["boxes"] = dict(result[cfg["split"]]) if one_class else evaluate(
-        weights, data, cfg["split"], imgsz, cfg["batch"], device, out / "boxes", cfg["plots"], cfg["threads"],
-        boxes_alone=True)
+              cfg["split"]: evaluate_with_boxes(weights, data, cfg["split"], imgsz, cfg["batch"], device, out,
+                                                cfg["plots"], cfg["threads"], is_one_class(detector.names))}
     if reader is not None:
         from fashionkit.detect.reader import evaluate_read
 
