@@ -3,7 +3,7 @@
 from fashionkit.config import Opt
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "muon")
 SCHEDULERS = ("onecycle", "cosine", "step", "plateau", "none")
 
 # The one place for classify train's defaults. The default recipe is the time-to-accuracy one (BENCHMARKS.md,
@@ -18,12 +18,15 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "dropout": Opt(None, "dropout rate for models that take one (model default when unset)", type=float),
     "epochs": Opt(17, "number of epochs"),
     "batch_size": Opt(128, "batch size"),
-    "optimizer": Opt("sgd", "optimizer", choices=OPTIMIZERS),
+    "optimizer": Opt("sgd", "optimizer (muon: the CIFAR-10 speedruns' Muon for the conv filters, Nesterov SGD for "
+                            "the rest)", choices=OPTIMIZERS),
     "sam": Opt(False, "wrap the optimizer in SAM (sharpness-aware minimisation; two passes per step)"),
     "sam_rho": Opt(0.05, "SAM neighbourhood radius"),
     "lr": Opt(0.1, "(peak) learning rate"),
-    "momentum": Opt(0.9, "momentum (sgd, rmsprop)"),
-    "nesterov": Opt(True, "Nesterov momentum (sgd)"),
+    "momentum": Opt(0.9, "momentum (sgd, rmsprop, muon)"),
+    "nesterov": Opt(True, "Nesterov momentum (sgd, muon)"),
+    "muon_lr": Opt(0.3, "muon: the conv filters' learning rate as a multiple of --lr (the rest trains by Nesterov SGD "
+                        "at --lr); for nets with BatchNorm after every conv"),
     "weight_decay": Opt(5e-4, "L2 weight decay (decoupled for adamw); not applied to biases and norms"),
     "l1": Opt(0.0, "L1 penalty on weights"),
     "label_smoothing": Opt(0.05, "label smoothing of the cross-entropy loss"),

@@ -202,6 +202,62 @@ def test_sam_and_every_optimizer_and_scheduler_step():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_orthogonalize_sets_singular_values_near_one():
+    from fashionkit.classify.optim import orthogonalize
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(24, 216), (96, 432), (300, 40)]:  # wide filter banks and a tall matrix
+        m = torch.randn(*shape, generator=g) @ torch.diag(torch.logspace(-2, 0, shape[1]))
+        before = torch.linalg.svdvals(m)
+        after = torch.linalg.svdvals(orthogonalize(m))
+        assert orthogonalize(m).shape == m.shape
+        assert before.max() / before.min() > 3  # conditioned 3 to 100 before
+        assert 0.6 < after.min() and after.max() < 1.25, (shape, after.min(), after.max())
+
+
+def test_muon_steps_filters_by_muon_and_the_rest_exactly_as_nesterov_sgd():
+    from fashionkit.classify.models import create_model
+    from fashionkit.classify.optim import Muon, param_groups
+
+    torch.manual_seed(0)
+    model = create_model("vgg-fast")
+    twin = create_model("vgg-fast")
+    twin.load_state_dict(model.state_dict())
+    muon = build_optimizer("muon", model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, muon_lr=0.3)
+    assert isinstance(muon, Muon)
+    filters = [g for g in muon.param_groups if g["muon"]]
+    assert sum(len(g["params"]) for g in filters) == sum(
+        1 for p in model.parameters() if p.ndim == 4 and p.requires_grad)
+    assert all(g["weight_decay"] == 0 for g in filters)  # the norm is fixed instead
+    # the same model stepped by torch's SGD: every tensor that is not a conv filter must match it exactly
+    sgd = torch.optim.SGD([{**g, "params": [p for p in g["params"] if p.ndim != 4]}
+                           for g in param_groups(twin, 5e-4)], lr=0.1, momentum=0.9, nesterov=True)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for net, opt in ((model, muon), (twin, sgd)):  # one step: after it the filters differ, so do the gradients
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        if p.ndim != 4:
+            torch.testing.assert_close(p, q, msg=name)
+            torch.testing.assert_close(muon.state[p]["momentum_buffer"], sgd.state[q]["momentum_buffer"], msg=name)
+        elif p.requires_grad:
+            assert not torch.equal(p, before[name]), name
+            # rescaled to norm sqrt(out) before each step, then moved by lr x muon_lr x an orthogonal matrix
+            assert abs(p.norm().item() - p.shape[0] ** 0.5) < 0.1 * p.shape[0] ** 0.5, name
+        else:
+            assert torch.equal(p, before[name]), name  # the frozen whitening conv stays frozen
+
+
+def test_muon_run_trains_and_resumes_state(runs_dir):
+    run, summary = train({**TINY, "model": "vgg-fast", "optimizer": "muon", "lr": 0.1, "muon_lr": 1.0,
+                          "test": False})
+    assert summary["best_val_acc"] > 0.45  # 30 steps on 1,500 items: chance is 0.1
+    state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)["optimizer"]
+    assert any(g["muon"] for g in state["param_groups"]) and state["state"]
+
+
 def test_sam_run_trains(runs_dir):
     _, summary = train({**TINY, "sam": True, "test": False})
     assert summary["best_val_acc"] > 0.5
@@ -228,6 +284,7 @@ def test_nan_loss_stops_with_clear_error(runs_dir, cli, capsys):
     (["--augment", "blur"], "unknown augmentation preset"),
     (["--model-opts", "depth=3"], "depth"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--optimizer", "muon", "--muon-lr", "0"], "--muon-lr must be a positive number"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_input_is_one_line_error(runs_dir, cli, capsys, args, message):
