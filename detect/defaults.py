@@ -126,14 +126,17 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                          "items, or items seen too poorly to name (0 = keep every track); without --track, a "
                          "one-class detector's boxes likewise"),
     # 10: chosen with the conf above on the two validation clips (3, 6 and 10 tried: 10 best on both; with the
-    # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 0: filling gaps raised recall there
-    # but cost more precision than it gained on the test clip, so it stays an option
+    # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 30: every gap the tracker bridges
+    # (BoT-SORT keeps a lost track about a second); on the three validation clips F1 with the track's class 0.814 /
+    # 0.684 / 0.698 -> 0.845 / 0.701 / 0.710 (5: 2.216 summed, 15: 2.223, 30: 2.255, 60 and 120 the same as 30), on
+    # the three test clips up too, for class precision -0.003 to -0.013 (BENCHMARKS.md, "Gaps filled, again"; with
+    # the one-hour detector and ByteTrack it had cost more precision than it gained, "Short tracks and gaps")
     "min_track_frames": Opt(10, "with --track on a video: leave out tracks seen in fewer frames than this (a false "
                             "detection flashes for a frame or two; at most the frames processed, so a short clip "
                             "keeps its items; 1 = keep every track)"),
-    "fill_gaps": Opt(0, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
+    "fill_gaps": Opt(30, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
                      "missed the item, the tracker kept it) with boxes interpolated between the detections either "
-                     "side (0 = off)"),
+                     "side (30: every gap the tracker bridges; 0 = off)"),
     # off: at 60, F1 with the track's class 0.819 / 0.649 / 0.688 -> 0.829 / 0.677 / 0.688 on the validation clips
     # but 0.669 -> 0.643 on a 60 s test clip: 1-5 joins a clip, each swinging a long track's class either way
     # (BENCHMARKS.md, "Broken tracks stitched")

@@ -1001,7 +1001,7 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     assert "--min-read-conf 1.5 must lie in [0, 1]" in error("--min-read-conf", "1.5")
     assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
     assert "--fill-gaps and --stitch-gap at least 0" in error("--fill-gaps", "-2")
-    assert "--stitch-gap at least 0, got 10, 0 and -1" in error("--stitch-gap", "-1")
+    assert "--stitch-gap at least 0, got 10, 30 and -1" in error("--stitch-gap", "-1")
     assert not (work / "refused").exists()  # refused before any output
     with pytest.raises(UserError, match="not Fashion-MNIST's ten"):
         load_readers(classify_run, None, {0: "cat", 1: "dog"}, torch.device("cpu"))
@@ -1171,8 +1171,11 @@ def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work
     with (out / "detections.csv").open() as f:
         assert sum(row.rstrip().endswith(",True") for row in f) == t["filled_boxes"]
     # the same run without either: every track the tracker made is there, and nothing is interpolated
-    plain = run_video(path, video_cfg(**opts, out=str(work / "unfilled")), progress=False)
+    plain = run_video(path, video_cfg(**opts, out=str(work / "unfilled"), fill_gaps=0), progress=False)
     assert plain["tracks"]["count"] == len(own) + t["dropped_short"] and plain["tracks"]["filled_boxes"] == 0
+    # the default fills every gap the tracker bridges (30 frames), so at least what gaps of up to 4 gave
+    longest = run_video(path, video_cfg(**opts, out=str(work / "default-fill"), min_track_frames=3), progress=False)
+    assert longest["tracks"]["fill_gaps"] == 30 and longest["tracks"]["filled_boxes"] >= t["filled_boxes"]
     # --conf none: 0.1 with --track on a video (the tracker extends its tracks with detections under the 0.25 it
     # starts them at), else 0.25; the tracks keep more of the items' frames
     auto = {**opts, "conf": None}
