@@ -281,8 +281,7 @@ def reading_validator(reader, vote_weight: float):
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils import nms
 
-    from fashionkit.classify.predict import predict_probs
-    from fashionkit.detect.tracks import crop_grey, crop_item
+    from fashionkit.detect.tracks import read_crops
 
     class ReadingValidator(DetectionValidator):
         def preprocess(self, batch):
@@ -295,19 +294,11 @@ def reading_validator(reader, vote_weight: float):
                                                   max_det=self.args.max_det, return_idxs=True)
             raw = preds[0] if isinstance(preds, (list, tuple)) else preds
             scores = [raw[i, 4:4 + self.nc, k].T.float().cpu().numpy() for i, k in enumerate(keep)]
-            crops = []  # (image, box, uint8 item)
-            for i, b in enumerate(boxes):
-                frame = (self.frames[i].float().permute(1, 2, 0).cpu().numpy()[:, :, ::-1] * 255).round()
-                frame = frame.astype(np.uint8)  # RGB 0-1 -> BGR, as a video frame
-                for j, box in enumerate(b[:, :4].tolist()):
-                    grey = crop_grey(frame, box)
-                    if grey is not None:
-                        crops.append((i, j, crop_item(grey)))
-            probs = [np.full((len(s), self.nc), np.nan) for s in scores]  # self.nc: the reader's classes
-            if crops:
-                read = predict_probs(reader.to(self.device), torch.stack([c[2] for c in crops]), self.device).numpy()
-                for (i, j, _), p in zip(crops, read):
-                    probs[i][j] = p
+            frames = [(self.frames[i].float().permute(1, 2, 0).cpu().numpy()[:, :, ::-1] * 255).round()
+                      .astype(np.uint8) for i in range(len(boxes))]  # RGB 0-1 -> BGR, as a video frame
+            # self.nc: the reader's classes; NaN rows for boxes too small to read
+            probs = read_crops(frames, [b[:, :4].tolist() for b in boxes], reader.to(self.device), self.device,
+                               self.nc)
             out = []
             for b, s, p in zip(boxes, scores, probs):
                 box, cls, conf = reread(s, p, vote_weight)

@@ -255,32 +255,44 @@ def crop_item(grey: np.ndarray):
     return to_item(np.clip(item, 0, None))
 
 
-def read_boxes(frames: list[np.ndarray], found: list[list[dict]], readers: Readers, names: dict,
-               min_conf: float = 0.0) -> list[list[dict]]:
-    """A one-class detector's detections named frame by frame (``detect video --no-track``): each box of each frame
-    cut out as a track's crops are and read by the classifier, all of them in one batch; its class is the reading's
-    top one, its confidence the box's times that class's probability. A box too small to read, or in which the
-    classifier finds no class with a probability of ``min_conf`` or more, is left out: nothing else names it."""
+def read_crops(frames: list[np.ndarray], boxes: list[list], classifier, device, n_classes: int) -> list[np.ndarray]:
+    """Each box (xyxy) of each frame cut out as a track's crops are and read by ``classifier``, all of them in one
+    batch: per frame an array ``[boxes, n_classes]`` of class probabilities, NaN where a box is too small to read."""
     import torch
 
     from fashionkit.classify.predict import predict_probs
 
     items, owners = [], []
-    for f, (frame, dets) in enumerate(zip(frames, found)):
-        for j, d in enumerate(dets):
-            grey = crop_grey(frame, d["box"])
+    for f, (frame, frame_boxes) in enumerate(zip(frames, boxes)):
+        for j, box in enumerate(frame_boxes):
+            grey = crop_grey(frame, box)
             if grey is not None:
                 items.append(crop_item(grey))
                 owners.append((f, j))
+    probs = [np.full((len(b), n_classes), np.nan) for b in boxes]
+    if items:
+        for (f, j), p in zip(owners, predict_probs(classifier, torch.stack(items), device).numpy()):
+            probs[f][j] = p
+    return probs
+
+
+def read_boxes(frames: list[np.ndarray], found: list[list[dict]], readers: Readers, names: dict,
+               min_conf: float = 0.0) -> list[list[dict]]:
+    """A one-class detector's detections named frame by frame (``detect video --no-track``): each box of each frame
+    read by the classifier (``read_crops``); its class is the reading's top one, its confidence the box's times that
+    class's probability. A box too small to read, or in which the classifier finds no class with a probability of
+    ``min_conf`` or more, is left out: nothing else names it."""
+    probs = read_crops(frames, [[d["box"] for d in dets] for dets in found], readers.classifier, readers.device,
+                       len(names))
     named: list[list[dict]] = [[] for _ in found]
-    if not items:
-        return named
-    probs = predict_probs(readers.classifier, torch.stack(items), readers.device).numpy()
-    for (f, j), p in zip(owners, probs):
-        c = int(np.argmax(p))
-        if not is_unread(float(p[c]), min_conf):  # the test drop_unread applies to a track's reading
-            d = found[f][j]
-            named[f].append({**d, "class_id": c, "class_name": names[c], "conf": round(d["conf"] * float(p[c]), 4)})
+    for f, (dets, frame_probs) in enumerate(zip(found, probs)):
+        for d, p in zip(dets, frame_probs):
+            if np.isnan(p).any():  # too small to read
+                continue
+            c = int(np.argmax(p))
+            if not is_unread(float(p[c]), min_conf):  # the test drop_unread applies to a track's reading
+                named[f].append({**d, "class_id": c, "class_name": names[c],
+                                 "conf": round(d["conf"] * float(p[c]), 4)})
     return named
 
 
