@@ -168,6 +168,9 @@ READER_OPTIONS: dict[str, Opt] = {
     "jitter": Opt(0.08, "box jitter: standard deviation of the centre shift and size change, as a fraction of the "
                   "box (a detector's boxes are a few pixels off)"),
     "label_smoothing": Opt(0.05, "label smoothing of the loss"),
+    "background": Opt(0, "crops of background per training scene (the detector's own boxes there first, then random "
+                      "ones), taught as an 11th class, not an item: a track the reader calls that is left out as "
+                      "unread; 0: a reader of the ten classes only"),
     "seed": Opt(0, "random seed"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }

@@ -107,6 +107,95 @@ def scene_crops(data_yaml: Path, split: str, copies: int = 1, jitter: float = 0.
     return torch.stack(items), torch.tensor(classes, dtype=torch.long)
 
 
+# ---- background: crops of what is not an item ---------------------------------------------------------------------
+
+# A candidate box is background when it overlaps no item much: IoU under 0.2 with every ground-truth box, and no
+# more than 0.3 of an item inside it or of it covered by one (a box round a whole small item, or one inside a big
+# item, is an item's crop, not background)
+BACKGROUND_IOU = 0.2
+BACKGROUND_COVER = 0.3
+
+
+def is_background(box, items: np.ndarray) -> bool:
+    """Whether ``box`` (xyxy) overlaps none of ``items`` (``[n, 4]`` xyxy) enough to show one (see above)."""
+    if not len(items):
+        return True
+    b = np.asarray(box, float)
+    lt, rb = np.maximum(b[:2], items[:, :2]), np.minimum(b[2:], items[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area_b = np.prod(b[2:] - b[:2])
+    area_i = np.prod(items[:, 2:] - items[:, :2], axis=1)
+    iou = inter / (area_b + area_i - inter + 1e-9)
+    return bool((iou < BACKGROUND_IOU).all() and (inter <= BACKGROUND_COVER * area_i).all()
+                and (inter <= BACKGROUND_COVER * area_b).all())
+
+
+def background_boxes(rng: np.random.Generator, frame_shape, boxes: list, found: list, n: int) -> list:
+    """Up to ``n`` boxes on a scene's background (``is_background`` against its ground-truth ``boxes``, (class, x1,
+    y1, x2, y2)): first the detector's own boxes there (``found``, xyxy, most confident first), which are what a track
+    on the photograph's own things starts from, then random boxes of an item's size (a ground-truth box's width and
+    height, each scaled by 0.5-2) at random places."""
+    H, W = frame_shape[:2]
+    items = np.array([b[1:] for b in boxes], float).reshape(-1, 4)
+    chosen = [list(map(float, b)) for b in found if is_background(b, items)][:n]
+    sizes = items[:, 2:] - items[:, :2] if len(items) else np.array([[W / 6, H / 6]])
+    for _ in range(20 * n):
+        if len(chosen) >= n:
+            break
+        w, h = sizes[rng.integers(len(sizes))] * rng.uniform(0.5, 2.0, 2)
+        w, h = min(w, W - 1), min(h, H - 1)
+        x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
+        if is_background((x, y, x + w, y + h), items):
+            chosen.append([x, y, x + w, y + h])
+    return chosen
+
+
+def background_crops(data_yaml: Path, split: str, per_scene: int, detector=None, imgsz: int = 320, conf: float = 0.1,
+                     seed: int = 0, progress: bool = False):
+    """uint8 ``[N, 28, 28]``: up to ``per_scene`` crops of background from each scene of a split (``background_boxes``;
+    the detector's boxes from ``detector``, a YOLO model, at ``conf`` as `detect video` runs it), cut as a track's
+    crops are."""
+    import torch
+    from tqdm import tqdm
+
+    from fashionkit.detect.tracks import crop_grey, crop_item
+
+    rng = np.random.default_rng(seed)
+    items = []
+    dirs = split_dirs(data_yaml, split)
+    total = sum(1 for _ in dirs[0].iterdir()) if dirs else 0
+    for frame, boxes in tqdm(scene_boxes(data_yaml, split), total=total, unit="scene",
+                             desc=f"background ({split})", disable=not progress):
+        found = []
+        if detector is not None:
+            result = detector.predict(frame, imgsz=imgsz, conf=conf, agnostic_nms=True, device="cpu",
+                                      verbose=False)[0]
+            found = result.boxes.xyxy.cpu().numpy().tolist()  # ultralytics sorts them by confidence
+        for box in background_boxes(rng, frame.shape, boxes, found, per_scene):
+            grey = crop_grey(frame, box)
+            if grey is not None:
+                items.append(crop_item(grey))
+    return torch.stack(items) if items else torch.zeros(0, 28, 28, dtype=torch.uint8)
+
+
+def with_not_item(model):
+    """``model`` (a classify model of C classes) with one more output, class C, "not an item": the head's C rows
+    kept, the new one starting at zero."""
+    import torch
+
+    head = model.head
+    grown = torch.nn.Linear(head.in_features, head.out_features + 1)
+    with torch.no_grad():
+        grown.weight.zero_()
+        grown.bias.zero_()
+        grown.weight[:-1] = head.weight
+        grown.bias[:-1] = head.bias
+    model.head = grown
+    model.num_classes = grown.out_features
+    model.options = {**model.options, "num_classes": grown.out_features}
+    return model
+
+
 def accuracy(model, items, labels, device, tta: bool = True) -> float | None:
     from fashionkit.classify.predict import predict_probs
 
@@ -146,12 +235,12 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
 
     from fashionkit import bundled
     from fashionkit.classify.checkpoint import save_checkpoint
-    from fashionkit.config import load_yaml
+    from fashionkit.config import load_yaml, save_yaml
     from fashionkit.data.augment import RandomHorizontalFlip
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.data.loader import normalize, to_float
     from fashionkit.detect.tracks import open_classifier
-    from fashionkit.runs import atomic_write_json, open_run, replace_dir, write_run_info
+    from fashionkit.runs import atomic_write_json, open_run, read_json, replace_dir, write_run_info
 
     run = open_run(detect_run, "detect", what="detect run")
     if bundled.is_bundled(run):
@@ -160,6 +249,8 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     for key in ("epochs", "batch_size", "copies"):
         if cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    if cfg["background"] < 0:
+        raise UserError(f"--background must be 0 (no class for what is not an item) or more, got {cfg['background']}")
     if not 0 <= cfg["jitter"] < 0.5 or cfg["lr"] <= 0 or not 0 <= cfg["label_smoothing"] < 1:
         raise UserError(f"--jitter {cfg['jitter']} must lie in [0, 0.5), --lr {cfg['lr']} above 0 and "
                         f"--label-smoothing {cfg['label_smoothing']} in [0, 1)")
@@ -181,11 +272,27 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     batch_size = min(cfg["batch_size"], len(train_y))
     val_x, val_y = scene_crops(data, "val")
     test_x, test_y = scene_crops(data, "test")
+    background = {}
+    if cfg["background"]:
+        # crops of the scenes' background, the detector's own false boxes first: an 11th class, "not an item"
+        from fashionkit.detect.video import load_detector, quiet_ultralytics
+
+        detector = load_detector(run, backend="auto")[0]
+        imgsz = int((read_json(run / "summary.json", missing_ok=True) or {}).get("imgsz") or 320)
+        with quiet_ultralytics():
+            background = {split: background_crops(data, split, cfg["background"], detector, imgsz, seed=cfg["seed"],
+                                                  progress=progress) for split in ("train", "val", "test")}
+        not_item = len(CLASSES)
+        train_x = torch.cat([train_x, background["train"]])
+        train_y = torch.cat([train_y, torch.full((len(background["train"]),), not_item, dtype=torch.long)])
     cut_seconds = time.perf_counter() - started
     before = {"val": accuracy(model, val_x, val_y, device), "test": accuracy(model, test_x, test_y, device)}
 
     torch.manual_seed(cfg["seed"])
-    reader = copy.deepcopy(model).train()
+    reader = copy.deepcopy(model)
+    if background:
+        reader = with_not_item(reader)
+    reader.train()
     steps_per_epoch = len(train_y) // batch_size
     optimizer = torch.optim.SGD(reader.parameters(), lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch,
@@ -217,17 +324,30 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     summary = {
         "classifier_run": str(classifier_run), "data": str(data), "detect_run": str(run),
         "crops": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
-        "options": {k: cfg[k] for k in ("epochs", "lr", "batch_size", "copies", "jitter", "label_smoothing", "seed")},
+        "options": {k: cfg[k] for k in ("epochs", "lr", "batch_size", "copies", "jitter", "label_smoothing",
+                                        "background", "seed")},
         "accuracy_tta": {"classifier": before, "reader": after},
         "history": history,
         "seconds": {"crops": round(cut_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
+    if background:
+        # of the background crops (training ones included in "crops" above), the share the reader calls not an item
+        summary["background"] = {
+            "crops": {split: len(x) for split, x in background.items()},
+            "named_not_item_tta": {split: accuracy(reader, background[split],
+                                                   torch.full((len(background[split]),), len(CLASSES)), device)
+                                   for split in ("val", "test")}}
 
     # the new reader replaces an older one only when complete
     tmp = run / f".{READER_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "weights").mkdir(parents=True)
-    shutil.copy2(classifier_run / "config.yaml", tmp / "config.yaml")  # the architecture, which loading checks
+    # the architecture, which loading checks: the classifier's, with the reader's classes
+    arch = load_yaml(classifier_run / "config.yaml")
+    if background:
+        arch["model_opts"] = ",".join(filter(None, [str(arch.get("model_opts") or ""),
+                                                    f"num_classes={reader.num_classes}"]))
+    save_yaml(arch, tmp / "config.yaml")
     write_run_info(tmp, "classify", made_by, classifier_run=str(classifier_run), detect_run=str(run),
                    data=str(data))
     save_checkpoint(tmp / "weights" / "best.pt", reader, epoch=cfg["epochs"], config=classifier_cfg, reader=cfg)

@@ -207,7 +207,8 @@ def open_classifier(path: Path, device, flag: str = "--classifier", alternative:
     run = open_run(path, "classify", what=f"{flag} classify run")
     model, _, cfg, run = load_run_model(run, device)
     classes = _output_size(model, torch, what=flag)
-    if classes != len(CLASSES):
+    if classes not in (len(CLASSES), len(CLASSES) + 1):  # + 1: a crop reader's "not an item" (`detect reader
+        # --background`), whose probability the readings below leave out of the ten
         raise UserError(f"{flag} {run}: its model has {classes} outputs, not the detector's {len(CLASSES)} classes; "
                         f"pass a classify run trained on Fashion-MNIST's ten classes{alternative}")
     return model, cfg, run
@@ -257,7 +258,8 @@ def crop_item(grey: np.ndarray):
 
 def read_crops(frames: list[np.ndarray], boxes: list[list], classifier, device, n_classes: int) -> list[np.ndarray]:
     """Each box (xyxy) of each frame cut out as a track's crops are and read by ``classifier``, all of them in one
-    batch: per frame an array ``[boxes, n_classes]`` of class probabilities, NaN where a box is too small to read."""
+    batch: per frame an array ``[boxes, n_classes]`` of class probabilities, NaN where a box is too small to read. A
+    reader's "not an item" (a last, extra output) is left out: what it takes from the classes lowers them all."""
     import torch
 
     from fashionkit.classify.predict import predict_probs
@@ -272,7 +274,7 @@ def read_crops(frames: list[np.ndarray], boxes: list[list], classifier, device, 
     probs = [np.full((len(b), n_classes), np.nan) for b in boxes]
     if items:
         for (f, j), p in zip(owners, predict_probs(classifier, torch.stack(items), device).numpy()):
-            probs[f][j] = p
+            probs[f][j] = p[:n_classes]
     return probs
 
 
@@ -404,10 +406,17 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
         from fashionkit.classify.predict import predict_probs
 
         crop_probs = predict_probs(readers.classifier, items, readers.device, batch_size=batch_size).numpy()
+        # a crop reader with a "not an item" class (the last): its share is left out of the classes, so a track
+        # the reader takes for background is read under --min-read-conf and left out
+        not_item = crop_probs[:, len(names)] if crop_probs.shape[1] > len(names) else None
+        crop_probs = crop_probs[:, :len(names)]
         probs = np.full((len(tracks), len(names)), np.nan)
+        not_item_of = np.full(len(tracks), np.nan)
         owners = np.array([i for i, _ in crop_of], int)
         for i in np.unique(owners):
             probs[i] = crop_probs[owners == i].mean(0)
+            if not_item is not None:
+                not_item_of[i] = not_item[owners == i].mean()
     mixed = mix(votes, probs, vote_weight)
     top1, margin = top2(mixed)
     # the classifier's own class and confidence per track (None where it read no crop), as drop_unread sees them
@@ -442,6 +451,8 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             "frame_classes": {(frame_names or names)[j]: int(n) for j, n in enumerate(t.counts) if n},
             "vote_class_id": int(np.argmax(t.votes)) if len(t.votes) > 1 else None,  # one class: no vote on which
             "classifier_class_id": reading_of[i]["class_id"], "classifier_conf": reading_of[i]["conf"],
+            "classifier_not_item": (None if probs is None or np.isnan(not_item_of[i])
+                                    else round(float(not_item_of[i]), 4)),
             "crops": len(t.crops),
             "resolved": bool(resolved[i]),
             "resolver_class_id": int(resolver_votes[i]) if resolver_votes[i] >= 0 else None,

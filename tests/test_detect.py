@@ -798,6 +798,79 @@ def test_gaps_in_a_track_are_filled_by_interpolation_and_short_tracks_left_out()
     assert sorted(gap_fills(strided, stride=2, max_gap=2)) == [6, 8]
 
 
+class WithNotItem(torch.nn.Module):
+    """A reader of eleven outputs: ``classifier``'s ten logits and "not an item", whose logit is ``not_item``."""
+
+    def __init__(self, classifier, not_item: float):
+        super().__init__()
+        self.classifier, self.not_item = classifier, not_item
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = self.classifier(x)
+        return torch.cat([logits, torch.full((len(x), 1), self.not_item)], 1)
+
+
+def test_a_reader_that_calls_a_track_not_an_item_leaves_it_out(train_set, test_set):
+    """A crop reader with an 11th class, not an item (`detect reader --background`): its share is taken from the ten
+    classes, so a track it reads as background falls under --min-read-conf and is left out, and one it reads as an
+    item keeps the class the ten say."""
+    from fashionkit.classify.predict import predict_probs
+    from fashionkit.data.fashion_mnist import CLASSES
+    from fashionkit.detect.tracks import (
+        Readers,
+        TrackCollector,
+        crop_grey,
+        crop_item,
+        decide_tracks,
+        drop_unread,
+        read_crops,
+    )
+
+    images, labels = test_set
+    cpu, names = torch.device("cpu"), dict(enumerate(CLASSES))
+    ten = NearestMean(train_set).eval()
+    collector = TrackCollector(10, crops=3)
+    frame, box = paste_item(images[0].numpy(), 235, True)
+    for f in range(9):
+        collector.add(f, frame, [{"class_id": 4, "conf": 0.6, "box": box, "track_id": 1}])
+    crop = crop_item(crop_grey(frame, box))[None]
+    plain = decide_tracks(collector, Readers(cpu, classifier=ten), names, 0.2, 0.3)[1]
+    assert plain["classifier_not_item"] is None
+    for logit in (-20.0, 20.0):  # surely an item; surely not one
+        reader = WithNotItem(ten, logit).eval()
+        p = predict_probs(reader, crop, cpu)[0].numpy()
+        t = decide_tracks(collector, Readers(cpu, classifier=reader), names, 0.2, 0.3)[1]
+        assert t["classifier_not_item"] == pytest.approx(p[10], abs=1e-4)
+        assert t["classifier_conf"] == pytest.approx(p[:10].max(), abs=1e-4)  # the ten, not renormalised
+        assert read_crops([frame], [[box]], reader, cpu, 10)[0][0] == pytest.approx(p[:10])
+        decisions = {1: t}
+        if logit < 0:  # as the ten-class reader reads it
+            assert t["class_id"] == plain["class_id"] and t["classifier_conf"] == pytest.approx(
+                plain["classifier_conf"], abs=1e-3)
+            assert drop_unread(decisions, 0.45) == drop_unread({1: dict(plain)}, 0.45)
+        else:
+            assert t["classifier_conf"] < 1e-6 and drop_unread(decisions, 0.45) == {1} and decisions == {}
+
+
+def test_background_boxes_hold_no_item():
+    from fashionkit.detect.reader import background_boxes, is_background
+
+    items = np.array([[10, 10, 50, 60], [100, 20, 140, 90]], float)
+    assert not is_background([12, 12, 48, 58], items)  # on an item
+    assert not is_background([0, 0, 120, 120], items)  # round a whole item
+    assert not is_background([15, 15, 30, 30], items)  # inside an item
+    assert is_background([60, 100, 100, 140], items) and is_background([0, 0, 5, 5], np.zeros((0, 4)))
+    boxes = [(4, *b) for b in items.tolist()]
+    found = [[11, 11, 49, 59], [60, 100, 100, 140], [150, 100, 190, 150]]  # the detector: an item, then background
+    rng = np.random.default_rng(0)
+    chosen = background_boxes(rng, (160, 200, 3), boxes, found, 4)
+    assert chosen[:2] == [found[1], found[2]] and len(chosen) == 4  # its boxes off the items first, then random ones
+    assert all(is_background(b, items) and 0 <= b[0] < b[2] <= 200 and 0 <= b[1] < b[3] <= 160 for b in chosen)
+    assert background_boxes(rng, (160, 200, 3), boxes, found, 1) == [found[1]]
+    assert background_boxes(rng, (160, 200, 3), boxes, [], 0) == []
+
+
 def test_tracks_the_reader_names_no_class_are_left_out_and_unread_ones_kept():
     from fashionkit.detect.tracks import drop_unread
 
@@ -1348,6 +1421,31 @@ def test_reader_command_and_its_errors(cli, trained, classify_run, dataset, work
     fails(copy, "--from", classify_run, "--data", empty, says="no item big enough to read")
     monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(work / "runs" / "detect"))  # the copy's folder as the bundle
     fails(copy, "--from", classify_run, says="bundled detector, which is never written to")
+
+
+def test_a_reader_with_background_crops_reads_an_eleventh_class(cli, trained, classify_run, dataset, work, capsys):
+    import shutil
+
+    from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.detect.tracks import open_classifier
+
+    copy = work / "runs" / "detect" / "det-background"
+    shutil.copytree(trained[0], copy, ignore=shutil.ignore_patterns("reader", "eval"))
+    assert cli("detect", "reader", copy, "--epochs", 1, "--batch-size", 32, "--background", 2) == 0
+    capsys.readouterr()
+    model, _, cfg, _ = load_run_model(copy / "reader")  # its config.yaml says eleven classes
+    assert model.num_classes == 11 and "num_classes=11" in cfg["model_opts"]
+    assert open_classifier(copy / "reader", torch.device("cpu"))[0].num_classes == 11  # `detect video` takes it
+    s = json.loads((copy / "reader" / "summary.json").read_text())
+    scenes = {split: len(list((dataset / "images" / split).iterdir())) for split in ("train", "val", "test")}
+    assert s["options"]["background"] == 2
+    assert all(0 < s["background"]["crops"][split] <= 2 * scenes[split] for split in scenes)
+    assert all(0 <= s["background"]["named_not_item_tta"][split] <= 1 for split in ("val", "test"))
+    plain = json.loads((trained[0] / "reader" / "summary.json").read_text())
+    assert s["crops"]["train"] == plain["crops"]["train"] + s["background"]["crops"]["train"]
+    assert cli("detect", "reader", copy, "--background", -1) == 2
+    err = capsys.readouterr().err
+    assert "--background must be 0" in err and "Traceback" not in err
 
 
 def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, metric_run, low_tracker, work,
