@@ -126,6 +126,8 @@ def main() -> None:
     p.add_argument("--min-track-frames", type=int, default=VIDEO_OPTIONS["min_track_frames"].default)
     p.add_argument("--min-read-conf", type=float, default=VIDEO_OPTIONS["min_read_conf"].default)
     p.add_argument("--fill-gaps", type=int, default=VIDEO_OPTIONS["fill_gaps"].default)
+    p.add_argument("--gate", default=VIDEO_OPTIONS["gate"].default, help="`detect video --gate`: RUN or none")
+    p.add_argument("--max-not-item", type=float, default=VIDEO_OPTIONS["max_not_item"].default)
     p.add_argument("--variants", default=None, help="comma-separated names of the variants to run (none: all)")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest is reported")
     p.add_argument("--threads", type=int, default=0)
@@ -147,7 +149,8 @@ def main() -> None:
     result: dict = {"weights": args.weights, "video": str(video), "imgsz": args.imgsz, "conf": args.conf,
                     "tracker": args.tracker, "crops": args.crops, "vote_weight": args.vote_weight,
                     "resolve_margin": args.resolve_margin, "min_track_frames": args.min_track_frames,
-                    "min_read_conf": args.min_read_conf, "fill_gaps": args.fill_gaps,
+                    "min_read_conf": args.min_read_conf, "fill_gaps": args.fill_gaps, "gate": args.gate,
+                    "max_not_item": args.max_not_item,
                     "machine": {"cpu": cpu_name(), "load_before": os.getloadavg()}, "rows": []}
     classifier, reader = readers(args.weights, args.classifier, args.reader)
     chosen = variants(classifier, reader, args.metric)
@@ -167,8 +170,9 @@ def main() -> None:
                                           "conf": args.conf, "tracker": args.tracker, "crops": args.crops,
                                           "vote_weight": args.vote_weight, "resolve_margin": args.resolve_margin,
                                           "min_track_frames": args.min_track_frames, "fill_gaps": args.fill_gaps,
-                                          "min_read_conf": args.min_read_conf,
-                                          "threads": args.threads, "out": str(Path(args.work) / f"{name}-{i}"),
+                                          "min_read_conf": args.min_read_conf, "gate": args.gate,
+                                          "max_not_item": args.max_not_item, "threads": args.threads,
+                                          "out": str(Path(args.work) / f"{name}-{i}"),
                                           **opts})
             start, cpu = time.perf_counter(), cpu_seconds()
             runs.append(run_video(video, cfg, progress=False))

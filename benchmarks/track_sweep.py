@@ -43,6 +43,9 @@ def main() -> None:
                    help="longest gap (frames) a broken track is joined across; 0 = off")
     p.add_argument("--min-read-conf", default=str(VIDEO_OPTIONS["min_read_conf"].default),
                    help="tracks the reader names no class with this mean probability are left out; 0 = off")
+    p.add_argument("--gate", default=VIDEO_OPTIONS["gate"].default,
+                   help="`detect video --gate`: a reader with a class for what is not an item (RUN) or none")
+    p.add_argument("--max-not-item", type=float, default=VIDEO_OPTIONS["max_not_item"].default)
     p.add_argument("--agnostic-nms", default=str(VIDEO_OPTIONS["agnostic_nms"].default).lower(),
                    help="non-maximum suppression across classes: true, false or both (true,false)")
     p.add_argument("--work", default="runs/detect/track-sweep", help="where each run's outputs go")
@@ -76,7 +79,8 @@ def main() -> None:
                                       "imgsz": imgsz, "crops": crops, "vote_weight": vote,
                                       "min_track_frames": min_frames, "fill_gaps": fill, "save_video": False,
                                       "tracker": tracker, "agnostic_nms": agnostic, "stitch_gap": stitch,
-                                      "min_read_conf": read, "gt": str(video.with_suffix(".json")), "out": str(out)})
+                                      "min_read_conf": read, "gate": args.gate, "max_not_item": args.max_not_item,
+                                      "gt": str(video.with_suffix(".json")), "out": str(out)})
         s = run_video(video, cfg, progress=False)
         g, t = s["gt"], s["tracks"]
         track = g["tracks"]["track"]
@@ -101,7 +105,8 @@ def main() -> None:
               f"{r['tracks_false']} false, {r['fps']} f/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"video": str(video), "weights": args.weights, "metric": args.metric,
-                                          "rows": rows}, indent=1) + "\n")
+                                          "gate": args.gate, "max_not_item": args.max_not_item, "rows": rows},
+                                         indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

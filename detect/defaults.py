@@ -125,6 +125,15 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                          "class with a mean probability of at least this: boxes on things that are not fashion "
                          "items, or items seen too poorly to name (0 = keep every track); without --track, a "
                          "one-class detector's boxes likewise"),
+    # a gate: on the three validation clips F1 with the track's class 2.255 -> 2.378 summed (the seed-5 clip's six
+    # false tracks, the photograph's own things, all left out); on the three test clips the same to the third decimal
+    # (BENCHMARKS.md, "A reader that knows background"); no gate is bundled yet, so none by default
+    "gate": Opt("none", "with --track on a video: a crop reader that also knows what is not an item (`detect reader "
+                "COPY --background 2` makes one in COPY/reader): tracks whose crops it calls not an item with a mean "
+                "probability of --max-not-item or more are left out; the tracks' classes still come from "
+                "--classifier. RUN (a classify run of 11 outputs) or none", type=str),
+    "max_not_item": Opt(0.5, "with --gate: leave out tracks whose crops the gate calls not an item with at least this "
+                        "mean probability"),
     # 10: chosen with the conf above on the two validation clips (3, 6 and 10 tried: 10 best on both; with the
     # one-hour detector 3 had been, BENCHMARKS.md, "Short tracks and gaps"). fill 30: every gap the tracker bridges
     # (BoT-SORT keeps a lost track about a second); on the three validation clips F1 with the track's class 0.814 /
@@ -169,8 +178,9 @@ READER_OPTIONS: dict[str, Opt] = {
                   "box (a detector's boxes are a few pixels off)"),
     "label_smoothing": Opt(0.05, "label smoothing of the loss"),
     "background": Opt(0, "crops of background per training scene (the detector's own boxes there first, then random "
-                      "ones), taught as an 11th class, not an item: a track the reader calls that is left out as "
-                      "unread; 0: a reader of the ten classes only"),
+                      "ones), taught as an 11th class, not an item: as the reader, a track it calls that reads "
+                      "under --min-read-conf and is left out; as `detect video --gate RUN/reader`, only that class "
+                      "is asked; 0: a reader of the ten classes only"),
     "seed": Opt(0, "random seed"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }

@@ -136,6 +136,8 @@ class Readers:
     index: object = None
     metric_run: Path | None = None
     hard: list = field(default_factory=list)
+    gate: object = None  # a crop reader whose last class is "not an item" (`--gate`)
+    gate_run: Path | None = None
 
 
 def is_one_class(names: dict) -> bool:
@@ -192,6 +194,20 @@ def load_readers(classifier_run: Path | None, metric_run: Path | None, names: di
         index = open_run_index(run, ckpt["model_hash"], device)
         readers.embedder, readers.index, readers.metric_run, readers.hard = net, index, run, hard
     return readers
+
+
+def open_gate(path: Path, device) -> tuple[object, Path]:
+    """``(model, run dir)`` of ``--gate``: a classify run of Fashion-MNIST's ten classes and "not an item" (`detect
+    reader --background`); another is a UserError."""
+    import torch
+
+    from fashionkit.data.fashion_mnist import CLASSES
+
+    model, _, run = open_classifier(path, device, "--gate", ", or none")
+    if _output_size(model, torch, what="--gate") != len(CLASSES) + 1:
+        raise UserError(f"--gate {run}: its model reads the ten classes only, with no class for what is not an item; "
+                        f"pass a reader made by `detect reader RUN --background 2` (RUN/reader), or none")
+    return model, run
 
 
 def open_classifier(path: Path, device, flag: str = "--classifier", alternative: str = ", or none"
@@ -417,6 +433,14 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             probs[i] = crop_probs[owners == i].mean(0)
             if not_item is not None:
                 not_item_of[i] = not_item[owners == i].mean()
+    not_item = np.full(len(tracks), np.nan)  # the gate's mean "not an item" over each track's crops
+    if readers.gate is not None and crop_of:
+        from fashionkit.classify.predict import predict_probs
+
+        gate_probs = predict_probs(readers.gate, items, readers.device, batch_size=batch_size).numpy()[:, -1]
+        owners = np.array([i for i, _ in crop_of], int)
+        for i in np.unique(owners):
+            not_item[i] = gate_probs[owners == i].mean()
     mixed = mix(votes, probs, vote_weight)
     top1, margin = top2(mixed)
     # the classifier's own class and confidence per track (None where it read no crop), as drop_unread sees them
@@ -453,6 +477,7 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             "classifier_class_id": reading_of[i]["class_id"], "classifier_conf": reading_of[i]["conf"],
             "classifier_not_item": (None if probs is None or np.isnan(not_item_of[i])
                                     else round(float(not_item_of[i]), 4)),
+            "gate_not_item": None if np.isnan(not_item[i]) else round(float(not_item[i]), 4),
             "crops": len(t.crops),
             "resolved": bool(resolved[i]),
             "resolver_class_id": int(resolver_votes[i]) if resolver_votes[i] >= 0 else None,
@@ -567,14 +592,18 @@ def is_unread(classifier_conf: float | None, min_conf: float) -> bool:
     return classifier_conf is not None and classifier_conf < min_conf
 
 
-def drop_unread(decisions: dict[int, dict], min_conf: float, unnamed: bool = False) -> set[int]:
+def drop_unread(decisions: dict[int, dict], min_conf: float, unnamed: bool = False,
+                max_not_item: float | None = None) -> set[int]:
     """Take the tracks in whose crops the classifier found no class with a mean probability of ``min_conf`` or
     more out of ``decisions`` and return their ids. On photographs the detector also boxes the picture's own things, and
     names items too small, blurred or covered to see; the reader, trained on fashion items, spreads its probability
     over several classes on both. Tracks it did not read (no classifier, no crop big enough) stay, unless
-    ``unnamed`` (a one-class detector: nothing else names them)."""
+    ``unnamed`` (a one-class detector: nothing else names them). With ``max_not_item``, so do the tracks the gate
+    (``--gate``) calls not an item with at least that mean probability."""
     unread = {tid for tid, t in decisions.items() if is_unread(t["classifier_conf"], min_conf)
-              or (unnamed and t["classifier_conf"] is None)}
+              or (unnamed and t["classifier_conf"] is None)
+              or (max_not_item is not None and t.get("gate_not_item") is not None
+                  and t["gate_not_item"] >= max_not_item)}
     for tid in unread:
         del decisions[tid]
     return unread
@@ -652,6 +681,7 @@ def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: di
         "stitch_gap": cfg["stitch_gap"], "stitched": stitched,
         "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped,
         "min_read_conf": cfg["min_read_conf"], "dropped_unread": unread,
+        "gate": str(readers.gate_run) if readers.gate_run else None, "max_not_item": cfg.get("max_not_item"),
         "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
         "classifier": str(readers.classifier_run) if readers.classifier_run else None,
         "metric": str(readers.metric_run) if readers.metric_run else None,
@@ -677,8 +707,9 @@ def format_lines(s: dict) -> list[str]:
             lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames), "
                          f"{t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
         if t.get("dropped_unread"):
+            gate = f", or the gate called them not an item ({t['max_not_item']} or more)" if t.get("gate") else ""
             lines.append(f"tracks: {t['dropped_unread']} left out (the classifier found no class with probability "
-                         f"{t['min_read_conf']} or more: not a fashion item, or seen too poorly to name)")
+                         f"{t['min_read_conf']} or more: not a fashion item, or seen too poorly to name{gate})")
     g = s.get("gt", {}).get("tracks")
     if g:
         a, b = g["per_frame"], g["track"]
@@ -695,9 +726,11 @@ def check_options(cfg: dict) -> None:
     if cfg["min_track_frames"] < 1 or cfg["fill_gaps"] < 0 or cfg["stitch_gap"] < 0:
         raise UserError(f"--min-track-frames must be at least 1, --fill-gaps and --stitch-gap at least 0, got "
                         f"{cfg['min_track_frames']}, {cfg['fill_gaps']} and {cfg['stitch_gap']}")
-    if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1 or not 0 <= cfg["min_read_conf"] <= 1:
-        raise UserError(f"--vote-weight {cfg['vote_weight']}, --resolve-margin {cfg['resolve_margin']} and "
-                        f"--min-read-conf {cfg['min_read_conf']} must lie in [0, 1]")
+    if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1 or not 0 <= cfg["min_read_conf"] <= 1 \
+            or not 0 <= cfg.get("max_not_item", 0.5) <= 1:
+        raise UserError(f"--vote-weight {cfg['vote_weight']}, --resolve-margin {cfg['resolve_margin']}, "
+                        f"--min-read-conf {cfg['min_read_conf']} and --max-not-item {cfg.get('max_not_item', 0.5)} "
+                        f"must lie in [0, 1]")
 
 
 def note(readers: Readers, cfg: dict) -> None:

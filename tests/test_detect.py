@@ -851,6 +851,17 @@ def test_a_reader_that_calls_a_track_not_an_item_leaves_it_out(train_set, test_s
             assert drop_unread(decisions, 0.45) == drop_unread({1: dict(plain)}, 0.45)
         else:
             assert t["classifier_conf"] < 1e-6 and drop_unread(decisions, 0.45) == {1} and decisions == {}
+    # the same reader as a gate (`--gate`): the ten-class reader names the track, the gate may leave it out
+    for logit in (-20.0, 20.0):
+        gate = WithNotItem(ten, logit).eval()
+        t = decide_tracks(collector, Readers(cpu, classifier=ten, gate=gate), names, 0.2, 0.3)[1]
+        p = predict_probs(gate, crop, cpu)[0].numpy()
+        assert t["gate_not_item"] == pytest.approx(p[10], abs=1e-4) and t["classifier_not_item"] is None
+        assert {k: v for k, v in t.items() if k != "gate_not_item"} == {k: v for k, v in plain.items()
+                                                                        if k != "gate_not_item"}
+        assert drop_unread({1: dict(t)}, 0.0, max_not_item=0.5) == ({1} if logit > 0 else set())
+        assert drop_unread({1: dict(t)}, 0.0) == set()  # no --max-not-item: the gate is not asked
+    assert plain["gate_not_item"] is None
 
 
 def test_background_boxes_hold_no_item():
@@ -1071,7 +1082,10 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     shutil.copytree(metric_run, no_index, ignore=shutil.ignore_patterns("index"))
     assert "has no FAISS index" in error("--metric", no_index)
     assert "--vote-weight" in error("--vote-weight", "1.5")
-    assert "--min-read-conf 1.5 must lie in [0, 1]" in error("--min-read-conf", "1.5")
+    assert "--min-read-conf 1.5 and --max-not-item 0.5 must lie in [0, 1]" in error("--min-read-conf", "1.5")
+    assert "--max-not-item 1.5 must lie in [0, 1]" in error("--max-not-item", "1.5")
+    assert "reads the ten classes only" in error("--gate", classify_run)  # a gate knows what is not an item
+    assert "classify run directory not found" in error("--gate", work / "nowhere")
     assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
     assert "--fill-gaps and --stitch-gap at least 0" in error("--fill-gaps", "-2")
     assert "--stitch-gap at least 0, got 10, 30 and -1" in error("--stitch-gap", "-1")
@@ -1293,6 +1307,54 @@ def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work)
     assert t["min_read_conf"] == 0.45 and t["dropped_unread"] == len(unread)
     assert {row["track_id"] for row in t["items"]} == {row["track_id"] for row in every["tracks"]["items"]} - unread
     assert tracked("read") == {tid: classes for tid, classes in kept.items() if tid not in unread}
+
+
+def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
+    """The bundled detector on a 3 s clip with a gate (`--gate`): the bundled reader grown an 11th class whose bias
+    makes every crop surely not an item, or surely an item. The first leaves out every track it read, from the
+    summary and the detections; the second changes nothing against no gate."""
+    import shutil
+
+    from fashionkit.bundled import bundled_dir
+    from fashionkit.classify.checkpoint import load_run_model, save_checkpoint
+    from fashionkit.config import load_yaml, save_yaml
+    from fashionkit.detect.reader import with_not_item
+    from fashionkit.detect.scenes import make_video
+    from fashionkit.detect.video import format_summary, run_video
+
+    path = work / "gated.mp4"
+    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 6}), progress=False)
+    bundled = bundled_dir("detector")
+
+    def gate(name: str, bias: float) -> Path:
+        run = work / "runs" / "classify" / name
+        shutil.copytree(bundled / "reader", run)
+        model = with_not_item(load_run_model(run)[0])
+        with torch.no_grad():
+            model.head.bias[-1] = bias
+        save_checkpoint(run / "weights" / "best.pt", model)
+        cfg = load_yaml(run / "config.yaml")
+        save_yaml({**cfg, "model_opts": "num_classes=11"}, run / "config.yaml")
+        return run
+
+    opts = dict(weights=str(bundled), backend="torch", track=True, metric="none", save_video=False, min_read_conf=0.0)
+    plain = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "no-gate")}), progress=False)
+    read = {t["track_id"] for t in plain["tracks"]["items"] if t["crops"]}
+    assert read and plain["tracks"]["gate"] is None
+    shut = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(gate("gate-shut", 30.0)),
+                                                   "out": str(work / "gate-shut")}), progress=False)
+    t = shut["tracks"]
+    assert t["gate"].endswith("gate-shut") and t["dropped_unread"] == len(read) and t["max_not_item"] == 0.5
+    assert {row["track_id"] for row in t["items"]} == {row["track_id"] for row in plain["tracks"]["items"]} - read
+    left = {d["track_id"] for line in (work / "gate-shut" / "detections.jsonl").open()
+            for d in json.loads(line)["detections"]}
+    assert not left & read
+    assert "or the gate called them not an item" in format_summary(shut)
+    open_ = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(gate("gate-open", -30.0)),
+                                                    "out": str(work / "gate-open")}), progress=False)
+    assert all(row["gate_not_item"] < 1e-6 for row in open_["tracks"]["items"] if row["crops"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "gate_not_item"} for r in rows]  # noqa: E731
+    assert strip(open_["tracks"]["items"]) == strip(plain["tracks"]["items"]) and open_["tracks"]["dropped_unread"] == 0
 
 
 def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
