@@ -417,30 +417,24 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
     crop_of = [(i, c) for i, t in enumerate(tracks) for c in t.crops] if reading else []  # (track, crop), flat
     items = torch.stack([crop_item(c[2]) for _, c in crop_of]) if crop_of else torch.zeros(0, 28, 28,
                                                                                             dtype=torch.uint8)
+    owners = np.array([i for i, _ in crop_of], int)  # each crop's track
     probs = None
+    not_item_of = np.full(len(tracks), np.nan)  # the classifier's own "not an item", where it has one
     if readers.classifier is not None:
         from fashionkit.classify.predict import predict_probs
 
         crop_probs = predict_probs(readers.classifier, items, readers.device, batch_size=batch_size).numpy()
         # a crop reader with a "not an item" class (the last): its share is left out of the classes, so a track
         # the reader takes for background is read under --min-read-conf and left out
-        not_item = crop_probs[:, len(names)] if crop_probs.shape[1] > len(names) else None
-        crop_probs = crop_probs[:, :len(names)]
-        probs = np.full((len(tracks), len(names)), np.nan)
-        not_item_of = np.full(len(tracks), np.nan)
-        owners = np.array([i for i, _ in crop_of], int)
-        for i in np.unique(owners):
-            probs[i] = crop_probs[owners == i].mean(0)
-            if not_item is not None:
-                not_item_of[i] = not_item[owners == i].mean()
+        probs = track_means(crop_probs[:, :len(names)], owners, len(tracks))
+        if crop_probs.shape[1] > len(names):
+            not_item_of = track_means(crop_probs[:, len(names)], owners, len(tracks))
     not_item = np.full(len(tracks), np.nan)  # the gate's mean "not an item" over each track's crops
     if readers.gate is not None and crop_of:
         from fashionkit.classify.predict import predict_probs
 
         gate_probs = predict_probs(readers.gate, items, readers.device, batch_size=batch_size).numpy()[:, -1]
-        owners = np.array([i for i, _ in crop_of], int)
-        for i in np.unique(owners):
-            not_item[i] = gate_probs[owners == i].mean()
+        not_item = track_means(gate_probs, owners, len(tracks))
     mixed = mix(votes, probs, vote_weight)
     top1, margin = top2(mixed)
     # the classifier's own class and confidence per track (None where it read no crop), as drop_unread sees them
@@ -475,8 +469,7 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             "frame_classes": {(frame_names or names)[j]: int(n) for j, n in enumerate(t.counts) if n},
             "vote_class_id": int(np.argmax(t.votes)) if len(t.votes) > 1 else None,  # one class: no vote on which
             "classifier_class_id": reading_of[i]["class_id"], "classifier_conf": reading_of[i]["conf"],
-            "classifier_not_item": (None if probs is None or np.isnan(not_item_of[i])
-                                    else round(float(not_item_of[i]), 4)),
+            "classifier_not_item": None if np.isnan(not_item_of[i]) else round(float(not_item_of[i]), 4),
             "gate_not_item": None if np.isnan(not_item[i]) else round(float(not_item[i]), 4),
             "crops": len(t.crops),
             "resolved": bool(resolved[i]),
@@ -484,6 +477,15 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             "neighbours": neighbours.get(i, []),
         }
     return decisions
+
+
+def track_means(values: np.ndarray, owners: np.ndarray, tracks: int) -> np.ndarray:
+    """Per track, the mean of its crops' rows of ``values`` (``[crops, ...]``, crop n of track ``owners[n]``); NaN
+    for a track without crops."""
+    out = np.full((tracks, *values.shape[1:]), np.nan)
+    for i in np.unique(owners):
+        out[i] = values[owners == i].mean(0)
+    return out
 
 
 def nearest(index, dist: np.ndarray, rows: np.ndarray, k: int, names: dict) -> list[dict]:
