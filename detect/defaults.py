@@ -126,7 +126,7 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                          "items, or items seen too poorly to name (0 = keep every track); without --track, a "
                          "one-class detector's boxes likewise"),
     # a gate: on the three validation clips F1 with the track's class 2.255 -> 2.378 summed (the seed-5 clip's six
-    # false tracks, the photograph's own things, all left out); on the three test clips the same to the third decimal
+    # false tracks, the photograph's own things, all left out); on the three test clips +0.000 / +0.000 / +0.001
     # (BENCHMARKS.md, "A reader that knows background"); no gate is bundled yet, so none by default
     "gate": Opt("none", "with --track on a video: a crop reader that also knows what is not an item (`detect reader "
                 "COPY --background 2` makes one in COPY/reader): tracks whose crops it calls not an item with a mean "
