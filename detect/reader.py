@@ -118,16 +118,14 @@ BACKGROUND_COVER = 0.3
 
 def is_background(box, items: np.ndarray) -> bool:
     """Whether ``box`` (xyxy) overlaps none of ``items`` (``[n, 4]`` xyxy) enough to show one (see above)."""
+    from fashionkit.detect.scoring import box_area, box_intersection, box_iou
+
     if not len(items):
         return True
-    b = np.asarray(box, float)
-    lt, rb = np.maximum(b[:2], items[:, :2]), np.minimum(b[2:], items[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area_b = np.prod(b[2:] - b[:2])
-    area_i = np.prod(items[:, 2:] - items[:, :2], axis=1)
-    iou = inter / (area_b + area_i - inter + 1e-9)
-    return bool((iou < BACKGROUND_IOU).all() and (inter <= BACKGROUND_COVER * area_i).all()
-                and (inter <= BACKGROUND_COVER * area_b).all())
+    b = np.asarray(box, float).reshape(1, 4)
+    inter = box_intersection(b, items)[0]
+    return bool((box_iou(b, items)[0] < BACKGROUND_IOU).all() and (inter <= BACKGROUND_COVER * box_area(items)).all()
+                and (inter <= BACKGROUND_COVER * box_area(b)[0]).all())
 
 
 def background_boxes(rng: np.random.Generator, frame_shape, boxes: list, found: list, n: int) -> list:
@@ -186,10 +184,8 @@ def with_not_item(model):
     head = model.head
     grown = torch.nn.Linear(head.in_features, head.out_features + 1)
     with torch.no_grad():
-        grown.weight.zero_()
-        grown.bias.zero_()
-        grown.weight[:-1] = head.weight
-        grown.bias[:-1] = head.bias
+        grown.weight[:-1], grown.bias[:-1] = head.weight, head.bias
+        grown.weight[-1], grown.bias[-1] = 0.0, 0.0
     model.head = grown
     model.num_classes = grown.out_features
     model.options = {**model.options, "num_classes": grown.out_features}

@@ -31,16 +31,24 @@ from fashionkit.errors import UserError
 IOU_MATCH = 0.5
 
 
+def box_area(a: np.ndarray) -> np.ndarray:
+    """Areas of ``[N, 4]`` xyxy boxes."""
+    return np.prod(a[:, 2:] - a[:, :2], axis=1)
+
+
+def box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas, ``[N, M]``, of ``[N, 4]`` and ``[M, 4]`` xyxy boxes."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return np.prod(np.clip(rb - lt, 0, None), axis=2)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix of ``[N, 4]`` and ``[M, 4]`` xyxy boxes."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+    inter = box_intersection(a, b)
+    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter + 1e-9)
 
 
 def _boxes(items: list[dict]) -> np.ndarray:

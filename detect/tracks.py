@@ -683,7 +683,7 @@ def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: di
         "stitch_gap": cfg["stitch_gap"], "stitched": stitched,
         "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped,
         "min_read_conf": cfg["min_read_conf"], "dropped_unread": unread,
-        "gate": str(readers.gate_run) if readers.gate_run else None, "max_not_item": cfg.get("max_not_item"),
+        "gate": str(readers.gate_run) if readers.gate_run else None, "max_not_item": cfg["max_not_item"],
         "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
         "classifier": str(readers.classifier_run) if readers.classifier_run else None,
         "metric": str(readers.metric_run) if readers.metric_run else None,
@@ -729,9 +729,9 @@ def check_options(cfg: dict) -> None:
         raise UserError(f"--min-track-frames must be at least 1, --fill-gaps and --stitch-gap at least 0, got "
                         f"{cfg['min_track_frames']}, {cfg['fill_gaps']} and {cfg['stitch_gap']}")
     if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1 or not 0 <= cfg["min_read_conf"] <= 1 \
-            or not 0 <= cfg.get("max_not_item", 0.5) <= 1:
+            or not 0 <= cfg["max_not_item"] <= 1:
         raise UserError(f"--vote-weight {cfg['vote_weight']}, --resolve-margin {cfg['resolve_margin']}, "
-                        f"--min-read-conf {cfg['min_read_conf']} and --max-not-item {cfg.get('max_not_item', 0.5)} "
+                        f"--min-read-conf {cfg['min_read_conf']} and --max-not-item {cfg['max_not_item']} "
                         f"must lie in [0, 1]")
 
 

@@ -522,7 +522,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
             raise UserError(f"{weights}: a one-class detector finds items without naming them; pass --classifier auto "
                             f"(its detect run's crop reader) or a classify run to name them")
     if track:
-        if str(cfg.get("gate") or "none").lower() != "none":
+        if str(cfg["gate"] or "none").lower() != "none":
             readers.gate, readers.gate_run = tracks.open_gate(Path(cfg["gate"]), readers.device)
         tracks.note(readers, cfg)
         # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
@@ -614,7 +614,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 decisions = tracks.decide_tracks(collector, readers, class_names, cfg["vote_weight"],
                                                  cfg["resolve_margin"], skip_resolve_under=min_read, frame_names=names)
                 unread = tracks.drop_unread(decisions, min_read, unnamed=one_class,
-                                            max_not_item=cfg.get("max_not_item") if use_tracker else None)
+                                            max_not_item=cfg["max_not_item"] if use_tracker else None)
                 phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
                 for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, class_names,
                                                                 writer.enabled, fills, dropped | unread, joined):
