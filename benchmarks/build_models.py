@@ -7,6 +7,8 @@
     .venv/bin/python benchmarks/build_models.py --runs-dir /work/runs --reuse --only detector  # one model anew
     .venv/bin/python benchmarks/build_models.py --extend runs/detect/<run>   # a detector trained further from
                                       # the bundled one (detect train --from fashionkit/models/detector ...)
+    .venv/bin/python benchmarks/build_models.py --add-gate runs/detect/<copy>   # the gate made on a copy of the
+                                      # bundled detector (detect reader <copy> --background 2 --role gate) into it
     .venv/bin/python benchmarks/build_models.py --tiny               # CI: tiny subsets/epochs into a temp --out
 
 The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
@@ -28,6 +30,8 @@ The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
                                                           training scenes; validation and test the same as above)
     detect train --from RUNS/detect/bundled-detector-more2 --data RUNS/detect/scenes-9000-data --minutes 60 \\
         --extra save_period=1 --name bundled-detector       (a fourth hour, on the 9,000 scenes)
+    detect reader RUNS/detect/bundled-detector --data RUNS/detect/scenes-9000-data \
+        --from RUNS/classify/bundled-classifier --background 2 --role gate   (its gate: what is not an item)
 
 then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
 in this process through the product's own command line, so what the card records is what a user types. The runs
@@ -72,6 +76,10 @@ DATA_NAME = "bundled-data"
 # scenes). A fourth hour on the same 3,000 found more but named worse, on 9,000 it found more and named better on
 # the validation clips (BENCHMARKS.md, "The bundled detector now")
 MORE_SCENES = [0, 0, 9000]
+# the gate beside the crop reader (`detect video --gate auto`): a reader of the ten classes and "not an item", taught
+# 2 crops of background per training scene; on the validation clips F1 with the track's class 2.255 -> 2.378 summed
+# (BENCHMARKS.md, "A reader that knows background")
+GATE_BACKGROUND = 2
 
 
 def scenes_data_name(scenes: int) -> str:
@@ -110,7 +118,7 @@ TINY = {
 STEPS_OF = {"classifier": ["classify train"],
             "metric": ["classify train", "metric train", "metric index", "metric resolve"],
             "detector": ["classify train", "detect make-data", "detect make-data more", "detect train",
-                         "detect train more"]}
+                         "detect train more", "detect reader gate"]}
 
 
 @dataclass
@@ -204,6 +212,14 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
                                                 str(16 * (i + 2) if tiny else n), *extra["more scenes"]],
                       (path / "data.yaml").is_file(), path)
                  for i, (n, path) in enumerate(sorted(more_data.items()))]
+    last = chain[-1]
+    gate = last / "gate"
+    # the gate learns the background of the last hour's scenes, from the classifier the readers start from
+    make_gate = Step("detect reader gate", ["detect", "reader", str(last), "--data",
+                                            str(more_data.get(more_scenes[-1], data) if more_scenes else data),
+                                            "--from", str(cls), "--background", str(GATE_BACKGROUND), "--role",
+                                            "gate", *(["--epochs", "1"] if tiny else [])],
+                     (gate / "run.json").is_file() and (gate / "weights" / "best.pt").is_file())
     return [
         Step("classify train", ["classify", "train", "--name", NAMES["classifier"], *CLASSIFIER, *extra["classify"]],
              cls_sum.get("status") in ("finished", "early_stopped") and (cls / "weights/best.pt").is_file(), cls),
@@ -219,6 +235,7 @@ def recipe(runs: Path, detector_minutes: float, tiny: bool, more_minutes: list[f
         Step("detect train", ["detect", "train", "--from", str(cls), "--data", str(data), *budget(detector_minutes),
                               "--name", start.name, *extra["detect"]], detector_done(start_sum), start),
         *further,
+        make_gate,
     ]
 
 
@@ -299,9 +316,18 @@ def copy_files(run: Path, tmp: Path, rels: list[str], optional: list[str] = ()) 
         shutil.copy2(src, tmp / rel)
 
 
+def copy_classify_run(src: Path, dst: Path) -> None:
+    """A crop reader or gate (a classify run inside a detect run), slimmed: what loading it reads."""
+    copy_files(src, dst, ["run.json", "config.yaml", "summary.json"], [])
+    (dst / "weights").mkdir()
+    slim_classifier_checkpoint(src / "weights" / "best.pt", dst / "weights" / "best.pt")
+
+
 def export_onnx(pt: Path) -> tuple[Path, float]:
     from fashionkit.detect.video import onnx_file
 
+    # exported afresh, so the card times an export (the gate step's detector may have made one already)
+    pt.with_suffix(".onnx").unlink(missing_ok=True)
     start = time.perf_counter()
     return onnx_file(pt), round(time.perf_counter() - start, 1)
 
@@ -397,6 +423,10 @@ def describe(kind: str, run: Path, runs: Path, reader_dir: Path | None = None
         before, after = reader["accuracy_tta"]["classifier"]["test"], reader["accuracy_tta"]["reader"]["test"]
         if before is not None and after is not None:
             headline += f"; crop reader: test crops named right {before:.3f} -> {after:.3f}"
+    gate = read_json((reader_dir or run) / "gate" / "summary.json")
+    if gate:  # the gate: items named right among the ten, and the share of background crops it calls not an item
+        metrics["gate_accuracy_tta"] = {"items": gate["accuracy_tta"]["reader"],
+                                        "background": (gate.get("background") or {}).get("named_not_item_tta")}
     return (f"YOLO detector on the bundled classifier's backbone ({summary.get('description', '')})", data, metrics,
             headline, cfg.get("seed"))
 
@@ -431,13 +461,12 @@ def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extr
                     "test/confusion_matrix_normalized.png"])
         if ship_onnx:  # the export must not look older than best.pt, or detect video would export again
             os.utime(tmp / best.with_suffix(".onnx"), (time.time() + 1, time.time() + 1))
-        reader = next((d for d in (run, reader_from) if d is not None
-                       and (d / "reader" / "weights" / "best.pt").is_file()), None)
-        if reader is not None:  # the crop reader `detect video --track` reads with
-            copy_files(reader, tmp, ["reader/run.json", "reader/config.yaml", "reader/summary.json"], [])
-            (tmp / "reader" / "weights").mkdir()
-            slim_classifier_checkpoint(reader / "reader" / "weights" / "best.pt",
-                                       tmp / "reader" / "weights" / "best.pt")
+        # the crop reader `detect video --track` names tracks with, and the gate it asks what is not an item
+        for name in ("reader", "gate"):
+            made = next((d for d in (run, reader_from) if d is not None
+                         and (d / name / "weights" / "best.pt").is_file()), None)
+            if made is not None:
+                copy_classify_run(made / name, tmp / name)
     description, data, metrics, headline, seed = describe(kind, run, runs, tmp)
     used = STEPS_OF[kind]
     import fashionkit
@@ -507,10 +536,71 @@ def extend_steps(run: Path, out: Path) -> tuple[list[dict], str]:
     return [*before, step], card.get("note") or ""
 
 
+def reader_command(made: Path) -> str:
+    """The ``detect reader`` command that made the reader or gate ``made`` (RUN/reader, RUN/gate), from its
+    summary.json: its data, classifier and every option not at its default."""
+    from fashionkit.config import flag
+    from fashionkit.detect.defaults import READER_OPTIONS
+
+    s = read_json(made / "summary.json") or {}
+    argv = ["detect", "reader", str(s.get("detect_run", made.parent)), "--data", str(s.get("data", "?")), "--from",
+            str(s.get("classifier_run", "?"))]
+    for name, value in (s.get("options") or {}).items():
+        if name in READER_OPTIONS and value != READER_OPTIONS[name].default:
+            argv += [flag(name), f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(argv)
+
+
+def add_gate(run: Path, out: Path) -> dict:
+    """--add-gate: ``RUN/gate`` (``detect reader RUN --background 2 --role gate``, RUN a copy of the bundled detector)
+    into the bundled detector as ``gate/``, running nothing: its card gains the step, the gate's figures and files;
+    the rest of the bundled detector stays as it is. Atomic: a failure leaves the bundled detector unchanged."""
+    from fashionkit.bundled import CARD_JSON, CARD_MD
+    from fashionkit.detect.reader import gate_of
+    from fashionkit.runs import atomic_write_json, atomic_write_text, file_sha256, replace_dir
+
+    bundled = (out / "detector").resolve()
+    card = read_json(bundled / CARD_JSON)
+    if card is None:
+        raise SystemExit(f"error: --add-gate: no bundled detector card in {bundled}; build the detector with the "
+                         f"recipe instead (--only detector), which makes its gate too")
+    gate = gate_of(run)
+    if gate is None:
+        raise SystemExit(f"error: --add-gate {run}: it has no finished gate (RUN/gate); make one with `detect reader "
+                         f"{run} --background {GATE_BACKGROUND} --role gate`")
+    best = str((read_json(bundled / "summary.json") or {}).get("best", "ultralytics/weights/best.pt"))
+    if not (run / best).is_file() or file_sha256(run / best) != card["files"].get(best, {}).get("sha256"):
+        raise SystemExit(f"error: --add-gate {run}: its detector ({best}) is not the bundled one, whose boxes the "
+                         f"gate must have learned from; copy the bundled detector (cp -r {bundled} runs/detect/mine), "
+                         f"make the gate on the copy and pass that")
+    summary = read_json(gate / "summary.json") or {}
+    tmp = out / ".detector.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundled, tmp)
+    shutil.rmtree(tmp / "gate", ignore_errors=True)
+    copy_classify_run(gate, tmp / "gate")
+    step = {"step": "detect reader gate", "command": reader_command(gate), "wall_seconds": None, "reused": True,
+            "recorded_seconds": (summary.get("seconds") or {}).get("total"),
+            "from": f"{run}: a copy of the bundled detector (the same {best}); added to the bundled detector "
+                    f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d')} by --add-gate on {cpu_name()}"}
+    commands = [c for c in card["commands"] if c.get("step") != "detect reader gate"]
+    at = next((i for i, c in enumerate(commands) if c.get("step") == "onnx export"), len(commands))
+    card["commands"] = [*commands[:at], step, *commands[at:]]
+    card["metrics"]["gate_accuracy_tta"] = {"items": summary["accuracy_tta"]["reader"],
+                                            "background": (summary.get("background") or {}).get("named_not_item_tta")}
+    card["files"] = manifest(tmp)
+    card["bytes"] = sum(f["bytes"] for f in card["files"].values())
+    atomic_write_json(tmp / CARD_JSON, card)
+    atomic_write_text(tmp / CARD_MD, card_markdown(card))
+    replace_dir(tmp, bundled)
+    return card
+
+
 def check_bundle(out: Path) -> dict:
     """Every packaged model loads through the code paths the commands use, from ``out``."""
     from fashionkit import bundled
     from fashionkit.classify.checkpoint import load_run_model
+    from fashionkit.detect.tracks import auto_runs, open_gate
     from fashionkit.detect.video import weights_file
     from fashionkit.metric.index import open_run_index
     from fashionkit.metric.model import load_embedder
@@ -521,7 +611,11 @@ def check_bundle(out: Path) -> dict:
         load_run_model(bundled.bundled_run("classifier"))
         metric = bundled.bundled_run("metric")
         open_run_index(metric, load_embedder(metric)[1]["model_hash"])
-        weights_file(bundled.bundled_run("detector"))
+        detector = bundled.bundled_run("detector")
+        weights_file(detector)
+        gate = auto_runs(detector)["gate"]
+        if gate is not None:  # what `detect video --gate auto` opens
+            open_gate(gate, "cpu")
         return {kind: bundled.message(kind) for kind in bundled.KINDS}
     finally:
         if saved is None:
@@ -558,6 +652,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "the bundled detector (detect train --from fashionkit/models/detector ...), as the bundled "
                    "detector, running nothing: its card lists the bundled card's commands, then RUN's; the crop "
                    "reader is RUN's own, else the bundled one's (for when the earlier hours' runs are gone)")
+    p.add_argument("--add-gate", default=None, metavar="RUN", help="add RUN/gate (`detect reader RUN --background "
+                   f"{GATE_BACKGROUND} --role gate`, RUN a copy of the bundled detector) to the bundled detector as "
+                   "its gate, running nothing else: its card gains the step and the gate's figures")
     p.add_argument("--note", default="", help="a sentence for the cards of the models packaged now (how the runs "
                    "were made where the commands alone do not say it, e.g. the CPU's limits)")
     p.add_argument("--tiny", action="store_true", help="CI: tiny subsets and one epoch, into a temporary --out "
@@ -565,6 +662,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--results", default=None, help="JSON of the build's steps and cards (default: "
                    "benchmarks/results/build_models.json; --tiny: OUT/build_models.json)")
     args = p.parse_args(argv)
+    if args.add_gate:
+        if args.extend or args.only or args.tiny:
+            raise SystemExit("error: --add-gate changes the bundled detector alone; leave out --extend, --only and "
+                             "--tiny")
+        out = Path(args.out) if args.out else PACKAGE_MODELS
+        card = add_gate(Path(args.add_gate).resolve(), out)
+        result = {"out": str(out), "added_gate": args.add_gate, "machine": machine(), "bytes": card["bytes"],
+                  "step": next(c for c in card["commands"] if c.get("step") == "detect reader gate"),
+                  "gate_accuracy_tta": card["metrics"]["gate_accuracy_tta"], "messages": check_bundle(out)}
+        results = Path(args.results) if args.results else ROOT / "benchmarks" / "results" / "build_models_gate.json"
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"[build] added {args.add_gate}/gate to {out / 'detector'} ({card['bytes'] / 2**20:.2f} MB); wrote "
+              f"{results}", flush=True)
+        return result
     only = args.only if args.only is not None else ("detector" if args.extend else ",".join(NAMES))
     kinds = [k.strip() for k in only.split(",") if k.strip()]
     if not kinds or set(kinds) - set(NAMES):

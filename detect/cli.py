@@ -163,7 +163,9 @@ def register(sub, formatter) -> None:
                        "was trained from on them, and write RUN/reader/: a classify run directory (config.yaml, "
                        "weights/best.pt, run.json, summary.json with the share of validation and test crops named "
                        "right before and after). `detect video --classifier auto` then reads tracks with it. "
-                       "`detect train` does this itself after training from a classify run (--reader-epochs).")
+                       "`detect train` does this itself after training from a classify run (--reader-epochs). "
+                       "With --background N --role gate it writes RUN/gate/ instead: a reader that also knows what "
+                       "is not an item, which `detect video --gate auto` asks which tracks to leave out.")
     p.add_argument("run", metavar="RUN", help="detect run directory (runs/detect/<run>)")
     add_options(p, READER_OPTIONS)
     p.set_defaults(func=cmd_reader)
@@ -176,7 +178,9 @@ def register(sub, formatter) -> None:
                        "(one line per processed frame), detections.csv and summary.json (items per class, frames/s). "
                        "Items are tracked (--track, the default) and every tracked item gets one class, from its "
                        "frames' votes, its crops read by a classifier (--classifier) and, for unsure items of the hard "
-                       "classes, the kNN resolver of a metric run (--metric); the outputs carry both the per-frame and "
+                       "classes, the kNN resolver of a metric run (--metric); tracks the classifier cannot name, or "
+                       "the detector's gate (--gate) calls not an item, are left out; the outputs carry both the "
+                       "per-frame and "
                        "the track's class, and the annotated video shows the track's. --no-track names every frame on "
                        "its own with the detector's classes (faster; the classes flicker). --gt scores against a "
                        "`detect make-video` ground truth (with tracking also class flicker and per-track class "

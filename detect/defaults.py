@@ -127,11 +127,12 @@ VIDEO_OPTIONS: dict[str, Opt] = {
                          "one-class detector's boxes likewise"),
     # a gate: on the three validation clips F1 with the track's class 2.255 -> 2.378 summed (the seed-5 clip's six
     # false tracks, the photograph's own things, all left out); on the three test clips +0.000 / +0.000 / +0.001
-    # (BENCHMARKS.md, "A reader that knows background"); no gate is bundled yet, so none by default
-    "gate": Opt("none", "with --track on a video: a crop reader that also knows what is not an item (`detect reader "
-                "COPY --background 2` makes one in COPY/reader): tracks whose crops it calls not an item with a mean "
-                "probability of --max-not-item or more are left out; the tracks' classes still come from "
-                "--classifier. RUN (a classify run of 11 outputs) or none", type=str),
+    # (BENCHMARKS.md, "A reader that knows background"); the bundled detector ships one, fashionkit/models/detector/gate
+    "gate": Opt("auto", "with --track on a video: a crop reader that also knows what is not an item: tracks whose "
+                "crops it calls not an item with a mean probability of --max-not-item or more are left out; the "
+                "tracks' classes still come from --classifier. RUN (a classify run of 11 outputs), auto (the "
+                "detector's gate, RUN/gate from `detect reader RUN --background 2 --role gate`, if it has one; the "
+                "bundled detector's for the bundled detector) or none", type=str),
     "max_not_item": Opt(0.5, "with --gate: leave out tracks whose crops the gate calls not an item with at least this "
                         "mean probability"),
     # 10: chosen with the conf above on the two validation clips (3, 6 and 10 tried: 10 best on both; with the
@@ -179,8 +180,13 @@ READER_OPTIONS: dict[str, Opt] = {
     "label_smoothing": Opt(0.05, "label smoothing of the loss"),
     "background": Opt(0, "crops of background per training scene (the detector's own boxes there first, then random "
                       "ones), taught as an 11th class, not an item: as the reader, a track it calls that reads "
-                      "under --min-read-conf and is left out; as `detect video --gate RUN/reader`, only that class "
-                      "is asked; 0: a reader of the ten classes only"),
+                      "under --min-read-conf and is left out; as a gate (--role gate), only that class is asked; 0: "
+                      "a reader of the ten classes only"),
+    # the bundled detector's gate: --background 2 --role gate on its own 9,000 training scenes (BENCHMARKS.md, "A
+    # reader that knows background")
+    "role": Opt("reader", "what is made: reader (RUN/reader, which `detect video --classifier auto` names tracks "
+                "with) or gate (RUN/gate, which `detect video --gate auto` asks which tracks are not items; needs "
+                "--background)", choices=("reader", "gate")),
     "seed": Opt(0, "random seed"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }

@@ -36,14 +36,20 @@ import numpy as np
 from fashionkit.errors import UserError
 
 READER_DIR = "reader"
+GATE_DIR = "gate"  # `detect reader --role gate`: a reader with "not an item" that `detect video --gate auto` asks
 
 
-def reader_of(detect_run: Path | None) -> Path | None:
-    """``RUN/reader`` when the detect run has a finished crop reader."""
+def reader_of(detect_run: Path | None, name: str = READER_DIR) -> Path | None:
+    """``RUN/reader`` (``name``: or ``RUN/gate``) when the detect run has a finished one."""
     if detect_run is None:
         return None
-    reader = Path(detect_run) / READER_DIR
+    reader = Path(detect_run) / name
     return reader if (reader / "run.json").is_file() and (reader / "weights" / "best.pt").is_file() else None
+
+
+def gate_of(detect_run: Path | None) -> Path | None:
+    """``RUN/gate`` when the detect run has a finished gate (``detect reader RUN --background N --role gate``)."""
+    return reader_of(detect_run, GATE_DIR)
 
 
 def split_dirs(data_yaml: Path, split: str) -> tuple[Path, Path] | None:
@@ -224,7 +230,8 @@ def sources(run: Path, cfg: dict) -> tuple[Path, Path]:
 
 def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = True, made_by: str = "detect reader"
                  ) -> tuple[Path, dict]:
-    """Fine-tune the classifier on the scenes' crops and write ``RUN/reader``; returns (reader dir, summary).
+    """Fine-tune the classifier on the scenes' crops and write ``RUN/reader`` (``--role gate``: ``RUN/gate``);
+    returns (its dir, summary).
     ``made_by``: the command, recorded in its run.json (`detect reader`, or `detect train` at its end)."""
     import torch
     from tqdm import tqdm
@@ -247,6 +254,10 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
     if cfg["background"] < 0:
         raise UserError(f"--background must be 0 (no class for what is not an item) or more, got {cfg['background']}")
+    if cfg["role"] == "gate" and not cfg["background"]:
+        raise UserError("--role gate: a gate tells items from what is not an item, so it needs background crops; "
+                        "add --background 2")
+    out_name = GATE_DIR if cfg["role"] == "gate" else READER_DIR
     if not 0 <= cfg["jitter"] < 0.5 or cfg["lr"] <= 0 or not 0 <= cfg["label_smoothing"] < 1:
         raise UserError(f"--jitter {cfg['jitter']} must lie in [0, 0.5), --lr {cfg['lr']} above 0 and "
                         f"--label-smoothing {cfg['label_smoothing']} in [0, 1)")
@@ -321,7 +332,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
         "classifier_run": str(classifier_run), "data": str(data), "detect_run": str(run),
         "crops": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
         "options": {k: cfg[k] for k in ("epochs", "lr", "batch_size", "copies", "jitter", "label_smoothing",
-                                        "background", "seed")},
+                                        "background", "role", "seed")},
         "accuracy_tta": {"classifier": before, "reader": after},
         "history": history,
         "seconds": {"crops": round(cut_seconds, 1), "total": round(time.perf_counter() - started, 1)},
@@ -335,7 +346,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
                                    for split in ("val", "test")}}
 
     # the new reader replaces an older one only when complete
-    tmp = run / f".{READER_DIR}.tmp"
+    tmp = run / f".{out_name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "weights").mkdir(parents=True)
     # the architecture, which loading checks: the classifier's, with the reader's classes
@@ -348,7 +359,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
                    data=str(data))
     save_checkpoint(tmp / "weights" / "best.pt", reader, epoch=cfg["epochs"], config=classifier_cfg, reader=cfg)
     atomic_write_json(tmp / "summary.json", summary)
-    return replace_dir(tmp, run / READER_DIR), summary
+    return replace_dir(tmp, run / out_name), summary
 
 
 def format_summary(reader: Path, s: dict) -> str:
@@ -359,7 +370,9 @@ def format_summary(reader: Path, s: dict) -> str:
 
     return (f"reader: {reader} ({s['crops']['train']:,} training crops, {s['options']['epochs']} epochs, "
             f"{s['seconds']['total']:.0f}s); crops named right, validation {pct(a['classifier']['val'])} -> "
-            f"{pct(a['reader']['val'])}, test {pct(a['classifier']['test'])} -> {pct(a['reader']['test'])}")
+            f"{pct(a['reader']['val'])}, test {pct(a['classifier']['test'])} -> {pct(a['reader']['test'])}"
+            + (f"; background crops named not an item, validation {pct(b['val'])}, test {pct(b['test'])}"
+               if (b := (s.get("background") or {}).get("named_not_item_tta")) else ""))
 
 
 # ---- the detector's boxes read by the classifier: mAP of the two together ----------------------------------------

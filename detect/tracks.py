@@ -65,21 +65,24 @@ def auto_runs(weights: Path, reader: bool = True) -> dict:
     """What ``--classifier auto`` and ``--metric auto`` mean for the detector ``weights``; the one place that
     decides it. The classifier: the detect run's crop reader (``RUN/reader``, ``detect/reader.py``) if it has one
     (``reader``), else the classify run it was trained ``--from`` (its run.json's classifier_run) if that directory
-    still exists. The metric run: the newest one with an index made from that classify run. The bundled detector:
-    its reader, else the bundled classifier, and the bundled embedding (made from that classifier)."""
+    still exists. The metric run: the newest one with an index made from that classify run. The gate (``--gate
+    auto``): the detect run's ``RUN/gate`` if it has one. The bundled detector: its reader, else the bundled
+    classifier, the bundled embedding (made from that classifier) and its gate."""
     from fashionkit import bundled
-    from fashionkit.detect.reader import reader_of
+    from fashionkit.detect.reader import gate_of, reader_of
     from fashionkit.runs import read_json
 
-    chosen: dict = {"classifier": None, "metric": None}
+    chosen: dict = {"classifier": None, "metric": None, "gate": None}
     if bundled.is_bundled(weights):
         for kind in ("classifier", "metric"):
             if bundled.available(kind):
                 chosen[kind] = bundled.bundled_run(kind)
         own = reader_of(bundled.bundled_dir("detector")) if reader else None
         chosen["classifier"] = own or chosen["classifier"]
+        chosen["gate"] = gate_of(bundled.bundled_dir("detector"))
         return chosen
     run = detect_run_of(weights)
+    chosen["gate"] = gate_of(run)
     recorded = (read_json(run / "run.json", missing_ok=True) or {}).get("classifier_run") if run else None
     if recorded:
         rec = Path(recorded)
@@ -124,6 +127,14 @@ def choose_runs(cfg: dict, weights: Path) -> tuple[Path | None, Path | None]:
         else:
             chosen.append(Path(value))
     return chosen[0], chosen[1]
+
+
+def choose_gate(cfg: dict, weights: Path) -> Path | None:
+    """``--gate``: a run directory, auto (the detector's gate, if it has one) or none."""
+    value = str(cfg.get("gate") or "none")
+    if value.lower() == "none":
+        return None
+    return auto_runs(weights)["gate"] if value.lower() == "auto" else Path(value)
 
 
 @dataclass

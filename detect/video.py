@@ -522,8 +522,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
             raise UserError(f"{weights}: a one-class detector finds items without naming them; pass --classifier auto "
                             f"(its detect run's crop reader) or a classify run to name them")
     if track:
-        if str(cfg["gate"] or "none").lower() != "none":
-            readers.gate, readers.gate_run = tracks.open_gate(Path(cfg["gate"]), readers.device)
+        gate = tracks.choose_gate(cfg, weights)
+        if gate is not None:
+            readers.gate, readers.gate_run = tracks.open_gate(gate, readers.device)
         tracks.note(readers, cfg)
         # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
         crops = cfg["crops"] if readers.classifier is not None or readers.embedder is not None else 0  # none to read

@@ -64,7 +64,7 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
     steps = [s["step"] for s in result["steps"]]
     assert steps == ["classify train", "metric train", "metric index", "metric resolve", "detect make-data",
                      "detect make-data more", "detect train", "detect train more", "detect train more",
-                     "detect train more", "onnx export"]
+                     "detect train more", "detect reader gate", "onnx export"]
     assert all(isinstance(s["wall_seconds"], float) and s["wall_seconds"] > 0 for s in result["steps"])
     runs = Path(result["runs"])
     for kind, stage in (("classifier", "classify"), ("metric", "metric"), ("detector", "detect")):
@@ -90,7 +90,19 @@ def test_build_script_packages_three_slim_runs_with_cards_from_its_measurements(
             assert [c["step"] for c in card["commands"]] == ["classify train", "detect make-data",
                                                              "detect make-data more", "detect train",
                                                              "detect train more", "detect train more",
-                                                             "detect train more", "onnx export"]
+                                                             "detect train more", "detect reader gate",
+                                                             "onnx export"]
+            # the gate: the ten classes and not an item, learned on the last hour's scenes from the classifier
+            gate = card["commands"][7]["command"]
+            assert gate.endswith(f"detect reader {runs / 'detect' / 'bundled-detector'} --data "
+                                 f"{runs / 'detect' / 'scenes-9000-data'} --from "
+                                 f"{runs / 'classify' / 'bundled-classifier'} --background 2 --role gate --epochs 1")
+            made = json.loads((runs / "detect" / "bundled-detector" / "gate" / "summary.json").read_text())
+            assert card["metrics"]["gate_accuracy_tta"] == {"items": made["accuracy_tta"]["reader"],
+                                                           "background": made["background"]["named_not_item_tta"]}
+            ckpt = torch.load(out / kind / "gate" / "weights" / "best.pt", map_location="cpu", weights_only=False)
+            assert "state_dict" in ckpt and "reader" not in ckpt
+            assert "num_classes=11" in (out / kind / "gate" / "config.yaml").read_text()
             # each further hour starts from the hour before's detector; the last trains on the second dataset, of
             # twice the training scenes (tiny; three times in the real recipe) and the same validation and test ones
             more_data, first, second, third, fourth = (card["commands"][i]["command"] for i in (2, 3, 4, 5, 6))
@@ -144,9 +156,10 @@ def test_build_script_only_detector_repackages_it_from_the_finished_runs_and_lea
     # only the detector's steps, every one reused (nothing retrained), and only its card rewritten
     assert [s["step"] for s in again["steps"]] == ["classify train", "detect make-data", "detect make-data more",
                                                    "detect train", "detect train more", "detect train more",
-                                                   "detect train more", "detect reader", "onnx export"]
-    assert again["steps"][7]["command"].endswith("--epochs 1") and again["steps"][7]["recorded_seconds"] > 0
-    assert all(s["reused"] for s in again["steps"][:7]) and set(again["headlines"]) == {"detector"}
+                                                   "detect train more", "detect reader gate", "detect reader",
+                                                   "onnx export"]
+    assert again["steps"][8]["command"].endswith("--epochs 1") and again["steps"][8]["recorded_seconds"] > 0
+    assert all(s["reused"] for s in again["steps"][:8]) and set(again["headlines"]) == {"detector"}
     assert (out / "classifier" / "card.json").read_text() == before["classifier"]
     assert (out / "metric" / "card.json").read_text() == before["metric"]
     card = json.loads((out / "detector" / "card.json").read_text())
@@ -213,6 +226,67 @@ def test_build_script_extend_packages_a_detector_trained_further_from_the_bundle
         build_models.main(["--out", str(out), "--extend", str(run), "--only", "classifier,detector"])
     with pytest.raises(SystemExit, match="not a finished detect run"):
         build_models.main(["--out", str(out), "--extend", str(tmp_path)])
+
+
+def test_build_script_add_gate_puts_a_gate_made_on_a_copy_into_the_bundled_detector(tiny_bundle, cli, tmp_path,
+                                                                                     monkeypatch):
+    """--add-gate: a gate made on a copy of the bundled detector goes into it, its step on the card before the
+    export; the rest of the bundled detector and the other models stay as they were."""
+    from conftest import load_script
+
+    from fashionkit.detect.tracks import auto_runs
+
+    src, result = tiny_bundle
+    out = tmp_path / "models"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("runs"))
+    # a bundled detector of the time before gates: no gate/, none on its card
+    card = json.loads((out / "detector" / "card.json").read_text())
+    shutil.rmtree(out / "detector" / "gate")
+    card["commands"] = [c for c in card["commands"] if c["step"] != "detect reader gate"]
+    card["files"] = {rel: meta for rel, meta in card["files"].items() if not rel.startswith("gate/")}
+    del card["metrics"]["gate_accuracy_tta"]
+    (out / "detector" / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("FASHIONKIT_MODELS_DIR", str(out))
+    monkeypatch.setenv("FASHIONKIT_RUNS", str(tmp_path / "runs"))
+    weights = out / "detector" / "ultralytics" / "weights" / "best.pt"
+    assert auto_runs(weights)["gate"] is None
+    copy = tmp_path / "runs" / "detect" / "mine"
+    shutil.copytree(out / "detector", copy)
+    build_models = load_script("benchmarks/build_models.py")
+    with pytest.raises(SystemExit, match="no finished gate"):
+        build_models.main(["--out", str(out), "--add-gate", str(copy)])
+    data = Path(result["runs"]) / "detect" / "bundled-data"
+    assert cli("detect", "reader", copy, "--data", data, "--from", out / "classifier", "--background", 2, "--role",
+               "gate", "--epochs", 1) == 0
+    other = tmp_path / "runs" / "detect" / "other"  # a gate made on another detector
+    shutil.copytree(copy, other)
+    with (other / "ultralytics" / "weights" / "best.pt").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SystemExit, match="is not the bundled one"):
+        build_models.main(["--out", str(out), "--add-gate", str(other)])
+    with pytest.raises(SystemExit, match="changes the bundled detector alone"):
+        build_models.main(["--out", str(out), "--add-gate", str(copy), "--only", "detector"])
+    others = {kind: snapshot(out / kind) for kind in ("classifier", "metric")}
+    assert auto_runs(weights)["gate"] is None  # nothing refused wrote anything
+    made = build_models.main(["--out", str(out), "--add-gate", str(copy), "--results", str(tmp_path / "gate.json")])
+    after = json.loads((out / "detector" / "card.json").read_text())
+    kept = [c for c in card["commands"] if c["step"] != "onnx export"]
+    assert after["commands"][:len(kept)] == kept and [c["step"] for c in after["commands"][len(kept):]] == [
+        "detect reader gate", "onnx export"]
+    step = after["commands"][len(kept)]
+    assert step["command"].startswith(f"detect reader {copy} --data {data}")
+    assert step["command"].endswith(f"--from {out / 'classifier'} --epochs 1 --background 2 --role gate")
+    assert step["recorded_seconds"] > 0 and step["reused"] and str(copy) in step["from"] and made["step"] == step
+    gate = json.loads((copy / "gate" / "summary.json").read_text())
+    assert after["metrics"]["gate_accuracy_tta"] == {"items": gate["accuracy_tta"]["reader"],
+                                                     "background": gate["background"]["named_not_item_tta"]}
+    # the gate's files added, every other file of the bundled detector the same
+    assert {rel: meta for rel, meta in after["files"].items() if not rel.startswith("gate/")} == card["files"]
+    assert {rel for rel in after["files"] if rel.startswith("gate/")} == {
+        "gate/config.yaml", "gate/run.json", "gate/summary.json", "gate/weights/best.pt"}
+    assert bundled_mod.bundled_run("detector") and auto_runs(weights)["gate"] == out / "detector" / "gate"
+    assert "--role gate" in (out / "detector" / "card.md").read_text()
+    assert {kind: snapshot(out / kind) for kind in ("classifier", "metric")} == others
 
 
 def test_build_script_recipe_gives_each_further_hour_its_scenes(tmp_path):
@@ -421,11 +495,16 @@ def test_the_package_bundled_models_are_whole_when_present(kind, monkeypatch):
 
 def test_track_decisions_of_the_bundled_detector_use_its_crop_reader_and_the_bundled_embedding(bundled):
     from fashionkit.classify.checkpoint import load_run_model
-    from fashionkit.detect.tracks import auto_runs
+    from fashionkit.detect.tracks import auto_runs, open_gate
 
     weights = bundled / "detector" / "ultralytics" / "weights" / "best.pt"
-    assert auto_runs(weights) == {"classifier": bundled / "detector" / "reader", "metric": bundled / "metric"}
-    assert auto_runs(weights, reader=False) == {"classifier": bundled / "classifier", "metric": bundled / "metric"}
+    gate = bundled / "detector" / "gate"  # what `detect video --gate auto` asks which tracks are not items
+    assert auto_runs(weights) == {"classifier": bundled / "detector" / "reader", "metric": bundled / "metric",
+                                  "gate": gate}
+    assert auto_runs(weights, reader=False) == {"classifier": bundled / "classifier", "metric": bundled / "metric",
+                                                "gate": gate}
     reader, _, _, _ = load_run_model(bundled / "detector" / "reader")  # a classify run as shipped, slimmed
     classifier, _, _, _ = load_run_model(bundled / "classifier")
     assert reader.name == classifier.name and reader.options == classifier.options
+    model, run = open_gate(gate, torch.device("cpu"))
+    assert run == gate and model.num_classes == 11 and model.name == classifier.name

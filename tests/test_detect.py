@@ -103,6 +103,11 @@ def video_cfg(**overrides):
     return resolve(VIDEO_OPTIONS, {"conf": 0.001, "min_track_frames": 1, "min_read_conf": 0.0, **overrides})
 
 
+def snapshot(root: Path) -> dict:
+    """Every file under ``root`` with its bytes: what a refused or other command must leave as it was."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     cap = cv2.VideoCapture(str(path))
     frames = []
@@ -1287,7 +1292,8 @@ def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work)
     path = work / "unread.mp4"
     make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 6}), progress=False)
     bundled = str(bundled_dir("detector"))
-    opts = dict(weights=bundled, backend="torch", track=True, metric="none", save_video=False)
+    # no gate: it too leaves tracks out (test_video_gate_leaves_out_the_tracks_it_calls_not_an_item)
+    opts = dict(weights=bundled, backend="torch", track=True, metric="none", save_video=False, gate="none")
 
     def tracked(out: str) -> dict[int, set[int]]:  # track id -> the track classes its detections carry
         ids = defaultdict(set)
@@ -1338,7 +1344,8 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
         return run
 
     opts = dict(weights=str(bundled), backend="torch", track=True, metric="none", save_video=False, min_read_conf=0.0)
-    plain = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "no-gate")}), progress=False)
+    plain = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": "none", "out": str(work / "no-gate")}),
+                      progress=False)
     read = {t["track_id"] for t in plain["tracks"]["items"] if t["crops"]}
     assert read and plain["tracks"]["gate"] is None
     shut = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(gate("gate-shut", 30.0)),
@@ -1355,6 +1362,10 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
     assert all(row["gate_not_item"] < 1e-6 for row in open_["tracks"]["items"] if row["crops"])
     strip = lambda rows: [{k: v for k, v in r.items() if k != "gate_not_item"} for r in rows]  # noqa: E731
     assert strip(open_["tracks"]["items"]) == strip(plain["tracks"]["items"]) and open_["tracks"]["dropped_unread"] == 0
+    # by default (--gate auto) the bundled detector's own gate is asked, and every read track gets its share
+    auto = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "gate-auto")}), progress=False)
+    assert auto["tracks"]["gate"] == str(bundled / "gate")
+    assert all(0 <= row["gate_not_item"] <= 1 for row in auto["tracks"]["items"] if row["crops"])
 
 
 def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
@@ -1486,21 +1497,31 @@ def test_reader_command_and_its_errors(cli, trained, classify_run, dataset, work
 
 
 def test_a_reader_with_background_crops_reads_an_eleventh_class(cli, trained, classify_run, dataset, work, capsys):
+    """`detect reader --background 2 --role gate`: RUN/gate, eleven outputs, found by `--gate auto`; the reader of
+    RUN is left alone."""
     import shutil
 
     from fashionkit.classify.checkpoint import load_run_model
-    from fashionkit.detect.tracks import open_classifier
+    from fashionkit.detect.tracks import auto_runs, choose_gate, open_classifier, open_gate
 
     copy = work / "runs" / "detect" / "det-background"
-    shutil.copytree(trained[0], copy, ignore=shutil.ignore_patterns("reader", "eval"))
-    assert cli("detect", "reader", copy, "--epochs", 1, "--batch-size", 32, "--background", 2) == 0
-    capsys.readouterr()
-    model, _, cfg, _ = load_run_model(copy / "reader")  # its config.yaml says eleven classes
+    shutil.copytree(trained[0], copy, ignore=shutil.ignore_patterns("eval"))
+    reader_before = snapshot(copy / "reader")
+    assert choose_gate({"gate": "auto"}, copy) is None  # no gate yet: none, silently
+    assert cli("detect", "reader", copy, "--epochs", 1, "--batch-size", 32, "--background", 2, "--role", "gate") == 0
+    out = capsys.readouterr().out
+    assert f"reader: {copy / 'gate'} " in out and "background crops named not an item" in out
+    assert snapshot(copy / "reader") == reader_before
+    model, _, cfg, _ = load_run_model(copy / "gate")  # its config.yaml says eleven classes
     assert model.num_classes == 11 and "num_classes=11" in cfg["model_opts"]
-    assert open_classifier(copy / "reader", torch.device("cpu"))[0].num_classes == 11  # `detect video` takes it
-    s = json.loads((copy / "reader" / "summary.json").read_text())
+    assert open_classifier(copy / "gate", torch.device("cpu"))[0].num_classes == 11  # `detect video` takes it
+    # `detect video --gate auto` asks it; --classifier auto still reads with the reader
+    assert auto_runs(copy)["gate"] == copy / "gate" and auto_runs(copy)["classifier"] == copy / "reader"
+    assert choose_gate({"gate": "auto"}, copy) == copy / "gate" and choose_gate({"gate": "none"}, copy) is None
+    assert open_gate(choose_gate({"gate": "auto"}, copy), torch.device("cpu"))[1] == copy / "gate"
+    s = json.loads((copy / "gate" / "summary.json").read_text())
     scenes = {split: len(list((dataset / "images" / split).iterdir())) for split in ("train", "val", "test")}
-    assert s["options"]["background"] == 2
+    assert s["options"]["background"] == 2 and s["options"]["role"] == "gate"
     assert all(0 < s["background"]["crops"][split] <= 2 * scenes[split] for split in scenes)
     assert all(0 <= s["background"]["named_not_item_tta"][split] <= 1 for split in ("val", "test"))
     plain = json.loads((trained[0] / "reader" / "summary.json").read_text())
@@ -1508,6 +1529,13 @@ def test_a_reader_with_background_crops_reads_an_eleventh_class(cli, trained, cl
     assert cli("detect", "reader", copy, "--background", -1) == 2
     err = capsys.readouterr().err
     assert "--background must be 0" in err and "Traceback" not in err
+    gate_before = snapshot(copy / "gate")
+    for bad, says in ((["--role", "gate"], "needs background crops; add --background 2"),
+                      (["--background", 2, "--role", "gates"], "'gates' is not one of reader, gate")):
+        assert cli("detect", "reader", copy, *bad) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(copy / "gate") == gate_before
 
 
 def test_track_bench_runs_every_variant_and_writes_its_figures(trained, clip, metric_run, low_tracker, work,
