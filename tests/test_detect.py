@@ -1394,16 +1394,17 @@ def test_auto_picks_the_detectors_classifier_only_while_it_exists(trained, class
     weights = run / "ultralytics" / "weights" / "best.pt"
     # the detector's crop reader (detect train made it), and the indexed metric run made from the classifier the
     # detector was trained from; without the reader, that classifier
-    assert auto_runs(weights) == {"classifier": run / "reader", "metric": metric_run}
-    assert auto_runs(weights, reader=False) == {"classifier": classify_run, "metric": metric_run}
+    # no gate: detect train makes none (`detect reader --background 2 --role gate` does)
+    assert auto_runs(weights) == {"classifier": run / "reader", "metric": metric_run, "gate": None}
+    assert auto_runs(weights, reader=False) == {"classifier": classify_run, "metric": metric_run, "gate": None}
     assert choose_runs({"classifier": "auto", "metric": "none"}, run) == (run / "reader", None)
     assert choose_runs({"classifier": "none", "metric": "x"}, run) == (None, Path("x"))
     moved = work / "moved-det"
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("ultralytics", "test", "eval", "reader"))
     info = json.loads((moved / "run.json").read_text())
     (moved / "run.json").write_text(json.dumps({**info, "classifier_run": str(work / "gone" / "cls")}))
-    assert auto_runs(moved) == {"classifier": None, "metric": None}
-    assert auto_runs(work / "plain.pt") == {"classifier": None, "metric": None}
+    assert auto_runs(moved) == {"classifier": None, "metric": None, "gate": None}
+    assert auto_runs(work / "plain.pt") == {"classifier": None, "metric": None, "gate": None}
 
 
 # ---- the crop reader --------------------------------------------------------------------------------------------
