@@ -197,8 +197,8 @@ def register(sub, formatter) -> None:
                        description="Evaluate a detect run's best.pt: mAP50 and mAP50-95 on the test (or val) split "
                        "with ultralytics' validator, again with classes ignored (the boxes alone: is it finding the "
                        "items or naming them that holds the detector back?), then with each box's class re-read by the "
-                       "crop reader "
-                       "(--classifier), and with --video X.mp4 precision and recall at IoU 0.5 against "
+                       "crop reader (--classifier), each box weighed by how surely the detector's gate (--gate) "
+                       "calls it an item, and with --video X.mp4 precision and recall at IoU 0.5 against "
                        "the clip's X.json ground truth plus end-to-end frames/s. Writes RUN/eval/<split>/eval.json.")
     p.add_argument("run", metavar="RUN", help="detect run directory (or a detection .pt)")
     add_options(p, EVAL_OPTIONS)

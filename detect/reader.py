@@ -401,11 +401,13 @@ def reread(scores: np.ndarray, probs: np.ndarray, vote_weight: float) -> tuple[n
     return box, cls, np.minimum(scores.sum(1), 1.0)[box] * shares[box, cls]
 
 
-def reading_validator(reader, vote_weight: float):
+def reading_validator(reader, vote_weight: float, gate=None):
     """An ultralytics ``DetectionValidator`` that scores the detector's boxes with their classes re-read: one box per
     item (NMS across classes), each cut out of the frame as a track's crops are and read by ``reader`` (a classify
-    model), its classes from ``reread`` (a one-class detector's: from the reading alone). The rest (matching at IoU
-    0.5-0.95, AP, plots) is ultralytics'."""
+    model), its classes from ``reread`` (a one-class detector's: from the reading alone). With a ``gate`` (a reader
+    whose last class is "not an item", `--gate`), each box's scores are multiplied by the share of its crop the gate
+    calls an item, so boxes on the background's own things rank below the items. The rest (matching at IoU 0.5-0.95,
+    AP, plots) is ultralytics'."""
     import torch
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils import nms
@@ -428,6 +430,10 @@ def reading_validator(reader, vote_weight: float):
             # self.nc: the reader's classes; NaN rows for boxes too small to read
             probs = read_crops(frames, [b[:, :4].tolist() for b in boxes], reader.to(self.device), self.device,
                                self.nc)
+            if gate is not None:  # read_crops keeps the ten classes' share: their sum is the item share
+                item = read_crops(frames, [b[:, :4].tolist() for b in boxes], gate.to(self.device), self.device,
+                                  self.nc)
+                scores = [s * np.nan_to_num(g.sum(1), nan=1.0)[:, None] for s, g in zip(scores, item)]
             out = []
             for b, s, p in zip(boxes, scores, probs):
                 box, cls, conf = reread(s, p, vote_weight)
@@ -440,10 +446,11 @@ def reading_validator(reader, vote_weight: float):
 
 
 def evaluate_read(weights: str | Path, reader, run: Path, data: str | Path, split: str, imgsz: int, batch: int,
-                  device: str, out: Path, vote_weight: float, plots: bool = True, threads: int = 0) -> dict:
+                  device: str, out: Path, vote_weight: float, plots: bool = True, threads: int = 0,
+                  gate: tuple[object, Path] | None = None) -> dict:
     """mAP of a detector whose boxes' classes are re-read by ``reader``, the model of the classify run ``run``
-    (``tracks.open_classifier``; the validator moves it to its device), with ``reading_validator``; plots to
-    ``out``."""
+    (``tracks.open_classifier``; the validator moves it to its device), with ``reading_validator`` (and ``gate``,
+    ``(model, run)`` of ``tracks.open_gate``, weighing the boxes); plots to ``out``."""
     from ultralytics import YOLO
 
     from fashionkit.detect.tracks import reading_names
@@ -457,10 +464,12 @@ def evaluate_read(weights: str | Path, reader, run: Path, data: str | Path, spli
     keep_threads(model, threads)
     # single_cls False: a one-class detector's checkpoint carries its training's True, which would make every label
     # class 0 and so score the reader's classes against T-shirt/top alone
-    metrics = model.val(validator=reading_validator(reader, vote_weight), data=str(data), split=split, imgsz=imgsz,
-                        batch=batch, device=device, plots=plots, project=str(out.parent), name=out.name,
-                        exist_ok=True, verbose=False, single_cls=False)
-    result = {"classifier": str(run), "vote_weight": vote_weight, **metric_dict(metrics, split)}
-    print(f"{split}, classes read by {run}: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}  "
+    metrics = model.val(validator=reading_validator(reader, vote_weight, gate[0] if gate else None), data=str(data),
+                        split=split, imgsz=imgsz, batch=batch, device=device, plots=plots, project=str(out.parent),
+                        name=out.name, exist_ok=True, verbose=False, single_cls=False)
+    result = {"classifier": str(run), "vote_weight": vote_weight, "gate": str(gate[1]) if gate else None,
+              **metric_dict(metrics, split)}
+    weighed = f", weighed by the gate {gate[1]}" if gate else ""
+    print(f"{split}, classes read by {run}{weighed}: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}  "
           f"precision {result['precision']:.4f}  recall {result['recall']:.4f}", flush=True)
     return result

@@ -723,6 +723,17 @@ def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path
     return model, run
 
 
+def eval_gate(cfg: dict, weights: Path) -> tuple[object, Path] | None:
+    """``detect eval --gate``: ``(model, run)`` of the gate that weighs the read boxes (auto: as ``detect video``
+    chooses it), loaded on the CPU, or None; a classify run without "not an item" is a UserError."""
+    import torch
+
+    from fashionkit.detect.tracks import choose_gate, open_gate
+
+    gate = choose_gate(cfg, weights)
+    return open_gate(gate, torch.device("cpu")) if gate is not None else None
+
+
 def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     """mAP of a detect run's best.pt on a dataset split: with its own classes, with classes ignored (the boxes
     alone), and with its boxes' classes re-read by ``--classifier`` (and, with ``--video``, P/R on a make-video
@@ -747,6 +758,7 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
     reader = eval_classifier(cfg, weights, detector.names)
+    gate = eval_gate(cfg, weights) if reader is not None else None
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
               cfg["split"]: evaluate_with_boxes(weights, data, cfg["split"], imgsz, cfg["batch"], device, out,
                                                 cfg["plots"], cfg["threads"], is_one_class(detector.names))}
@@ -755,7 +767,7 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
 
         result[cfg["split"]]["read"] = evaluate_read(weights, *reader, data, cfg["split"], imgsz, cfg["batch"],
                                                      device, out / "read", cfg["vote_weight"], cfg["plots"],
-                                                     cfg["threads"])
+                                                     cfg["threads"], gate)
     if cfg["video"]:
         video = Path(cfg["video"])
         from fashionkit.config import resolve

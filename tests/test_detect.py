@@ -624,6 +624,31 @@ def test_eval_scores_the_boxes_alone_apart_from_their_classes(cli, dataset, work
     assert "val, boxes alone (classes ignored): mAP50" in capsys.readouterr().out
 
 
+def test_eval_weighs_the_read_boxes_by_the_gate(cli, dataset, classify_run, work, capsys):
+    """`detect eval --gate`: by default the bundled detector's gate weighs its read boxes (recorded, and said); a gate
+    that calls every crop an item scores as no gate; a ten-class run as the gate is refused in one line."""
+    from fashionkit.bundled import bundled_dir
+
+    bundled = bundled_dir("detector")
+
+    def read(name: str, *argv) -> dict:
+        assert cli("detect", "eval", bundled, "--data", dataset, "--split", "val", *argv, "--no-plots", "--out",
+                   work / name) == 0
+        return json.loads((work / name / "eval.json").read_text())["val"]["read"]
+
+    auto = read("eval-gate-auto")
+    assert auto["gate"] == str(bundled / "gate") and 0 <= auto["mAP50"] <= 1
+    assert f"weighed by the gate {bundled / 'gate'}" in capsys.readouterr().out
+    plain = read("eval-gate-none", "--gate", "none")
+    assert plain["gate"] is None and "weighed by the gate" not in capsys.readouterr().out
+    every = read("eval-gate-open", "--gate", biased_gate(work, "gate-open", -30.0))
+    assert (every["mAP50"], every["mAP50-95"]) == (plain["mAP50"], plain["mAP50-95"])
+    assert cli("detect", "eval", bundled, "--data", dataset, "--split", "val", "--gate", classify_run,
+               "--no-plots", "--out", work / "eval-gate-bad") == 2
+    err = capsys.readouterr().err
+    assert "reads the ten classes only" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 # ---- track-level classes (detect/tracks.py) and scoring (detect/scoring.py) ---------------------------------
 
 def test_class_flicker_and_per_track_accuracy_on_hand_made_tracks():
@@ -1315,16 +1340,31 @@ def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work)
     assert tracked("read") == {tid: classes for tid, classes in kept.items() if tid not in unread}
 
 
-def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
-    """The bundled detector on a 3 s clip with a gate (`--gate`): the bundled reader grown an 11th class whose bias
-    makes every crop surely not an item, or surely an item. The first leaves out every track it read, from the
-    summary and the detections; the second changes nothing against no gate."""
-    import shutil
-
+def biased_gate(work: Path, name: str, bias: float) -> Path:
+    """A gate made of the bundled reader grown an 11th class, not an item, whose bias makes every crop surely not an
+    item (+30) or surely an item (-30)."""
     from fashionkit.bundled import bundled_dir
     from fashionkit.classify.checkpoint import load_run_model, save_checkpoint
     from fashionkit.config import load_yaml, save_yaml
     from fashionkit.detect.reader import with_not_item
+
+    run = work / "runs" / "classify" / name
+    if not run.exists():
+        shutil.copytree(bundled_dir("detector") / "reader", run)
+        model = with_not_item(load_run_model(run)[0])
+        with torch.no_grad():
+            model.head.bias[-1] = bias
+        save_checkpoint(run / "weights" / "best.pt", model)
+        cfg = load_yaml(run / "config.yaml")
+        save_yaml({**cfg, "model_opts": "num_classes=11"}, run / "config.yaml")
+    return run
+
+
+def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
+    """The bundled detector on a 3 s clip with a gate (`--gate`): the bundled reader grown an 11th class whose bias
+    makes every crop surely not an item, or surely an item. The first leaves out every track it read, from the
+    summary and the detections; the second changes nothing against no gate."""
+    from fashionkit.bundled import bundled_dir
     from fashionkit.detect.scenes import make_video
     from fashionkit.detect.video import format_summary, run_video
 
@@ -1333,15 +1373,7 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
     bundled = bundled_dir("detector")
 
     def gate(name: str, bias: float) -> Path:
-        run = work / "runs" / "classify" / name
-        shutil.copytree(bundled / "reader", run)
-        model = with_not_item(load_run_model(run)[0])
-        with torch.no_grad():
-            model.head.bias[-1] = bias
-        save_checkpoint(run / "weights" / "best.pt", model)
-        cfg = load_yaml(run / "config.yaml")
-        save_yaml({**cfg, "model_opts": "num_classes=11"}, run / "config.yaml")
-        return run
+        return biased_gate(work, name, bias)
 
     opts = dict(weights=str(bundled), backend="torch", track=True, metric="none", save_video=False, min_read_conf=0.0)
     plain = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": "none", "out": str(work / "no-gate")}),
