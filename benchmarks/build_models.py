@@ -30,7 +30,7 @@ The recipe (runs root RUNS, given to every command as $FASHIONKIT_RUNS):
                                                           training scenes; validation and test the same as above)
     detect train --from RUNS/detect/bundled-detector-more2 --data RUNS/detect/scenes-9000-data --minutes 60 \\
         --extra save_period=1 --name bundled-detector       (a fourth hour, on the 9,000 scenes)
-    detect reader RUNS/detect/bundled-detector --data RUNS/detect/scenes-9000-data \
+    detect reader RUNS/detect/bundled-detector --data RUNS/detect/scenes-9000-data \\
         --from RUNS/classify/bundled-classifier --background 2 --role gate   (its gate: what is not an item)
 
 then the detector's best.pt is exported to ONNX beside it (what ``detect video`` runs on a CPU). Each command runs
