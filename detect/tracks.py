@@ -713,7 +713,8 @@ def format_lines(s: dict) -> list[str]:
     t = s.get("tracks")
     if t:
         readers = [f"classifier {t['classifier']}" if t["classifier"] else "no classifier",
-                   f"kNN resolver {t['metric']}" if t["metric"] else "no kNN resolver"]
+                   f"kNN resolver {t['metric']}" if t["metric"] else "no kNN resolver",
+                   *([f"gate {t['gate']}"] if t.get("gate") else [])]
         lines.append(f"tracks: {t['count']} items, one class each ({', '.join(readers)}); {t['resolved']} resolved "
                      f"by kNN; {t['seconds']['decide']:.2f}s deciding, {t['seconds']['second_pass']:.2f}s writing")
         if t.get("dropped_short") or t.get("filled_boxes"):

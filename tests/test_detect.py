@@ -1396,7 +1396,8 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
     assert strip(open_["tracks"]["items"]) == strip(plain["tracks"]["items"]) and open_["tracks"]["dropped_unread"] == 0
     # by default (--gate auto) the bundled detector's own gate is asked, and every read track gets its share
     auto = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "gate-auto")}), progress=False)
-    assert auto["tracks"]["gate"] == str(bundled / "gate")
+    assert auto["tracks"]["gate"] == str(bundled / "gate") and f", gate {bundled / 'gate'})" in format_summary(auto)
+    assert "gate" not in format_summary(plain).split("one class each")[1].split(";")[0]
     assert all(0 <= row["gate_not_item"] <= 1 for row in auto["tracks"]["items"] if row["crops"])
 
 
