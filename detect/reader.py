@@ -412,7 +412,7 @@ def reading_validator(reader, vote_weight: float, gate=None):
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.utils import nms
 
-    from fashionkit.detect.tracks import read_crops
+    from fashionkit.detect.tracks import cut_crops, read_crops
 
     class ReadingValidator(DetectionValidator):
         def preprocess(self, batch):
@@ -427,12 +427,12 @@ def reading_validator(reader, vote_weight: float, gate=None):
             scores = [raw[i, 4:4 + self.nc, k].T.float().cpu().numpy() for i, k in enumerate(keep)]
             frames = [(self.frames[i].float().permute(1, 2, 0).cpu().numpy()[:, :, ::-1] * 255).round()
                       .astype(np.uint8) for i in range(len(boxes))]  # RGB 0-1 -> BGR, as a video frame
-            # self.nc: the reader's classes; NaN rows for boxes too small to read
-            probs = read_crops(frames, [b[:, :4].tolist() for b in boxes], reader.to(self.device), self.device,
-                               self.nc)
+            # self.nc: the reader's classes; NaN rows for boxes too small to read; the crops cut once for both readers
+            xyxy = [b[:, :4].tolist() for b in boxes]
+            crops = cut_crops(frames, xyxy)
+            probs = read_crops(frames, xyxy, reader.to(self.device), self.device, self.nc, crops)
             if gate is not None:  # read_crops keeps the ten classes' share: their sum is the item share
-                item = read_crops(frames, [b[:, :4].tolist() for b in boxes], gate.to(self.device), self.device,
-                                  self.nc)
+                item = read_crops(frames, xyxy, gate.to(self.device), self.device, self.nc, crops)
                 scores = [s * np.nan_to_num(g.sum(1), nan=1.0)[:, None] for s, g in zip(scores, item)]
             out = []
             for b, s, p in zip(boxes, scores, probs):

@@ -113,11 +113,11 @@ def detect_run_of(weights: Path) -> Path | None:
     return None
 
 
-def choose_runs(cfg: dict, weights: Path) -> tuple[Path | None, Path | None]:
-    """``--classifier`` and ``--metric``: a run directory, auto or none."""
+def choose(cfg: dict, weights: Path, *keys: str) -> list[Path | None]:
+    """Each of the options ``keys`` (classifier, metric, gate): a run directory, auto (``auto_runs``) or none."""
     auto = None
     chosen = []
-    for key in ("classifier", "metric"):
+    for key in keys:
         value = str(cfg.get(key) or "none")
         if value.lower() == "auto":
             auto = auto or auto_runs(weights)
@@ -126,15 +126,24 @@ def choose_runs(cfg: dict, weights: Path) -> tuple[Path | None, Path | None]:
             chosen.append(None)
         else:
             chosen.append(Path(value))
-    return chosen[0], chosen[1]
+    return chosen
+
+
+def choose_runs(cfg: dict, weights: Path) -> tuple[Path | None, Path | None]:
+    """``--classifier`` and ``--metric``: a run directory, auto or none."""
+    classifier, metric = choose(cfg, weights, "classifier", "metric")
+    return classifier, metric
 
 
 def choose_gate(cfg: dict, weights: Path) -> Path | None:
     """``--gate``: a run directory, auto (the detector's gate, if it has one) or none."""
-    value = str(cfg.get("gate") or "none")
-    if value.lower() == "none":
-        return None
-    return auto_runs(weights)["gate"] if value.lower() == "auto" else Path(value)
+    return choose(cfg, weights, "gate")[0]
+
+
+def load_gate(cfg: dict, weights: Path, device) -> tuple[object, Path] | None:
+    """``(model, run dir)`` of the ``--gate`` chosen for ``weights`` (``open_gate``), or None."""
+    gate = choose_gate(cfg, weights)
+    return open_gate(gate, device) if gate is not None else None
 
 
 @dataclass
@@ -217,7 +226,7 @@ def open_gate(path: Path, device) -> tuple[object, Path]:
     model, _, run = open_classifier(path, device, "--gate", ", or none")
     if _output_size(model, torch, what="--gate") != len(CLASSES) + 1:
         raise UserError(f"--gate {run}: its model reads the ten classes only, with no class for what is not an item; "
-                        f"pass a reader made by `detect reader RUN --background 2` (RUN/reader), or none")
+                        f"pass a gate made by `detect reader RUN --background 2 --role gate` (RUN/gate), or none")
     return model, run
 
 
@@ -283,14 +292,9 @@ def crop_item(grey: np.ndarray):
     return to_item(np.clip(item, 0, None))
 
 
-def read_crops(frames: list[np.ndarray], boxes: list[list], classifier, device, n_classes: int) -> list[np.ndarray]:
-    """Each box (xyxy) of each frame cut out as a track's crops are and read by ``classifier``, all of them in one
-    batch: per frame an array ``[boxes, n_classes]`` of class probabilities, NaN where a box is too small to read. A
-    reader's "not an item" (a last, extra output) is left out: what it takes from the classes lowers them all."""
-    import torch
-
-    from fashionkit.classify.predict import predict_probs
-
+def cut_crops(frames: list[np.ndarray], boxes: list[list]) -> tuple[list, list[tuple[int, int]]]:
+    """Each box (xyxy) of each frame cut out as a track's crops are: ``(items, owners)``, the 28x28 items and each
+    one's ``(frame, box)``; a box too small to read has none."""
     items, owners = [], []
     for f, (frame, frame_boxes) in enumerate(zip(frames, boxes)):
         for j, box in enumerate(frame_boxes):
@@ -298,6 +302,20 @@ def read_crops(frames: list[np.ndarray], boxes: list[list], classifier, device, 
             if grey is not None:
                 items.append(crop_item(grey))
                 owners.append((f, j))
+    return items, owners
+
+
+def read_crops(frames: list[np.ndarray], boxes: list[list], classifier, device, n_classes: int,
+               crops: tuple[list, list] | None = None) -> list[np.ndarray]:
+    """Each box (xyxy) of each frame cut out as a track's crops are (or ``crops``, ``cut_crops``' of them) and read by
+    ``classifier``, all of them in one batch: per frame an array ``[boxes, n_classes]`` of class probabilities, NaN
+    where a box is too small to read. A reader's "not an item" (a last, extra output) is left out: what it takes from
+    the classes lowers them all."""
+    import torch
+
+    from fashionkit.classify.predict import predict_probs
+
+    items, owners = crops if crops is not None else cut_crops(frames, boxes)
     probs = [np.full((len(b), n_classes), np.nan) for b in boxes]
     if items:
         for (f, j), p in zip(owners, predict_probs(classifier, torch.stack(items), device).numpy()):
@@ -418,6 +436,7 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
     detector)."""
     import torch
 
+    from fashionkit.classify.predict import predict_probs
     from fashionkit.metric.resolve import decide, knn_neighbours, top2, weighted_vote
 
     tracks = list(collector.tracks.values())
@@ -432,8 +451,6 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
     probs = None
     not_item_of = np.full(len(tracks), np.nan)  # the classifier's own "not an item", where it has one
     if readers.classifier is not None:
-        from fashionkit.classify.predict import predict_probs
-
         crop_probs = predict_probs(readers.classifier, items, readers.device, batch_size=batch_size).numpy()
         # a crop reader with a "not an item" class (the last): its share is left out of the classes, so a track
         # the reader takes for background is read under --min-read-conf and left out
@@ -442,8 +459,6 @@ def decide_tracks(collector: TrackCollector, readers: Readers, names: dict, vote
             not_item_of = track_means(crop_probs[:, len(names)], owners, len(tracks))
     not_item = np.full(len(tracks), np.nan)  # the gate's mean "not an item" over each track's crops
     if readers.gate is not None and crop_of:
-        from fashionkit.classify.predict import predict_probs
-
         gate_probs = predict_probs(readers.gate, items, readers.device, batch_size=batch_size).numpy()[:, -1]
         not_item = track_means(gate_probs, owners, len(tracks))
     mixed = mix(votes, probs, vote_weight)

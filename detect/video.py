@@ -522,9 +522,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
             raise UserError(f"{weights}: a one-class detector finds items without naming them; pass --classifier auto "
                             f"(its detect run's crop reader) or a classify run to name them")
     if track:
-        gate = tracks.choose_gate(cfg, weights)
-        if gate is not None:
-            readers.gate, readers.gate_run = tracks.open_gate(gate, readers.device)
+        readers.gate, readers.gate_run = tracks.load_gate(cfg, weights, readers.device) or (None, None)
         tracks.note(readers, cfg)
         # a folder of images holds unrelated pictures: every detection is its own track, no tracker links them
         crops = cfg["crops"] if readers.classifier is not None or readers.embedder is not None else 0  # none to read
@@ -723,24 +721,15 @@ def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path
     return model, run
 
 
-def eval_gate(cfg: dict, weights: Path) -> tuple[object, Path] | None:
-    """``detect eval --gate``: ``(model, run)`` of the gate that weighs the read boxes (auto: as ``detect video``
-    chooses it), loaded on the CPU, or None; a classify run without "not an item" is a UserError."""
-    import torch
-
-    from fashionkit.detect.tracks import choose_gate, open_gate
-
-    gate = choose_gate(cfg, weights)
-    return open_gate(gate, torch.device("cpu")) if gate is not None else None
-
-
 def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     """mAP of a detect run's best.pt on a dataset split: with its own classes, with classes ignored (the boxes
     alone), and with its boxes' classes re-read by ``--classifier`` (and, with ``--video``, P/R on a make-video
     clip)."""
+    import torch
+
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
-    from fashionkit.detect.tracks import is_one_class
+    from fashionkit.detect.tracks import is_one_class, load_gate
     from fashionkit.detect.train import data_yaml, dataset_info, evaluate_with_boxes, ultralytics_device
     from fashionkit.runs import atomic_write_json, ensure_dir, read_json
 
@@ -758,7 +747,8 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
     reader = eval_classifier(cfg, weights, detector.names)
-    gate = eval_gate(cfg, weights) if reader is not None else None
+    # the gate weighs the read boxes, as `detect video` asks it, loaded on the CPU as the reader is
+    gate = load_gate(cfg, weights, torch.device("cpu")) if reader is not None else None
     result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
               cfg["split"]: evaluate_with_boxes(weights, data, cfg["split"], imgsz, cfg["batch"], device, out,
                                                 cfg["plots"], cfg["threads"], is_one_class(detector.names))}
