@@ -424,11 +424,17 @@ def describe(kind: str, run: Path, runs: Path, reader_dir: Path | None = None
         if before is not None and after is not None:
             headline += f"; crop reader: test crops named right {before:.3f} -> {after:.3f}"
     gate = read_json((reader_dir or run) / "gate" / "summary.json")
-    if gate:  # the gate: items named right among the ten, and the share of background crops it calls not an item
-        metrics["gate_accuracy_tta"] = {"items": gate["accuracy_tta"]["reader"],
-                                        "background": (gate.get("background") or {}).get("named_not_item_tta")}
+    if gate:
+        metrics["gate_accuracy_tta"] = gate_figures(gate)
     return (f"YOLO detector on the bundled classifier's backbone ({summary.get('description', '')})", data, metrics,
             headline, cfg.get("seed"))
+
+
+def gate_figures(summary: dict) -> dict:
+    """A gate's figures for its card, from its summary.json: the share of item crops named right among the ten
+    classes, and of background crops it calls not an item (validation and test, six-view TTA)."""
+    return {"items": summary["accuracy_tta"]["reader"],
+            "background": (summary.get("background") or {}).get("named_not_item_tta")}
 
 
 def package(kind: str, run: Path, out: Path, steps: list[Step], runs: Path, extra_steps: list[dict] = (),
@@ -586,8 +592,7 @@ def add_gate(run: Path, out: Path) -> dict:
     commands = [c for c in card["commands"] if c.get("step") != "detect reader gate"]
     at = next((i for i, c in enumerate(commands) if c.get("step") == "onnx export"), len(commands))
     card["commands"] = [*commands[:at], step, *commands[at:]]
-    card["metrics"]["gate_accuracy_tta"] = {"items": summary["accuracy_tta"]["reader"],
-                                            "background": (summary.get("background") or {}).get("named_not_item_tta")}
+    card["metrics"]["gate_accuracy_tta"] = gate_figures(summary)
     card["files"] = manifest(tmp)
     card["bytes"] = sum(f["bytes"] for f in card["files"].values())
     atomic_write_json(tmp / CARD_JSON, card)
@@ -600,7 +605,7 @@ def check_bundle(out: Path) -> dict:
     """Every packaged model loads through the code paths the commands use, from ``out``."""
     from fashionkit import bundled
     from fashionkit.classify.checkpoint import load_run_model
-    from fashionkit.detect.tracks import auto_runs, open_gate
+    from fashionkit.detect.tracks import load_gate
     from fashionkit.detect.video import weights_file
     from fashionkit.metric.index import open_run_index
     from fashionkit.metric.model import load_embedder
@@ -613,9 +618,7 @@ def check_bundle(out: Path) -> dict:
         open_run_index(metric, load_embedder(metric)[1]["model_hash"])
         detector = bundled.bundled_run("detector")
         weights_file(detector)
-        gate = auto_runs(detector)["gate"]
-        if gate is not None:  # what `detect video --gate auto` opens
-            open_gate(gate, "cpu")
+        load_gate({"gate": "auto"}, detector, "cpu")  # what `detect video --gate auto` opens, if it has one
         return {kind: bundled.message(kind) for kind in bundled.KINDS}
     finally:
         if saved is None:
@@ -732,12 +735,8 @@ def main(argv: list[str] | None = None) -> dict:
             after_steps = []
             if (read_json(det / "reader" / "run.json") or {}).get("command") == "detect reader":  # made by hand after
                 r = read_json(det / "reader" / "summary.json") or {}
-                o = r.get("options", {})
                 after_steps.append({"step": "detect reader", "command": f"FASHIONKIT_RUNS={shlex.quote(str(runs))} "
-                                    + shlex.join(["detect", "reader", str(det), "--data", r.get("data", "?"),
-                                                  "--from", r.get("classifier_run", "?"), "--epochs",
-                                                  str(o.get("epochs"))]),
-                                    "wall_seconds": None, "reused": True,
+                                    + reader_command(det / "reader"), "wall_seconds": None, "reused": True,
                                     "recorded_seconds": (r.get("seconds") or {}).get("total")})
         best = det / (read_json(det / "summary.json") or {})["best"]
         onnx_path, onnx_seconds = export_onnx(best)

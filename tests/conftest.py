@@ -41,6 +41,14 @@ def cli():
     return lambda *argv: main([str(a) for a in argv])
 
 
+def snapshot(root) -> dict:
+    """Every path under ``root`` with its modification time: what a command must leave as it was (a file rewritten,
+    even with the same bytes, shows)."""
+    from pathlib import Path
+
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in Path(root).rglob("*")}
+
+
 def load_script(rel: str):
     """Import a script of the repository (benchmarks/, demos/) as a module."""
     import importlib.util

@@ -13,14 +13,11 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
+from conftest import snapshot
 
 from fashionkit import bundled as bundled_mod
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import snapshot
 
 from fashionkit.config import resolve
 from fashionkit.data.loader import MEAN, STD
@@ -101,11 +102,6 @@ def low_tracker(work):
 def video_cfg(**overrides):
     # a 2-epoch detector's tracks are short and its reader unsure: keep every track unless a test asks otherwise
     return resolve(VIDEO_OPTIONS, {"conf": 0.001, "min_track_frames": 1, "min_read_conf": 0.0, **overrides})
-
-
-def snapshot(root: Path) -> dict:
-    """Every file under ``root`` with its bytes: what a refused or other command must leave as it was."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
