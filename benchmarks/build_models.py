@@ -324,7 +324,7 @@ def copy_classify_run(src: Path, dst: Path) -> None:
 
 
 def export_onnx(pt: Path) -> tuple[Path, float]:
-    from fashionkit.detect.video import onnx_file
+    from fashionkit.detect.weights import onnx_file
 
     # exported afresh, so the card times an export (the gate step's detector may have made one already)
     pt.with_suffix(".onnx").unlink(missing_ok=True)
@@ -606,7 +606,7 @@ def check_bundle(out: Path) -> dict:
     from fashionkit import bundled
     from fashionkit.classify.checkpoint import load_run_model
     from fashionkit.detect.tracks import load_gate
-    from fashionkit.detect.video import weights_file
+    from fashionkit.detect.weights import weights_file
     from fashionkit.metric.index import open_run_index
     from fashionkit.metric.model import load_embedder
 

@@ -35,7 +35,7 @@ def weights_at(run: str, minutes: float | None) -> Path | None:
     import csv
 
     from fashionkit.detect.train import ULTRALYTICS_DIR
-    from fashionkit.detect.video import weights_file
+    from fashionkit.detect.weights import weights_file
 
     if minutes is None:
         return weights_file(run)

@@ -138,7 +138,8 @@ def main() -> None:
     from fashionkit.config import resolve
     from fashionkit.detect.tracks import is_one_class
     from fashionkit.detect.train import ultralytics_device
-    from fashionkit.detect.video import load_detector, run_video
+    from fashionkit.detect.video import run_video
+    from fashionkit.detect.weights import load_detector
 
     video = Path(args.video)
     gt = video.with_suffix(".json")

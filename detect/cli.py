@@ -116,7 +116,7 @@ def cmd_video(args) -> int:
 
 def cmd_eval(args) -> int:
     from fashionkit.detect.defaults import EVAL_OPTIONS
-    from fashionkit.detect.video import evaluate_run
+    from fashionkit.detect.evaluate import evaluate_run
 
     evaluate_run(args.run, resolve(EVAL_OPTIONS, args))
     return 0

@@ -385,7 +385,7 @@ def _detector_source(run: Path, nc: int) -> ModelSource:
     import torch
 
     from fashionkit.detect.tracks import auto_runs
-    from fashionkit.detect.video import weights_file
+    from fashionkit.detect.weights import weights_file
 
     weights = weights_file(run)
     if weights.suffix != ".pt":

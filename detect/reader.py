@@ -282,7 +282,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     background = {}
     if cfg["background"]:
         # crops of the scenes' background, the detector's own false boxes first: an 11th class, "not an item"
-        from fashionkit.detect.video import load_detector, quiet_ultralytics
+        from fashionkit.detect.weights import load_detector, quiet_ultralytics
 
         detector = load_detector(run, backend="auto")[0]
         imgsz = int((read_json(run / "summary.json", missing_ok=True) or {}).get("imgsz") or 320)

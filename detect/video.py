@@ -1,12 +1,11 @@
-"""``detect video`` and ``detect eval``: run a detector over a video, a folder of images or one image.
+"""``detect video``: run a detector over a video, a folder of images or one image.
 
 Frames are read with OpenCV here (not by ultralytics' loaders) so that ``--stride``, ``--max-frames`` and a video
 that ends early are under our control: skipped frames are only grabbed, not converted; grey, alpha and 16-bit
 frames become 8-bit BGR. Batches of frames go through ultralytics' ``predict`` (letterbox, inference, NMS) or
 ``track`` (the same plus the tracker, BoT-SORT by default, whose state persists across batches), and each result
 draws itself (``Results.plot``: boxes, class names, confidences). On a CPU the network runs in ONNX Runtime
-(``--backend auto``): best.pt is exported once to best.onnx beside it, which ran the default detector's network
-twice as fast as PyTorch on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``--out``:
+(``--backend auto``; detect/weights.py loads it). Outputs in ``--out``:
 
 * ``annotated.mp4`` (video input; mp4v at the input fps / stride) or ``annotated/<name>`` (image input),
 * ``detections.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id",
@@ -26,7 +25,7 @@ twice as fast as PyTorch on a 2-core Zen 3 (1.3-1.6x end to end). Outputs in ``-
 A one-class detector (``detect train --one-class``) finds items without naming them: the classifier
 (``--classifier``) names them, with tracking each track (the per-frame class stays its one class, ``item``), without
 it each box in each frame (a box it cannot read, or on a video finds no class of at ``--min-read-conf`` in, is left
-out); ``detect eval`` scores its boxes alone and its boxes named by the classifier.
+out); ``detect eval`` (detect/evaluate.py) scores its boxes alone and its boxes named by the classifier.
 
 A truncated video is processed as far as OpenCV can decode it; ``summary.json`` then says ``complete: false``
 with the frame it stopped at, a warning is printed, and the command still succeeds (many healthy files carry a
@@ -43,7 +42,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,192 +49,14 @@ from typing import Any
 import numpy as np
 
 from fashionkit.detect.scoring import IOU_MATCH, Score, TrackScore, box_iou, load_gt, match, with_track_classes  # noqa: F401
+from fashionkit.detect.weights import ENGINES, load_detector
 from fashionkit.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 WRITABLE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # annotated images keep these
 DEFAULT_FPS = 25.0  # for videos whose header has no usable frame rate
-ENGINES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 # --track: the track's class, and whether the box was interpolated into a gap of the track (--fill-gaps)
 TRACK_COLUMNS = ["track_class_id", "track_class_name", "track_conf", "track_resolved", "interpolated"]
-
-
-# ---- the detector --------------------------------------------------------------------------------------------
-
-def weights_file(weights: str | Path | None) -> Path:
-    """A detect run directory -> its best.pt (as recorded in summary.json); a .pt or .onnx file as is; none -> the
-    bundled detector's, said in one line (a named one always wins)."""
-    from fashionkit.runs import open_run, read_json
-
-    if not weights:
-        from fashionkit.bundled import announce
-
-        weights = announce("detector")
-    path = Path(weights)
-    if not path.exists():
-        raise UserError(f"weights not found: {path}; pass a detect run directory or a .pt file")
-    if path.is_dir():
-        run = open_run(path, "detect", what="weights")
-        summary = read_json(run / "summary.json", missing_ok=True) or {}
-        from fashionkit.detect.train import ULTRALYTICS_DIR
-
-        candidates = [run / summary["best"]] if summary.get("best") else []
-        candidates += [run / ULTRALYTICS_DIR / "weights" / f"{w}.pt" for w in ("best", "last")]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"{run} has no weights yet (no {ULTRALYTICS_DIR}/weights/best.pt); let `detect train` finish "
-                        f"an epoch, or pass a .pt file")
-    if path.suffix not in (".pt", ".onnx"):
-        raise UserError(f"--weights {path}: expected a detect run directory, a PyTorch .pt detection checkpoint or "
-                        f"its .onnx export")
-    return path
-
-
-def onnx_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
-
-
-def choose_backend(backend: str, device: str, path: Path) -> str:
-    """torch or onnx. auto: ONNX Runtime on a CPU where it is installed (the 3.7-GFLOPs detector ran 2x faster
-    through it than through PyTorch on a 2-core Zen 3: 44 vs 22 frames/s, predict only), PyTorch on a GPU."""
-    if path.suffix == ".onnx":
-        backend = "onnx"
-    elif backend == "auto":
-        return "onnx" if device == "cpu" and onnx_available() else "torch"
-    if backend == "onnx" and device != "cpu":
-        raise UserError(f"--backend onnx runs on the CPU; use --device cpu, or --backend torch for device {device}")
-    if backend == "onnx" and not onnx_available():
-        raise UserError("--backend onnx needs the onnx and onnxruntime packages (pip install onnx onnxruntime); "
-                        "or use --backend torch")
-    return backend
-
-
-@contextmanager
-def quiet_ultralytics():
-    """ultralytics logs every export and ONNX load at INFO; our own line says what happened."""
-    import logging
-
-    from ultralytics.utils import LOGGER
-
-    level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(level)
-
-
-def onnx_file(pt: Path, target: Path | None = None) -> Path:
-    """The ONNX export of ``pt``, by default beside it (best.pt -> best.onnx): made on first use and again whenever
-    the .pt is newer, exported in a temporary folder and moved into place, so a killed export leaves no half file."""
-    import shutil
-    import tempfile
-
-    from ultralytics import YOLO
-
-    target = target or pt.with_suffix(".onnx")
-    if target.is_file() and target.stat().st_mtime >= pt.stat().st_mtime:
-        return target
-    start = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".onnx-export-") as tmp:
-        copy = Path(tmp) / pt.name
-        shutil.copyfile(pt, copy)
-        with quiet_ultralytics():  # dynamic: any batch and frame size; simplify would need onnxslim, for no gain
-            exported = YOLO(str(copy), task="detect").export(format="onnx", dynamic=True, simplify=False,
-                                                              imgsz=320, device="cpu")
-        os.replace(exported, target)
-    print(f"exported {target} for ONNX Runtime in {time.perf_counter() - start:.1f} s (reused until {pt.name} "
-          f"changes)", file=sys.stderr)
-    return target
-
-
-def load_detector(weights: str | Path | None, backend: str = "torch", device: str = "cpu"):
-    """``(YOLO model, weights path, backend)``: a file that is not an ultralytics detection model is a UserError.
-    With backend onnx a .pt is exported once to the .onnx beside it; auto falls back to torch if that fails."""
-    from fashionkit.bundled import is_bundled
-    from fashionkit.detect.model import use_ultralytics
-
-    path = weights_file(weights)
-    chosen = choose_backend(backend, device, path)
-    use_ultralytics()
-    from ultralytics import YOLO
-
-    if path.suffix == ".onnx":
-        return _load_onnx(path), path, "onnx"
-    try:
-        model = YOLO(str(path), task="detect")
-        task = getattr(model.model, "task", None) or model.task
-    except Exception:
-        raise UserError(_not_a_detector(path)) from None
-    if task != "detect" or type(model.model).__name__ != "DetectionModel":
-        raise UserError(f"{path} is a YOLO {task} model ({type(model.model).__name__}), not a detection model; "
-                        f"pass weights made by `detect train`")
-    if chosen == "onnx" and is_bundled(path):
-        # the package is never written to: an export shipped beside best.pt is used as it is (an install's file
-        # times say nothing about which is newer), else the export goes to the user's cache under best.pt's SHA-256
-        # (made once, about a second, 13 MB that the package does not have to carry)
-        if path.with_suffix(".onnx").is_file():
-            return _load_onnx(path.with_suffix(".onnx")), path, "onnx"
-        from fashionkit.bundled import sha256
-        from fashionkit.data.fashion_mnist import cache_dir
-
-        try:
-            cached = cache_dir().parent / "onnx" / f"bundled-detector-{sha256(path)[:16]}.onnx"
-            return _load_onnx(onnx_file(path, cached)), path, "onnx"
-        except Exception as e:
-            print(f"warning: ONNX export of the bundled detector failed ({type(e).__name__}: {e}); running on "
-                  f"PyTorch", file=sys.stderr)
-            chosen = "torch"
-    if chosen == "onnx":
-        try:
-            return _load_onnx(onnx_file(path)), path, "onnx"
-        except Exception as e:
-            if backend == "onnx":
-                raise UserError(f"could not export {path} to ONNX ({type(e).__name__}: {e}); use --backend torch") \
-                    from None
-            print(f"warning: ONNX export of {path} failed ({type(e).__name__}: {e}); running on PyTorch",
-                  file=sys.stderr)
-    return model, path, "torch"
-
-
-def _load_onnx(path: Path):
-    from ultralytics import YOLO
-
-    try:
-        import onnxruntime
-
-        meta = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
-        task = meta.custom_metadata_map.get("task")
-    except Exception:
-        raise UserError(f"{path} is not a loadable ONNX model (corrupted or another kind of file); pass a detect run "
-                        f"or a detection .pt") from None
-    if task != "detect":
-        raise UserError(f"{path} is not an ultralytics detection export (task {task!r}); pass a detect run, or the "
-                        f".onnx that `detect video` exported beside its best.pt")
-    with quiet_ultralytics():
-        model = YOLO(str(path), task="detect")
-        # the first predict loads the session; on the CPU, as run_video asks (another device makes a new predictor)
-        model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False)
-    return model
-
-
-def _not_a_detector(path: Path) -> str:
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return f"{path} is not a PyTorch checkpoint (corrupted or another kind of file); pass a detection .pt"
-    from fashionkit.classify.checkpoint import FORMAT
-
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        return (f"{path} is a fashionkit classifier checkpoint, not a detector; train a detector from its run with "
-                f"`detect train --from {path.parent.parent}` and pass that run")
-    return f"{path} is not an ultralytics detection checkpoint; pass weights made by `detect train`"
 
 
 # ---- frames in ---------------------------------------------------------------------------------------------
@@ -695,80 +515,3 @@ def format_summary(s: dict) -> str:
     lines += format_lines(s)
     lines.append(f"wrote {s['out']}")
     return "\n".join(lines)
-
-
-# ---- detect eval -------------------------------------------------------------------------------------------
-
-def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path] | None:
-    """``detect eval --classifier``: ``(model, run)`` of the classify run that re-reads the boxes' classes (auto: as
-    ``detect video --track`` chooses it), loaded on the CPU, or None; one whose classes are not the detector's is a
-    UserError."""
-    import torch
-
-    from fashionkit.detect.tracks import choose_runs, has_fashion_classes, open_classifier, reading_names
-
-    if not 0 <= cfg["vote_weight"] <= 1:
-        raise UserError(f"--vote-weight {cfg['vote_weight']}: give a weight from 0 to 1")
-    classifier, _ = choose_runs({"classifier": cfg["classifier"], "metric": "none"}, weights)
-    if classifier is None:
-        return None
-    if not has_fashion_classes(reading_names(names)):
-        if str(cfg["classifier"]).lower() == "auto":
-            return None
-        raise UserError(f"--classifier {classifier}: the detector's classes are not Fashion-MNIST's ten, which a "
-                        f"classify run reads; pass --classifier none")
-    model, _, run = open_classifier(classifier, torch.device("cpu"))  # a run that is no Fashion-MNIST reader: error
-    return model, run
-
-
-def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
-    """mAP of a detect run's best.pt on a dataset split: with its own classes, with classes ignored (the boxes
-    alone), and with its boxes' classes re-read by ``--classifier`` (and, with ``--video``, P/R on a make-video
-    clip)."""
-    import torch
-
-    from fashionkit.detect.defaults import VIDEO_OPTIONS
-    from fashionkit.detect.model import use_ultralytics
-    from fashionkit.detect.tracks import is_one_class, load_gate
-    from fashionkit.detect.train import data_yaml, dataset_info, evaluate_with_boxes, ultralytics_device
-    from fashionkit.runs import atomic_write_json, ensure_dir, read_json
-
-    run = Path(run)
-    weights = weights_file(run)
-    summary = (read_json(run / "summary.json", missing_ok=True) or {}) if run.is_dir() else {}
-    data = data_yaml(cfg["data"] or summary.get("data"))
-    info = dataset_info(data)
-    if cfg["split"] not in info:
-        raise UserError(f"{data} has no {cfg['split']} split; choose --split val or make the dataset with test scenes")
-    imgsz = cfg["imgsz"] or summary.get("imgsz") or 320
-    home = run if run.is_dir() else weights.parent
-    out = ensure_dir(Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"])
-    use_ultralytics()
-    detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
-    device = ultralytics_device(cfg["device"])
-    reader = eval_classifier(cfg, weights, detector.names)
-    # the gate weighs the read boxes, as `detect video` asks it, loaded on the CPU as the reader is
-    gate = load_gate(cfg, weights, torch.device("cpu")) if reader is not None else None
-    result = {"weights": str(weights), "data": str(data), "imgsz": imgsz,
-              cfg["split"]: evaluate_with_boxes(weights, data, cfg["split"], imgsz, cfg["batch"], device, out,
-                                                cfg["plots"], cfg["threads"], is_one_class(detector.names))}
-    if reader is not None:
-        from fashionkit.detect.reader import evaluate_read
-
-        result[cfg["split"]]["read"] = evaluate_read(weights, *reader, data, cfg["split"], imgsz, cfg["batch"],
-                                                     device, out / "read", cfg["vote_weight"], cfg["plots"],
-                                                     cfg["threads"], gate)
-    if cfg["video"]:
-        video = Path(cfg["video"])
-        from fashionkit.config import resolve
-
-        vcfg = resolve(VIDEO_OPTIONS, {"weights": str(weights), "out": str(out / "video"), "imgsz": cfg["video_imgsz"],
-                                       "conf": cfg["conf"], "gt": str(video.with_suffix(".json")),
-                                       "min_visible": cfg["min_visible"], "device": cfg["device"],
-                                       "threads": cfg["threads"]})
-        v = run_video(video, vcfg)
-        result["video"] = {k: v[k] for k in ("input", "frames_processed", "fps", "imgsz", "conf", "gt")}
-        print(format_summary(v))
-    atomic_write_json(out / "eval.json", result)
-    print(f"wrote {out / 'eval.json'}")
-    return result

@@ -365,7 +365,8 @@ def test_video_writes_annotated_video_jsonl_csv_summary(trained, clip, work):
 
 
 def test_onnx_backend_is_exported_once_and_computes_what_torch_computes(trained, clip, work):
-    from fashionkit.detect.video import load_detector, run_video
+    from fashionkit.detect.video import run_video
+    from fashionkit.detect.weights import load_detector
 
     path, _ = clip
     best = trained[0] / "ultralytics" / "weights" / "best.pt"
