@@ -1369,15 +1369,12 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
     make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 6}), progress=False)
     bundled = bundled_dir("detector")
 
-    def gate(name: str, bias: float) -> Path:
-        return biased_gate(work, name, bias)
-
     opts = dict(weights=str(bundled), backend="torch", track=True, metric="none", save_video=False, min_read_conf=0.0)
     plain = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": "none", "out": str(work / "no-gate")}),
                       progress=False)
     read = {t["track_id"] for t in plain["tracks"]["items"] if t["crops"]}
     assert read and plain["tracks"]["gate"] is None
-    shut = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(gate("gate-shut", 30.0)),
+    shut = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(biased_gate(work, "gate-shut", 30.0)),
                                                    "out": str(work / "gate-shut")}), progress=False)
     t = shut["tracks"]
     assert t["gate"].endswith("gate-shut") and t["dropped_unread"] == len(read) and t["max_not_item"] == 0.5
@@ -1386,7 +1383,7 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
             for d in json.loads(line)["detections"]}
     assert not left & read
     assert "or the gate called them not an item" in format_summary(shut)
-    open_ = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(gate("gate-open", -30.0)),
+    open_ = run_video(path, resolve(VIDEO_OPTIONS, {**opts, "gate": str(biased_gate(work, "gate-open", -30.0)),
                                                     "out": str(work / "gate-open")}), progress=False)
     assert all(row["gate_not_item"] < 1e-6 for row in open_["tracks"]["items"] if row["crops"])
     strip = lambda rows: [{k: v for k, v in r.items() if k != "gate_not_item"} for r in rows]  # noqa: E731
