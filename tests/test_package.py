@@ -31,6 +31,17 @@ def test_wheel_installs_one_import_package(tmp_path):
         assert {f"fashionkit/models/{card.parent.name}/{rel}" for rel in listed} <= set(names)
 
 
+def test_every_folder_of_the_bundled_models_is_a_listed_package():
+    # setuptools warns, once per folder, about an importable folder missing from pyproject's `packages` (a new
+    # folder of the bundled models, such as the detector's gate, is easy to forget there)
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    models = ROOT / "fashionkit" / "models"
+    folders = {".".join(("fashionkit", *d.relative_to(ROOT / "fashionkit").parts)) for d in models.rglob("*")
+               if d.is_dir() and d.name != "__pycache__"}
+    assert folders and folders <= listed, sorted(folders - listed)
+
+
 @pytest.mark.parametrize("argv", [
     ["fashionkit", "--help"], ["fashionkit", "data", "--help"], ["fashionkit", "data", "eda", "--help"],
     ["classify", "--help"], ["classify", "train", "--help"], ["metric", "--help"], ["detect", "--help"],
