@@ -29,6 +29,8 @@ class Opt:
         if value is None:
             return None
         kind = self.type or (type(self.default) if self.default is not None else None)
+        if kind is str and isinstance(value, bool) and self.choices and ("on" if value else "off") in self.choices:
+            value = "on" if value else "off"  # YAML 1.1 (a --config file, `--set`) reads off / on as booleans
         if kind is bool and not isinstance(value, bool):
             text = str(value).lower()
             if text not in ("true", "false", "1", "0", "yes", "no"):

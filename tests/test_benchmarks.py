@@ -75,11 +75,12 @@ def test_time_to_accuracy_scores_from_a_given_epoch_the_60_minute_recipe(tmp_pat
     test-split scoring here take a minute)."""
     out = tmp_path / "hour.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--quick", "--recipes", "default",
-                    "--set", "augment=flip-crop-erase", "--score-from", "2",
+                    "--set", "augment=flip-crop-erase", "--set", "amp=off", "--score-from", "2",
                     "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=600)
     (r,) = json.loads(out.read_text())["results"]
     assert r["options"]["augment"] == "flip-crop-erase"
+    assert r["options"]["amp"] == "off" and r["precision"] == "fp32"  # "off" the word, not YAML's False
     assert [c["epoch"] for c in r["curve"]] == [2] and r["curve"][0]["seconds"] <= r["seconds_total"]
 
 

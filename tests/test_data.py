@@ -240,3 +240,11 @@ def test_config_file_and_flags(tmp_path):
         resolve(options, {}, cfg)
     with pytest.raises(UserError, match="option 'epochs'"):
         resolve(options, {"epochs": "many"})
+    # `amp: off` in a YAML file means the word, though YAML reads it as False
+    options["amp"] = Opt("auto", "precision", choices=("auto", "bf16", "off"))
+    cfg.write_text("amp: off\n")
+    assert resolve(options, {}, cfg)["amp"] == "off"
+    options["model"] = Opt("vgg", "model", choices=("vgg", "mlp"))
+    cfg.write_text("model: off\n")  # read as False, and off is none of its choices: refused
+    with pytest.raises(UserError, match="option 'model'"):
+        resolve(options, {}, cfg)
