@@ -51,7 +51,8 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "subset": Opt(0, "train on a stratified subset of N items (val shrinks to N/5); 0 = all"),
     "seed": Opt(0, "random seed (same seed and device give the same metrics on CPU)"),
     "device": Opt("auto", DEVICE_HELP),
-    "amp": Opt("auto", "mixed precision: auto (bf16 where the CPU/GPU has it), bf16, fp16, off", choices=AMP_CHOICES),
+    "amp": Opt("auto", "mixed precision: auto (bf16 where it pays: GPUs, CPUs with AMX or AMD AVX-512 bf16), "
+                       "bf16, fp16, off", choices=AMP_CHOICES),
     "channels_last": Opt(True, "channels-last memory format for convolutions"),
     "compile": Opt(False, "torch.compile the model (slower start, can be faster per step)"),
     "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),

@@ -1,7 +1,7 @@
 """``classify train``: the training engine, readable top to bottom.
 
-One epoch = batches from the in-memory loader (augmented whole), forward under autocast (bf16 on CPUs that
-have it), backward, optimizer (or SAM's two passes), scheduler. After each epoch: validation, one row of
+One epoch = batches from the in-memory loader (augmented whole), forward under autocast (bf16 on CPUs where it
+pays), backward, optimizer (or SAM's two passes), scheduler. After each epoch: validation, one row of
 ``metrics.csv``, ``last.pt`` (with everything needed to resume) and, when validation improved, ``best.pt`` --
 all written atomically. At the end the best weights are evaluated once on the test split.
 """
