@@ -240,7 +240,10 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             sys.exit(f"time_to_accuracy: --set {item!r} is not KEY=VALUE")
-        args.overrides[key.strip().replace("-", "_")] = value if key.strip() == "model_opts" else yaml.safe_load(value)
+        parsed = value if key.strip() == "model_opts" else yaml.safe_load(value)
+        if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+            parsed = value.strip()  # YAML 1.1 reads off / on / no / yes as booleans: amp=off means the word
+        args.overrides[key.strip().replace("-", "_")] = parsed
     out = Path(args.out or f"benchmarks/results/time_to_accuracy{'-quick' if args.quick else ''}.json")
 
     import torch
