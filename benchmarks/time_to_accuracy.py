@@ -235,15 +235,22 @@ def main() -> None:
     cap_isa(args.isa)
     import yaml
 
+    from fashionkit.classify.defaults import TRAIN_OPTIONS
+    from fashionkit.errors import UserError
+
     args.overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             sys.exit(f"time_to_accuracy: --set {item!r} is not KEY=VALUE")
-        parsed = value if key.strip() == "model_opts" else yaml.safe_load(value)
-        if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
-            parsed = value.strip()  # YAML 1.1 reads off / on / no / yes as booleans: amp=off means the word
-        args.overrides[key.strip().replace("-", "_")] = parsed
+        name = key.strip().replace("-", "_")
+        parsed = value if name == "model_opts" else yaml.safe_load(value)
+        if name in TRAIN_OPTIONS:  # read as `classify train` reads it (amp=off: the word, not YAML's False)
+            try:
+                parsed = TRAIN_OPTIONS[name].convert(name, parsed)
+            except UserError as e:
+                sys.exit(f"time_to_accuracy: {e}")
+        args.overrides[name] = parsed
     out = Path(args.out or f"benchmarks/results/time_to_accuracy{'-quick' if args.quick else ''}.json")
 
     import torch
@@ -260,7 +267,6 @@ def main() -> None:
     else:  # a fresh folder inside it, so each recipe's run directory has the recipe's name
         Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
         args.runs_dir = tempfile.mkdtemp(prefix="time-to-accuracy-", dir=args.runs_dir)
-    from fashionkit.errors import UserError
 
     results = []
     for recipe in recipes:
