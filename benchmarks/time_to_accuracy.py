@@ -244,13 +244,13 @@ def main() -> None:
         if not sep:
             sys.exit(f"time_to_accuracy: --set {item!r} is not KEY=VALUE")
         name = key.strip().replace("-", "_")
+        if name not in TRAIN_OPTIONS:
+            sys.exit(f"time_to_accuracy: --set {name!r} is no option of classify train; see classify train --help")
         parsed = value if name == "model_opts" else yaml.safe_load(value)
-        if name in TRAIN_OPTIONS:  # read as `classify train` reads it (amp=off: the word, not YAML's False)
-            try:
-                parsed = TRAIN_OPTIONS[name].convert(name, parsed)
-            except UserError as e:
-                sys.exit(f"time_to_accuracy: {e}")
-        args.overrides[name] = parsed
+        try:  # read as `classify train` reads it (amp=off: the word, not YAML's False)
+            args.overrides[name] = TRAIN_OPTIONS[name].convert(name, parsed)
+        except UserError as e:
+            sys.exit(f"time_to_accuracy: {e}")
     out = Path(args.out or f"benchmarks/results/time_to_accuracy{'-quick' if args.quick else ''}.json")
 
     import torch

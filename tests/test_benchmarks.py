@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,6 +90,15 @@ def test_time_to_accuracy_rejects_an_unknown_recipe():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--recipes", "fastest"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "unknown recipe 'fastest'" in proc.stderr
+
+
+@pytest.mark.parametrize("setting, message", [("epoch=3", "'epoch' is no option of classify train"),
+                                              ("amp=bogus", "option 'amp': 'bogus' is not one of")])
+def test_time_to_accuracy_refuses_a_bad_set_before_training(setting, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/time_to_accuracy.py"), "--quick", "--set", setting],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert "default:" not in proc.stdout  # stopped before the first recipe
 
 
 def test_time_to_accuracy_refuses_a_final_augment_for_the_reference():
