@@ -31,7 +31,8 @@ IMAGE_SIZE = 28  # Fashion-MNIST; the flattening necks (mlp, lenet, simple) are 
 # ----------------------------------------------------------------------------------------------------------
 # building blocks
 
-ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "tanh": nn.Tanh,
+               "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 def make_activation(name: str) -> nn.Module:

@@ -97,8 +97,8 @@ def test_activation_choices(activation, train_set):
 
 
 def test_bad_option_values_are_user_errors():
-    with pytest.raises(UserError, match="unknown activation 'gelu'.*leaky_relu"):
-        create_model("vgg", activation="gelu")
+    with pytest.raises(UserError, match="unknown activation 'swish'.*leaky_relu.*silu"):
+        create_model("vgg", activation="swish")
     with pytest.raises(UserError, match="hidden"):
         create_model("mlp", hidden=[512, 256, 128, 64])  # 1 to 3 hidden layers
     with pytest.raises(UserError, match="fc_layers"):
