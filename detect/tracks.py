@@ -703,11 +703,11 @@ def _reread(source) -> Iterator[tuple[int, str, np.ndarray]]:
 
 
 def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict, dropped: int = 0,
-            filled: int = 0, stitched: int = 0, unread: int = 0) -> dict:
+            filled: int = 0, stitched: int = 0, unread: int = 0, untracked: int = 0) -> dict:
     rows = sorted(decisions.values(), key=lambda t: t["track_id"])
     return {
         "stitch_gap": cfg["stitch_gap"], "stitched": stitched,
-        "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped,
+        "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped, "dropped_untracked_boxes": untracked,
         "min_read_conf": cfg["min_read_conf"], "dropped_unread": unread,
         "gate": str(readers.gate_run) if readers.gate_run else None, "max_not_item": cfg["max_not_item"],
         "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
@@ -732,9 +732,11 @@ def format_lines(s: dict) -> list[str]:
                    *([f"gate {t['gate']}"] if t.get("gate") else [])]
         lines.append(f"tracks: {t['count']} items, one class each ({', '.join(readers)}); {t['resolved']} resolved "
                      f"by kNN; {t['seconds']['decide']:.2f}s deciding, {t['seconds']['second_pass']:.2f}s writing")
-        if t.get("dropped_short") or t.get("filled_boxes"):
-            lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames), "
-                         f"{t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
+        if t.get("dropped_short") or t.get("filled_boxes") or t.get("dropped_untracked_boxes"):
+            untracked = (f", {t['dropped_untracked_boxes']} boxes left out that no track followed"
+                         if t.get("dropped_untracked_boxes") else "")
+            lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames)"
+                         f"{untracked}, {t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
         if t.get("dropped_unread"):
             gate = f", or the gate called them not an item ({t['max_not_item']} or more)" if t.get("gate") else ""
             lines.append(f"tracks: {t['dropped_unread']} left out (the classifier found no class with probability "

@@ -263,8 +263,19 @@ def detections(result, track: bool) -> list[dict]:
     return out
 
 
+def tracked(found: list[list[dict]], untracked: int) -> tuple[list[list[dict]], int]:
+    """Each frame's detections without those no track follows, and ``untracked`` plus how many those were. In a frame
+    where the tracker reports no track, ultralytics passes the detector's raw boxes through without ids (down to
+    ``--conf``, 0.1: on the validation clips 39 such boxes in 14 frames, 2 of them an item named right); they are
+    not items the tracker follows, so they go as a track seen in fewer than ``--min-track-frames`` frames goes."""
+    kept = [[d for d in dets if d.get("track_id") is not None] for dets in found]
+    return kept, untracked + sum(len(a) - len(b) for a, b in zip(found, kept))
+
+
 class Tally:
-    """Items seen per class: detections, frames with at least one, most in one frame, unique track ids."""
+    """Items seen per class: detections, frames with at least one, most in one frame, unique track ids. A tracked
+    detection counts under its track's class, the one the annotated video shows (its frame's own class stays in the
+    CSV's class_name and in each track's frame_classes)."""
 
     def __init__(self, names: dict[int, str]):
         self.names = names
@@ -276,9 +287,10 @@ class Tally:
     def add(self, dets: list[dict]) -> None:
         counts: dict[str, int] = {}
         for d in dets:
-            counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
-            if d.get("track_id") is not None:  # a track counts once, under its own class when it has one
-                self.tracks.setdefault(d.get("track_class_name") or d["class_name"], set()).add(d["track_id"])
+            name = d.get("track_class_name") or d["class_name"]
+            counts[name] = counts.get(name, 0) + 1
+            if d.get("track_id") is not None:  # a track counts once
+                self.tracks.setdefault(name, set()).add(d["track_id"])
         for name, n in counts.items():
             self.detections[name] = self.detections.get(name, 0) + n
             self.frames[name] = self.frames.get(name, 0) + 1
@@ -352,7 +364,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     writer = Writer(out, source, cfg["save_video"])
     jsonl_tmp, csv_tmp = out / ".detections.jsonl.part", out / ".detections.csv.part"
     lines_tmp = out / ".detections.frames.part"  # --track: the first pass's lines, before the tracks' classes
-    # a one-class detector's frames count under its own class, its tracks under their classes
+    # a one-class detector's boxes count under its own class where no track names them
     tally = Tally(dict(enumerate([*names.values(), *class_names.values()])) if one_class else names)
     score = Score() if gt is not None else None
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
@@ -360,7 +372,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                   device=device, verbose=False)
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
-    processed, t0 = 0, time.perf_counter()
+    processed, untracked, t0 = 0, 0, time.perf_counter()
     phases: dict[str, float] = {}
     bar = tqdm(total=source.expected(), unit="frame", desc=input_path.name, dynamic_ncols=True,
                disable=None if progress else True)
@@ -390,13 +402,15 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 batch: list[tuple[int, str, np.ndarray]] = []
 
                 def flush() -> None:
-                    nonlocal processed
+                    nonlocal processed, untracked
                     frames = [f for _, _, f in batch]
                     try:
                         results = model.track(frames, **kwargs) if use_tracker else model.predict(frames, **kwargs)
                     except FileNotFoundError as e:
                         raise UserError(f"--tracker {cfg['tracker']}: {e}") from None
                     found = [detections(result, track) for result in results]
+                    if use_tracker:  # see `tracked`
+                        found, untracked = tracked(found, untracked)
                     if read_frames:  # each box named by the classifier; on a video, not-fashion left out as tracks are
                         found = tracks.read_boxes([f for _, _, f in batch], found, readers, class_names,
                                                   cfg["min_read_conf"] if source.kind == "video" else 0.0)
@@ -473,7 +487,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
         summary["classifier"] = str(readers.classifier_run)
     if track:
         summary["tracks"] = tracks.summary(decisions, readers, cfg, phases, len(dropped),
-                                           sum(len(v) for v in fills.values()), len(joined), len(unread))
+                                           sum(len(v) for v in fills.values()), len(joined), len(unread),
+                                           untracked)
     if source.kind == "video":
         summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
     if source.unreadable:
