@@ -519,7 +519,12 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {name:<12} {row['detections']:>6} detections in {row['frames']:>5} frames, at most "
                      f"{row['most_in_a_frame']} at once{extra}")
     if not s["items"]:
-        lines.append("  nothing detected")
+        # the detector finds items in scenes, from about 20 px to about 250 px at its input: a close-up of one item,
+        # edge to edge, is outside what it was trained on, and is what `classify predict` is for
+        photos = s["input"] if Path(s["input"]).is_file() else str(Path(s["input"]) / "*.jpg")
+        hint = (f" (the detector finds items in a scene; to name a photo of one item, run `classify predict "
+                f"{photos}`)" if s["kind"] == "images" else "")
+        lines.append(f"  nothing detected{hint}")
     if "gt" in s:
         g = s["gt"]
         lines.append(f"vs ground truth (IoU {g['iou']}): precision {g['precision']} recall {g['recall']} "

@@ -1429,6 +1429,27 @@ def test_video_gate_leaves_out_the_tracks_it_calls_not_an_item(work):
     assert all(0 <= row["gate_not_item"] <= 1 for row in auto["tracks"]["items"] if row["crops"])
 
 
+def test_nothing_detected_in_a_photo_points_to_classify_predict(work):
+    """`detect video` finds items in a scene; where a photo gives it nothing (a close-up of one item, edge to edge, is
+    outside its training), the summary says which command names a photo of one item. Not for a video."""
+    from fashionkit.bundled import bundled_dir
+    from fashionkit.detect.video import format_summary, run_video
+
+    photo, clip = work / "plain-wall.jpg", work / "plain-wall.mp4"
+    cv2.imwrite(str(photo), np.full((240, 320, 3), 128, np.uint8))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    for _ in range(3):
+        writer.write(np.full((240, 320, 3), 128, np.uint8))
+    writer.release()
+    opts = dict(weights=str(bundled_dir("detector")), backend="torch", save_video=False)
+    s = run_video(photo, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "plain-photo")}), progress=False)
+    assert not s["items"]
+    assert f"nothing detected (the detector finds items in a scene; to name a photo of one item, run `classify " \
+           f"predict {photo}`)" in format_summary(s)
+    s = run_video(clip, resolve(VIDEO_OPTIONS, {**opts, "out": str(work / "plain-clip")}), progress=False)
+    assert not s["items"] and "  nothing detected\n" in format_summary(s) + "\n"
+
+
 def test_video_track_on_a_folder_of_unrelated_images(trained, dataset, classify_run, work):
     from fashionkit.detect.video import run_video
 
