@@ -87,9 +87,11 @@ def run_config(run: Path) -> dict:
     return resolve(TRAIN_OPTIONS, {}, load_yaml(path))
 
 
-def _architecture(cfg: dict) -> tuple[str, dict]:
-    """``(name, options)`` of the model a run config describes, built on the meta device (no memory, no init
-    cost) and with ``weights=none`` (the checkpoint brings the weights; nothing is downloaded)."""
+def _architecture(cfg: dict) -> tuple[str, dict, set[str]]:
+    """``(name, options, given)`` of the model a run config describes, built on the meta device (no memory, no init
+    cost) and with ``weights=none`` (the checkpoint brings the weights; nothing is downloaded); ``given``: the options
+    the config sets itself (``--model-opts``, ``--activation``, ``--dropout``), the rest being the registry's defaults
+    of today."""
     from fashionkit.classify.models import MODELS, create_model
     from fashionkit.classify.train import parse_model_opts
 
@@ -97,11 +99,12 @@ def _architecture(cfg: dict) -> tuple[str, dict]:
     for key in ("activation", "dropout"):
         if cfg.get(key) is not None:
             opts[key] = cfg[key]
+    given = set(opts) - {"weights"}
     if cfg["model"] in MODELS and "weights" in MODELS[cfg["model"]].option_names():
         opts["weights"] = "none"
     with torch.device("meta"):
         model = create_model(cfg["model"], **opts)
-    return model.name, model.options
+    return model.name, model.options, given
 
 
 def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: str = "best"
@@ -109,18 +112,31 @@ def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: s
     """``(model in eval mode, checkpoint, run config, run dir)`` of a classify run.
 
     A checkpoint rebuilds its own architecture, so a ``best.pt`` copied in from another run would load without
-    complaint and give that run's predictions under this run's name: it is checked against ``config.yaml``.
+    complaint and give that run's predictions under this run's name: it is checked against ``config.yaml`` (the
+    model, and every option the config sets) and against the run's other checkpoint (every option: ``best.pt`` and
+    ``last.pt`` of one run hold one architecture). Options the config leaves to the model registry's defaults are
+    not checked against today's defaults: a default changed in a later version must not orphan the runs made before
+    it (the checkpoint keeps the options it was built with).
     """
     if which not in ("best", "last"):
         raise UserError(f"--weights must be best or last, got {which!r}")
     run = open_run(run, "classify")
     cfg = run_config(run)
     model, ckpt = _load_file(weights_path(run, which), device)
-    name, options = _architecture(cfg)
-    if (model.name, model.options) != (name, options):
-        differ = [k for k in sorted(set(options) | set(model.options)) if options.get(k) != model.options.get(k)]
+    name, options, given = _architecture(cfg)
+    differ = [k for k in sorted(given) if options.get(k) != model.options.get(k)]
+    other = run / "weights" / ("last.pt" if which == "best" else "best.pt")
+    config = "config.yaml's"
+    if model.name == name and not differ and other.is_file():
+        try:
+            theirs = read_checkpoint(other).get("options", {})
+        except UserError:  # an unreadable other checkpoint is that file's problem, reported when it is asked for
+            theirs = model.options
+        differ = [k for k in sorted(set(theirs) | set(model.options)) if theirs.get(k) != model.options.get(k)]
+        config = f"the run's {other.name}'s"
+    if model.name != name or differ:
         detail = (f"it holds {model.name} weights, but config.yaml says {name}" if model.name != name
-                  else f"its {name} differs from config.yaml's in {', '.join(differ)}")
+                  else f"its {name} differs from {config} in {', '.join(differ)}")
         raise UserError(f"{run / 'weights' / (which + '.pt')} does not belong to this run: {detail}; it was copied "
                         f"from another run: evaluate that run, or retrain this one")
     return model, ckpt, cfg, run

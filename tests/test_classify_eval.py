@@ -278,6 +278,34 @@ def damaged(runs, tmp_path):
     return garbage, swapped
 
 
+def test_a_changed_registry_default_does_not_orphan_a_run_and_a_copied_best_pt_is_still_refused(runs, tmp_path,
+                                                                                                 monkeypatch):
+    from fashionkit.classify import models
+    from fashionkit.classify.checkpoint import save_checkpoint
+
+    cnn = runs["cnn"]  # simple with channels=[32,64] given, dense=100 from the registry's defaults
+    before, _, _, _ = load_run_model(cnn)
+    assert before.options["dense"] == 100
+    # a later version registers simple with another default: the run still loads, as it was built
+    spec = models.MODELS["simple"]
+    monkeypatch.setitem(models.MODELS, "simple", models.ModelSpec(spec.family, {**spec.defaults, "dense": 64},
+                                                                  spec.description))
+    model, _, _, _ = load_run_model(cnn)
+    assert model.options == before.options and model.head.in_features == 100
+    monkeypatch.undo()
+    # a best.pt of the same model but another architecture, copied in, differs from the run's last.pt
+    copy = tmp_path / "copied-in"
+    shutil.copytree(cnn, copy, ignore=shutil.ignore_patterns("eval", "inspect"))
+    save_checkpoint(copy / "weights" / "best.pt", models.create_model("simple", channels=[32, 64], dense=50))
+    with pytest.raises(UserError, match=r"best.pt does not belong to this run: its simple differs from the run's "
+                                        r"last.pt's in dense"):
+        load_run_model(copy)
+    # and one that contradicts what config.yaml sets is refused on that
+    save_checkpoint(copy / "weights" / "best.pt", models.create_model("simple", channels=[16, 64]))
+    with pytest.raises(UserError, match="differs from config.yaml's in channels"):
+        load_run_model(copy)
+
+
 def test_user_mistakes_are_one_line_errors(runs, damaged, tmp_path, cli, capsys):
     garbage, swapped = damaged
     (tmp_path / "notes.png").write_text("hello")
