@@ -521,7 +521,7 @@ def format_summary(s: dict) -> str:
     if not s["items"]:
         # the detector finds items in scenes, from about 20 px to about 250 px at its input: a close-up of one item,
         # edge to edge, is outside what it was trained on, and is what `classify predict` is for
-        photos = s["input"] if Path(s["input"]).is_file() else str(Path(s["input"]) / "*.jpg")
+        photos = s["input"] if Path(s["input"]).is_file() else str(Path(s["input"]) / "*")
         hint = (f" (the detector finds items in a scene; to name a photo of one item, run `classify predict "
                 f"{photos}`)" if s["kind"] == "images" else "")
         lines.append(f"  nothing detected{hint}")
