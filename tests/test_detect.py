@@ -1096,7 +1096,8 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     cfg = load_yaml(four / "config.yaml")
     cfg["model_opts"] = "num_classes=4"
     save_yaml(cfg, four / "config.yaml")
-    save_checkpoint(four / "weights" / "best.pt", create_model("vgg-small", num_classes=4))
+    for which in ("best", "last"):  # a run of a four-class model, both its checkpoints
+        save_checkpoint(four / "weights" / f"{which}.pt", create_model("vgg-small", num_classes=4))
 
     def error(*argv) -> str:
         assert cli("detect", "video", path, "--weights", trained[0], "--track", "--out", work / "refused", *argv) == 2
