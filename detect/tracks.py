@@ -555,6 +555,37 @@ def gap_fills(collector: TrackCollector, stride: int, max_gap: int) -> dict[int,
     return fills
 
 
+def first_boxes(collector: TrackCollector, raw: dict[int, list[dict]], stride: int) -> dict[int, list[dict]]:
+    """The box each track had in the frame before its first. BoT-SORT confirms a new track on its second frame and
+    ultralytics reports confirmed tracks only, so every track that starts after the input's first frame loses the
+    detection that started it. ``raw``: frame index -> the detector's boxes there before the tracker (``box``,
+    ``conf``, ``class_id``, ``class_name``). The one overlapping the track's first box most, at IoU 0.5 or more, and
+    no box of another track in that frame, is put back with the track's id. Returns frame index -> the detections to
+    add there (as ``gap_fills``, but the detector's own boxes: ``interpolated`` false)."""
+    from fashionkit.detect.scoring import box_iou
+
+    followed: dict[int, list] = {}  # frame -> the boxes tracks have there
+    for t in collector.tracks.values():
+        for f, d in t.seen.items():
+            followed.setdefault(f, []).append(d["box"])
+    added: dict[int, list[dict]] = {}
+    for t in collector.tracks.values():
+        f = t.first - stride
+        candidates = raw.get(f) or []
+        if not candidates:
+            continue
+        boxes = np.array([c["box"] for c in candidates], float)
+        fit = box_iou(boxes, np.array([t.seen[t.first]["box"]], float))[:, 0]
+        taken = box_iou(boxes, np.array(followed.get(f, []), float).reshape(-1, 4)).max(1, initial=0.0)
+        fit[taken >= 0.5] = 0.0
+        best = int(np.argmax(fit))
+        if fit[best] >= 0.5:
+            c = candidates[best]
+            added.setdefault(f, []).append({**{k: c[k] for k in ("class_id", "class_name", "conf", "box")},
+                                             "track_id": t.track_id, "interpolated": False})
+    return added
+
+
 STITCH_DISTANCE = 0.5  # of the earlier track's box size: how far from where it was heading the later one may start
 STITCH_SIZE = 1.5  # the two boxes' sizes may differ by this factor at most
 
@@ -703,14 +734,14 @@ def _reread(source) -> Iterator[tuple[int, str, np.ndarray]]:
 
 
 def summary(decisions: dict[int, dict], readers: Readers, cfg: dict, seconds: dict, dropped: int = 0,
-            filled: int = 0, stitched: int = 0, unread: int = 0, untracked: int = 0) -> dict:
+            filled: int = 0, stitched: int = 0, unread: int = 0, untracked: int = 0, first: int = 0) -> dict:
     rows = sorted(decisions.values(), key=lambda t: t["track_id"])
     return {
         "stitch_gap": cfg["stitch_gap"], "stitched": stitched,
         "min_track_frames": cfg["min_track_frames"], "dropped_short": dropped, "dropped_untracked_boxes": untracked,
         "min_read_conf": cfg["min_read_conf"], "dropped_unread": unread,
         "gate": str(readers.gate_run) if readers.gate_run else None, "max_not_item": cfg["max_not_item"],
-        "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled,
+        "fill_gaps": cfg["fill_gaps"], "filled_boxes": filled, "first_boxes_put_back": first,
         "classifier": str(readers.classifier_run) if readers.classifier_run else None,
         "metric": str(readers.metric_run) if readers.metric_run else None,
         "hard_classes": readers.hard, "vote_weight": cfg["vote_weight"], "resolve_margin": cfg["resolve_margin"],
@@ -732,11 +763,15 @@ def format_lines(s: dict) -> list[str]:
                    *([f"gate {t['gate']}"] if t.get("gate") else [])]
         lines.append(f"tracks: {t['count']} items, one class each ({', '.join(readers)}); {t['resolved']} resolved "
                      f"by kNN; {t['seconds']['decide']:.2f}s deciding, {t['seconds']['second_pass']:.2f}s writing")
-        if t.get("dropped_short") or t.get("filled_boxes") or t.get("dropped_untracked_boxes"):
+        if t.get("dropped_short") or t.get("filled_boxes") or t.get("dropped_untracked_boxes") \
+                or t.get("first_boxes_put_back"):
             untracked = (f", {t['dropped_untracked_boxes']} boxes left out that no track followed"
                          if t.get("dropped_untracked_boxes") else "")
+            first = (f", {t['first_boxes_put_back']} tracks' first boxes put back (the tracker confirms a track on "
+                     f"its second frame)" if t.get("first_boxes_put_back") else "")
             lines.append(f"tracks: {t['dropped_short']} left out (seen in fewer than {t['min_track_frames']} frames)"
-                         f"{untracked}, {t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames")
+                         f"{untracked}, {t['filled_boxes']} boxes filled into gaps of up to {t['fill_gaps']} frames"
+                         f"{first}")
         if t.get("dropped_unread"):
             gate = f", or the gate called them not an item ({t['max_not_item']} or more)" if t.get("gate") else ""
             lines.append(f"tracks: {t['dropped_unread']} left out (the classifier found no class with probability "

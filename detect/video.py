@@ -370,8 +370,13 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
     kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], agnostic_nms=cfg["agnostic_nms"], imgsz=cfg["imgsz"],
                   device=device, verbose=False)
+    raw: dict[int, list[dict]] = {}  # with a tracker: frame index -> the detector's boxes before it (`first_boxes`)
+    captured: list[list[dict]] = []
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
+        # runs before the tracker's own callback, which ultralytics adds on the first track() call
+        model.add_callback("on_predict_postprocess_end",
+                           lambda predictor: captured.extend(detections(r, False) for r in predictor.results))
     processed, untracked, t0 = 0, 0, time.perf_counter()
     phases: dict[str, float] = {}
     bar = tqdm(total=source.expected(), unit="frame", desc=input_path.name, dynamic_ncols=True,
@@ -411,6 +416,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                     found = [detections(result, track) for result in results]
                     if use_tracker:  # see `tracked`
                         found, untracked = tracked(found, untracked)
+                        raw.update(zip([index for index, _, _ in batch], captured[-len(batch):]))
+                        captured.clear()
                     if read_frames:  # each box named by the classifier; on a video, not-fashion left out as tracks are
                         found = tracks.read_boxes([f for _, _, f in batch], found, readers, class_names,
                                                   cfg["min_read_conf"] if source.kind == "video" else 0.0)
@@ -443,6 +450,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 cfg = {**cfg, "min_track_frames": min(cfg["min_track_frames"], max(processed, 1))}
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
+                firsts = tracks.first_boxes(collector, raw, cfg["stride"]) if use_tracker else {}
+                for f, dets in firsts.items():
+                    fills.setdefault(f, []).extend(dets)
                 min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out
                 decisions = tracks.decide_tracks(collector, readers, class_names, cfg["vote_weight"],
                                                  cfg["resolve_margin"], skip_resolve_under=min_read, frame_names=names)
@@ -486,9 +496,10 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     if read_frames:
         summary["classifier"] = str(readers.classifier_run)
     if track:
+        first = sum(len(v) for v in firsts.values())
         summary["tracks"] = tracks.summary(decisions, readers, cfg, phases, len(dropped),
-                                           sum(len(v) for v in fills.values()), len(joined), len(unread),
-                                           untracked)
+                                           sum(len(v) for v in fills.values()) - first, len(joined), len(unread),
+                                           untracked, first)
     if source.kind == "video":
         summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
     if source.unreadable:

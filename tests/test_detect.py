@@ -1338,6 +1338,39 @@ def test_video_track_leaves_out_the_boxes_no_track_follows(work):
         "filled_boxes"]
 
 
+def test_video_track_puts_back_the_box_that_started_each_track(work):
+    """BoT-SORT confirms a new track on its second frame and ultralytics reports confirmed tracks only, so each track
+    lost the detection that started it: the detector's box there is put back, with the track's id."""
+    from fashionkit.bundled import bundled_dir
+    from fashionkit.detect.scenes import make_video
+    from fashionkit.detect.tracks import format_lines
+    from fashionkit.detect.video import run_video
+
+    path = work / "firsts.mp4"
+    make_video(path, resolve(MAKE_VIDEO_OPTIONS, {**CLIP, "seconds": 3.0, "seed": 3}), progress=False)
+    opts = dict(weights=str(bundled_dir("detector")), backend="torch", classifier="none", metric="none", crops=0,
+                save_video=False, fill_gaps=0)
+    s = run_video(path, video_cfg(**opts, track=True, conf=None, out=str(work / "firsts")), progress=False)
+    plain = run_video(path, video_cfg(**opts, track=False, conf=0.1, out=str(work / "firsts-frames")), progress=False)
+
+    def lines(out: str) -> list[list[dict]]:
+        return [json.loads(line)["detections"] for line in (work / out / "detections.jsonl").open()]
+
+    detector_boxes = [{tuple(d["box"]) for d in dets} for dets in lines("firsts-frames")]
+    first: dict[int, int] = {}
+    for f, dets in enumerate(lines("firsts")):
+        for d in dets:
+            first.setdefault(d["track_id"], f)
+    put = s["tracks"]["first_boxes_put_back"]
+    assert plain["conf"] == s["conf"] == 0.1 and 0 < put <= sum(f > 0 for f in first.values())
+    # each one is the detector's own box in the frame before the tracker reported the track, under the track's id
+    starts = [(tid, f) for tid, f in first.items() if f > 0]
+    put_back = [d for tid, f in starts for d in lines("firsts")[f] if d["track_id"] == tid
+                and tuple(d["box"]) in detector_boxes[f] and not d["interpolated"]]
+    assert len(put_back) >= put
+    assert any(f"{put} tracks' first boxes put back" in line for line in format_lines(s))
+
+
 def test_video_leaves_out_tracks_the_reader_names_no_class_in_every_output(work):
     """On the bundled detector and its crop reader: a 3 s clip (seed 6, chosen because one of its tracks is read at
     0.37, under the default 0.45) run with --min-read-conf 0 and with the default. The default leaves out exactly
