@@ -555,13 +555,14 @@ def gap_fills(collector: TrackCollector, stride: int, max_gap: int) -> dict[int,
     return fills
 
 
-def first_boxes(collector: TrackCollector, raw: dict[int, list[dict]], stride: int) -> dict[int, list[dict]]:
+def first_boxes(collector: TrackCollector, raw: dict[int, np.ndarray], stride: int, names: dict
+                ) -> dict[int, list[dict]]:
     """The box each track had in the frame before its first. BoT-SORT confirms a new track on its second frame and
     ultralytics reports confirmed tracks only, so every track that starts after the input's first frame loses the
-    detection that started it. ``raw``: frame index -> the detector's boxes there before the tracker (``box``,
-    ``conf``, ``class_id``, ``class_name``). The one overlapping the track's first box most, at IoU 0.5 or more, and
-    no box of another track in that frame, is put back with the track's id. Returns frame index -> the detections to
-    add there (as ``gap_fills``, but the detector's own boxes: ``interpolated`` false)."""
+    detection that started it. ``raw``: frame index -> the detector's boxes there before the tracker, ``[N, 6]`` x1
+    y1 x2 y2 conf class (``names``: the class names). The one overlapping the track's first box most, at IoU 0.5 or
+    more, and no box of another track in that frame, is put back with the track's id. Returns frame index -> the
+    detections to add there (as ``gap_fills``, but the detector's own boxes: ``interpolated`` false)."""
     from fashionkit.detect.scoring import box_iou
 
     followed: dict[int, list] = {}  # frame -> the boxes tracks have there
@@ -571,18 +572,18 @@ def first_boxes(collector: TrackCollector, raw: dict[int, list[dict]], stride: i
     added: dict[int, list[dict]] = {}
     for t in collector.tracks.values():
         f = t.first - stride
-        candidates = raw.get(f) or []
-        if not candidates:
+        boxes = raw.get(f)
+        if boxes is None or not len(boxes):
             continue
-        boxes = np.array([c["box"] for c in candidates], float)
-        fit = box_iou(boxes, np.array([t.seen[t.first]["box"]], float))[:, 0]
-        taken = box_iou(boxes, np.array(followed.get(f, []), float).reshape(-1, 4)).max(1, initial=0.0)
+        fit = box_iou(boxes[:, :4], np.array([t.seen[t.first]["box"]], float))[:, 0]
+        taken = box_iou(boxes[:, :4], np.array(followed.get(f, []), float).reshape(-1, 4)).max(1, initial=0.0)
         fit[taken >= 0.5] = 0.0
         best = int(np.argmax(fit))
         if fit[best] >= 0.5:
-            c = candidates[best]
-            added.setdefault(f, []).append({**{k: c[k] for k in ("class_id", "class_name", "conf", "box")},
-                                             "track_id": t.track_id, "interpolated": False})
+            *box, conf, c = boxes[best]
+            added.setdefault(f, []).append({"class_id": int(c), "class_name": names[int(c)],
+                                            "conf": round(float(conf), 4), "box": [round(float(v), 1) for v in box],
+                                            "track_id": t.track_id, "interpolated": False})
     return added
 
 

@@ -370,13 +370,15 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
     kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], agnostic_nms=cfg["agnostic_nms"], imgsz=cfg["imgsz"],
                   device=device, verbose=False)
-    raw: dict[int, list[dict]] = {}  # with a tracker: frame index -> the detector's boxes before it (`first_boxes`)
-    captured: list[list[dict]] = []
+    # with a tracker: frame index -> the detector's boxes there before it, [N, 6] x1 y1 x2 y2 conf class (an array,
+    # not dicts: kept for every frame of the input, for `tracks.first_boxes`)
+    raw: dict[int, np.ndarray] = {}
+    captured: list[np.ndarray] = []
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
         # runs before the tracker's own callback, which ultralytics adds on the first track() call
-        model.add_callback("on_predict_postprocess_end",
-                           lambda predictor: captured.extend(detections(r, False) for r in predictor.results))
+        model.add_callback("on_predict_postprocess_end", lambda predictor: captured.extend(
+            r.boxes.data[:, :6].cpu().numpy().astype(np.float64) for r in predictor.results))
     processed, untracked, t0 = 0, 0, time.perf_counter()
     phases: dict[str, float] = {}
     bar = tqdm(total=source.expected(), unit="frame", desc=input_path.name, dynamic_ncols=True,
@@ -450,7 +452,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 cfg = {**cfg, "min_track_frames": min(cfg["min_track_frames"], max(processed, 1))}
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
-                firsts = tracks.first_boxes(collector, raw, cfg["stride"]) if use_tracker else {}
+                firsts = tracks.first_boxes(collector, raw, cfg["stride"], names) if use_tracker else {}
                 for f, dets in firsts.items():
                     fills.setdefault(f, []).extend(dets)
                 min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out
