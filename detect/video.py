@@ -376,9 +376,11 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     captured: list[np.ndarray] = []
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
-        # runs before the tracker's own callback, which ultralytics adds on the first track() call
+        # runs before the tracker's own callback, which ultralytics adds on the first track() call (were it to run
+        # after it, these would be the tracked boxes only, and fewer first boxes would be found: nothing wrong added)
         model.add_callback("on_predict_postprocess_end", lambda predictor: captured.extend(
-            r.boxes.data[:, :6].cpu().numpy().astype(np.float64) for r in predictor.results))
+            torch.cat([r.boxes.xyxy, r.boxes.conf[:, None], r.boxes.cls[:, None]], 1).cpu().numpy().astype(np.float64)
+            for r in predictor.results))
     processed, untracked, t0 = 0, 0, time.perf_counter()
     phases: dict[str, float] = {}
     bar = tqdm(total=source.expected(), unit="frame", desc=input_path.name, dynamic_ncols=True,
