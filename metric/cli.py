@@ -15,7 +15,8 @@ def _given(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from fashionkit.metric.train import resume, train
+    from fashionkit.metric.defaults import TRAIN_OPTIONS
+    from fashionkit.metric.train import resume, train, validate_options
 
     opts = _given(args)
     if args.resume:
@@ -23,6 +24,7 @@ def cmd_train(args) -> int:
         run, summary = resume(args.resume)
     else:
         if "from" not in opts and not _config_sets_from(args.config):
+            validate_options(resolve(TRAIN_OPTIONS, opts, args.config))  # a mistake first, before the line below
             opts["from"] = str(default_source(opts.get("runs_dir")))
         run, summary = train(opts, args.config)
     from fashionkit import distributed

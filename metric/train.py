@@ -447,15 +447,22 @@ def validate(cfg: dict) -> None:
     """Every option mistake as a one-line UserError before a run directory is made."""
     from fashionkit.classify.checkpoint import weights_path
     from fashionkit.classify.models import MODELS
+
+    validate_options(cfg)
+    if cfg["from"]:
+        weights_path(open_run(cfg["from"], "classify", what="--from classify run"))
+    elif cfg["model"] not in MODELS:
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
+
+
+def validate_options(cfg: dict) -> None:
+    """The option mistakes that do not depend on what the run builds on (``--from``): checked before ``metric
+    train`` chooses and names a classify run to build on, so that a mistake is the one line it prints."""
     from fashionkit.data.augment import build_augment
     from fashionkit.metric.mining import build_miner
 
     classes = run_classes(cfg)
     parse_hard_classes(cfg["hard_classes"])
-    if cfg["from"]:
-        weights_path(open_run(cfg["from"], "classify", what="--from classify run"))
-    elif cfg["model"] not in MODELS:
-        raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
     build_augment(cfg["augment"])
     build_miner(cfg)
     for key, low in (("epochs", 1), ("batch_size", 2), ("m_per_class", 2), ("dim", 2), ("freeze_epochs", 0),

@@ -399,6 +399,17 @@ def test_metric_train_without_from_builds_on_the_bundled_classifier_then_on_the_
     assert Path(yaml.safe_load((runs_dir / "metric" / "b" / "config.yaml").read_text())["from"]) == mine
 
 
+def test_metric_train_without_from_says_a_mistake_in_one_line_before_choosing_what_to_build_on(bundled, runs_dir,
+                                                                                               cli, capsys):
+    for argv, message in ((["--hard-classes", "0,2,11"], "unknown class '11'"),
+                          (["--hard-classes", "0"], "at least 2 distinct classes"),
+                          (["--batch-size", "100"], "multiple of --m-per-class")):
+        assert cli("metric", "train", *argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (runs_dir / "metric").exists()
+
+
 def test_metric_train_from_none_trains_from_scratch(bundled, runs_dir, cli, capsys):
     assert cli("metric", "train", "--from", "none", "--name", "s", *TINY_METRIC) == 0
     out, err = capsys.readouterr()
