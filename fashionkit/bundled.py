@@ -140,8 +140,12 @@ def output_home(run: str | Path, kind: str) -> Path:
 def split_run(positionals: list[str], named: str | None, kind: str, most: int | None = None) -> tuple[Path, list[str]]:
     """``(run, the other arguments)`` for commands whose run is optional: ``--run`` if given, else a first
     argument that is a directory, else the bundled model of ``kind`` (announced). ``most``: how many other
-    arguments the command takes."""
+    arguments the command takes; they are image files, and one that does not exist is said before the bundled model
+    is announced, so that the mistake is the one line printed."""
     stage = KINDS[kind][0]
+    for other in positionals[1:] if positionals and Path(positionals[0]).is_dir() else positionals:
+        if not Path(other).exists():
+            raise UserError(f"image not found: {other} (nor is it a {stage} run directory)")
     if named is not None:
         if positionals and Path(positionals[0]).is_dir():
             raise UserError(f"two runs given: --run {named} and {positionals[0]}; pass one")

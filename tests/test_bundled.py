@@ -410,6 +410,14 @@ def test_metric_train_without_from_says_a_mistake_in_one_line_before_choosing_wh
     assert not (runs_dir / "metric").exists()
 
 
+def test_a_missing_image_is_one_line_before_any_bundled_model_is_announced(bundled, cli, capsys, tmp_path):
+    for argv in (["metric", "lookup"], ["classify", "predict"]):
+        assert cli(*argv, str(tmp_path / "missing.png")) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: image not found: ") and "run directory" in err, err
+        assert len(err.strip().splitlines()) == 1 and "using the bundled" not in err, err
+
+
 def test_metric_train_from_none_trains_from_scratch(bundled, runs_dir, cli, capsys):
     assert cli("metric", "train", "--from", "none", "--name", "s", *TINY_METRIC) == 0
     out, err = capsys.readouterr()
