@@ -564,6 +564,7 @@ def first_boxes(collector: TrackCollector, raw: dict[int, np.ndarray], stride: i
     more, and no box of another track in that frame, is put back with the track's id. Returns frame index -> the
     detections to add there (as ``gap_fills``, but the detector's own boxes: ``interpolated`` false)."""
     from fashionkit.detect.scoring import box_iou
+    from fashionkit.detect.video import detection
 
     followed: dict[int, list] = {}  # frame -> the boxes tracks have there
     for t in collector.tracks.values():
@@ -581,9 +582,8 @@ def first_boxes(collector: TrackCollector, raw: dict[int, np.ndarray], stride: i
         best = int(np.argmax(fit))
         if fit[best] >= 0.5:
             *box, conf, c = boxes[best]
-            added.setdefault(f, []).append({"class_id": int(c), "class_name": names[int(c)],
-                                            "conf": round(float(conf), 4), "box": [round(float(v), 1) for v in box],
-                                            "track_id": t.track_id, "interpolated": False})
+            added.setdefault(f, []).append({**detection(box, conf, c, names), "track_id": t.track_id,
+                                            "interpolated": False})
     return added
 
 
@@ -697,9 +697,9 @@ def draw(image: np.ndarray, dets: list[dict], names: dict) -> np.ndarray:
 def labelled_frames(lines_path: Path, source, decisions: dict[int, dict], names: dict, frames: bool,
                     fills: dict[int, list[dict]] | None = None, dropped: set[int] = frozenset(),
                     joined: dict[int, int] | None = None) -> Iterator[tuple[dict, str, np.ndarray | None]]:
-    """The second pass: each stored line with its track classes added, the ``fills`` of its frame (``gap_fills``)
-    added and the detections of ``dropped`` tracks left out, and (``frames``) its frame re-read from the input and
-    drawn."""
+    """The second pass: each stored line with its track classes added, the ``fills`` of its frame (``gap_fills``,
+    ``first_boxes``) added and the detections of ``dropped`` tracks left out, and (``frames``) its frame re-read from
+    the input and drawn."""
     images = iter(_reread(source)) if frames else None
     fills, joined = fills or {}, joined or {}
     with Path(lines_path).open() as f:

@@ -243,8 +243,14 @@ class Writer:
                 self.tmp.unlink(missing_ok=True)
 
 
+def detection(box, conf: float, cls: int, names: dict) -> dict:
+    """One detection as the outputs hold it (box xyxy in original-frame pixels, to 0.1 px; confidence to 4 places)."""
+    return {"class_id": int(cls), "class_name": names[int(cls)], "conf": round(float(conf), 4),
+            "box": [round(float(v), 1) for v in box]}
+
+
 def detections(result, track: bool) -> list[dict]:
-    """One ultralytics Results as plain dicts (boxes in original-frame pixels)."""
+    """One ultralytics Results as plain dicts (``detection``)."""
     boxes = result.boxes
     if boxes is None or len(boxes) == 0:
         return []
@@ -252,11 +258,9 @@ def detections(result, track: bool) -> list[dict]:
     conf = boxes.conf.cpu().numpy()
     cls = boxes.cls.cpu().numpy().astype(int)
     ids = boxes.id.cpu().numpy().astype(int) if track and boxes.id is not None else None
-    names = result.names
     out = []
     for i in range(len(cls)):
-        d = {"class_id": int(cls[i]), "class_name": names[int(cls[i])], "conf": round(float(conf[i]), 4),
-             "box": [round(float(v), 1) for v in xyxy[i]]}
+        d = detection(xyxy[i], conf[i], cls[i], result.names)
         if track:
             d["track_id"] = int(ids[i]) if ids is not None else None
         out.append(d)
@@ -455,16 +459,15 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
                 firsts = tracks.first_boxes(collector, raw, cfg["stride"], names) if use_tracker else {}
-                for f, dets in firsts.items():
-                    fills.setdefault(f, []).extend(dets)
                 min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out
                 decisions = tracks.decide_tracks(collector, readers, class_names, cfg["vote_weight"],
                                                  cfg["resolve_margin"], skip_resolve_under=min_read, frame_names=names)
                 unread = tracks.drop_unread(decisions, min_read, unnamed=one_class,
                                             max_not_item=cfg["max_not_item"] if use_tracker else None)
                 phases["decide"] = time.perf_counter() - t0 - phases["first_pass"]
+                added = {f: fills.get(f, []) + firsts.get(f, []) for f in fills.keys() | firsts.keys()}
                 for line, name, image in tracks.labelled_frames(lines_tmp, source, decisions, class_names,
-                                                                writer.enabled, fills, dropped | unread, joined):
+                                                                writer.enabled, added, dropped | unread, joined):
                     emit(line, name, image)
                 phases["second_pass"] = time.perf_counter() - t0 - phases["first_pass"] - phases["decide"]
         keep = True
@@ -500,10 +503,9 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     if read_frames:
         summary["classifier"] = str(readers.classifier_run)
     if track:
-        first = sum(len(v) for v in firsts.values())
         summary["tracks"] = tracks.summary(decisions, readers, cfg, phases, len(dropped),
-                                           sum(len(v) for v in fills.values()) - first, len(joined), len(unread),
-                                           untracked, first)
+                                           sum(map(len, fills.values())), len(joined), len(unread), untracked,
+                                           sum(map(len, firsts.values())))
     if source.kind == "video":
         summary.update(video_fps=source.fps, video_size=list(source.size), video_frame_count=source.frame_count)
     if source.unreadable:
