@@ -156,7 +156,7 @@ def reference_recipe(args, test) -> dict:
 
         whiten_first_conv(model, normalize(to_float(images[torch.as_tensor(train_idx[:5000])])))
     opt = build_optimizer(cfg["optimizer"], model, cfg["lr"], cfg["momentum"], cfg["nesterov"], cfg["weight_decay"],
-                          cfg["muon_lr"])
+                          cfg["muon_lr"], cfg["norm_lr"])
     sched, per_batch = build_scheduler(cfg["scheduler"], opt, cfg["epochs"], len(loader), cfg["lr"])
     ema = None
     if cfg["ema"]:

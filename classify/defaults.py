@@ -28,6 +28,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "nesterov": Opt(True, "Nesterov momentum (sgd, muon)"),
     "muon_lr": Opt(0.3, "muon: the conv filters' learning rate as a multiple of --lr (the rest trains by Nesterov SGD "
                         "at --lr); for nets with BatchNorm after every conv"),
+    "norm_lr": Opt(1.0, "learning rate of the BatchNorm weights and biases (and other biases) as a multiple of --lr"),
     "weight_decay": Opt(5e-4, "L2 weight decay (decoupled for adamw); not applied to biases and norms"),
     "l1": Opt(0.0, "L1 penalty on weights"),
     "label_smoothing": Opt(0.05, "label smoothing of the cross-entropy loss"),

@@ -9,19 +9,29 @@ from fashionkit.classify.defaults import OPTIMIZERS, SCHEDULERS
 from fashionkit.errors import UserError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation weights (1-D tensors): decaying them only hurts."""
+def param_groups(model: nn.Module, weight_decay: float, norm_lr: float = 1.0) -> list[dict]:
+    """No weight decay on biases and normalisation weights (1-D tensors): decaying them only hurts. ``norm_lr``: their
+    learning rate as a multiple of the others' (``lr_scale``, which the schedulers keep)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": norm_lr}]
 
 
 def build_optimizer(name: str, params, lr: float, momentum: float = 0.9, nesterov: bool = False,
-                    weight_decay: float = 0.0, muon_lr: float = 1.0) -> torch.optim.Optimizer:
+                    weight_decay: float = 0.0, muon_lr: float = 1.0, norm_lr: float = 1.0) -> torch.optim.Optimizer:
     if isinstance(params, nn.Module):
-        params = param_groups(params, weight_decay)
+        params = param_groups(params, weight_decay, norm_lr)
+    optimizer = _build(name, params, lr, momentum, nesterov, muon_lr)
+    for group in optimizer.param_groups:
+        if "lr_scale" in group:  # groups passed in with a rate of their own keep it
+            group["lr"] = lr * group["lr_scale"]
+    return optimizer
+
+
+def _build(name: str, params, lr: float, momentum: float, nesterov: bool, muon_lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":
@@ -158,7 +168,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int, st
         # a run this short (a smoke test); train at the constant peak rate instead.
         return None, False
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(base, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        max_lr = [lr * group.get("lr_scale", 1.0) for group in base.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(base, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                                    pct_start=0.25), True
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=epochs * steps_per_epoch), True

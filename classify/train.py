@@ -119,7 +119,7 @@ class Trainer:
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg["optimizer"], self.model, cfg["lr"], cfg["momentum"], cfg["nesterov"],
-                                         cfg["weight_decay"], cfg["muon_lr"])
+                                         cfg["weight_decay"], cfg["muon_lr"], cfg["norm_lr"])
         if cfg["sam"]:
             self.optimizer = SAM(self.optimizer, cfg["sam_rho"])
         self.scheduler, self.per_batch = build_scheduler(cfg["scheduler"], self.optimizer, cfg["epochs"],
@@ -453,6 +453,9 @@ def validate(cfg: dict) -> None:
     if not cfg["muon_lr"] > 0 or not math.isfinite(cfg["muon_lr"]):
         raise UserError(f"--muon-lr must be a positive number (the conv filters' rate as a multiple of --lr), "
                         f"got {cfg['muon_lr']}")
+    if not cfg["norm_lr"] > 0 or not math.isfinite(cfg["norm_lr"]):
+        raise UserError(f"--norm-lr must be a positive number (the BatchNorm weights' and biases' rate as a multiple "
+                        f"of --lr), got {cfg['norm_lr']}")
     if not 0 <= cfg["ema"] < 1:
         raise UserError(f"--ema must be a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps), "
                         f"got {cfg['ema']}")

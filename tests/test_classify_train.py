@@ -276,6 +276,34 @@ def test_muon_steps_filters_by_muon_and_the_rest_exactly_as_nesterov_sgd():
             assert torch.equal(p, before[name]), name  # the frozen whitening conv stays frozen
 
 
+@pytest.mark.parametrize("name", ["sgd", "muon", "adamw"])
+def test_norm_lr_scales_the_rate_of_batchnorm_and_biases_through_the_schedule(name):
+    from fashionkit.classify.models import create_model
+
+    model = create_model("vgg-fast")
+    opt = build_optimizer(name, model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, norm_lr=4.0)
+    scheduler, per_batch = build_scheduler("onecycle", opt, epochs=2, steps_per_epoch=10, lr=0.1)
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    seen = set()
+    for _ in range(5):  # up the warm-up: every group's rate keeps its multiple of the others'
+        for group in opt.param_groups:
+            ids = {id(p) for p in group["params"]}
+            seen |= ids & norms
+            base = [g for g in opt.param_groups if g.get("lr_scale") == 1.0][0]["lr"]
+            expected = 4.0 if ids & norms or all(p.ndim <= 1 for p in group["params"]) else 1.0
+            assert group["lr"] == pytest.approx(base * expected), group.get("lr_scale")
+        opt.step()
+        scheduler.step()
+    assert seen == norms  # every BatchNorm weight and bias is in a scaled group
+    assert opt.param_groups[0]["lr"] > 0.004  # the schedule moved: past its start at lr / 25
+
+
+def test_norm_lr_must_be_positive(runs_dir, cli, capsys):
+    assert cli("classify", "train", "--norm-lr", "0", "--subset", "500", "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert "--norm-lr must be a positive number" in err and "Traceback" not in err
+
+
 def test_muon_run_trains_and_resumes_state(runs_dir):
     run, summary = train({**TINY, "model": "vgg-fast", "optimizer": "muon", "lr": 0.1, "muon_lr": 1.0,
                           "test": False})
