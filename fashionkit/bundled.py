@@ -143,14 +143,15 @@ def split_run(positionals: list[str], named: str | None, kind: str, most: int | 
     arguments the command takes; they are image files, and one that does not exist is said before the bundled model
     is announced, so that the mistake is the one line printed."""
     stage = KINDS[kind][0]
-    for other in positionals[1:] if positionals and Path(positionals[0]).is_dir() else positionals:
+    run_first = bool(positionals) and Path(positionals[0]).is_dir()
+    for other in positionals[1:] if run_first else positionals:
         if not Path(other).exists():
             raise UserError(f"image not found: {other} (nor is it a {stage} run directory)")
     if named is not None:
-        if positionals and Path(positionals[0]).is_dir():
+        if run_first:
             raise UserError(f"two runs given: --run {named} and {positionals[0]}; pass one")
         run, rest = Path(named), list(positionals)
-    elif positionals and Path(positionals[0]).is_dir():
+    elif run_first:
         run, rest = Path(positionals[0]), list(positionals[1:])
     else:
         run, rest = announce(kind), list(positionals)
