@@ -282,14 +282,14 @@ def test_norm_lr_scales_the_rate_of_batchnorm_and_biases_through_the_schedule(na
 
     model = create_model("vgg-fast")
     opt = build_optimizer(name, model, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, norm_lr=4.0)
-    scheduler, per_batch = build_scheduler("onecycle", opt, epochs=2, steps_per_epoch=10, lr=0.1)
+    scheduler, _ = build_scheduler("onecycle", opt, epochs=2, steps_per_epoch=10, lr=0.1)
     norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     seen = set()
     for _ in range(5):  # up the warm-up: every group's rate keeps its multiple of the others'
+        base = next(g for g in opt.param_groups if g.get("lr_scale") == 1.0)["lr"]
         for group in opt.param_groups:
             ids = {id(p) for p in group["params"]}
             seen |= ids & norms
-            base = [g for g in opt.param_groups if g.get("lr_scale") == 1.0][0]["lr"]
             expected = 4.0 if ids & norms or all(p.ndim <= 1 for p in group["params"]) else 1.0
             assert group["lr"] == pytest.approx(base * expected), group.get("lr_scale")
         opt.step()
