@@ -18,7 +18,6 @@ benchmarks/results/time_to_accuracy_steps/step44-lookahead-short-bn-scan-E-epoch
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -67,6 +66,7 @@ def main() -> None:
     from faiss_bench import cpu_name
 
     from fashionkit.classify import train as engine
+    from fashionkit.runs import MetricsCSV, atomic_write_text
 
     original = engine.Trainer.__init__
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="lookahead-trial-")
@@ -83,8 +83,7 @@ def main() -> None:
         engine.Trainer.__init__ = init
         run, _ = engine.train({"seed": args.seed, "epochs": args.epochs, "test": False, "runs_dir": runs_dir,
                                "name": f"scan{args.epochs}-{variant}-seed{args.seed}"})
-        with open(run / "metrics.csv") as f:
-            metrics = list(csv.DictReader(f))
+        metrics = MetricsCSV(run / "metrics.csv").rows()
         rows.append({"variant": variant, "val_acc_by_epoch": [float(r["val_acc"]) for r in metrics],
                      "val_acc": float(metrics[-1]["val_acc"]), "train_acc": float(metrics[-1]["train_acc"]),
                      "seconds": round(sum(float(r["seconds"]) for r in metrics), 1)})
@@ -96,9 +95,7 @@ def main() -> None:
                       "TTA): airbench's Lookahead (la) and BatchNorm for short runs (sbn), alone and together",
               "command": " ".join(["benchmarks/lookahead_trial.py", *sys.argv[1:]]), "cpu": cpu_name(),
               "rows": rows}
-    tmp = out.with_suffix(".json.part")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 
 
