@@ -555,6 +555,28 @@ def gap_fills(collector: TrackCollector, stride: int, max_gap: int) -> dict[int,
     return fills
 
 
+class BoxesBefore:
+    """The detector's boxes before the tracker, kept for `first_boxes` where it may read them: the frame before each
+    track's first, and the latest frame (a track may start on the next). Any other frame's boxes are let go as the
+    video goes on, so a long video does not hold every frame's boxes to the end of the first pass."""
+
+    def __init__(self, stride: int):
+        self.stride = stride
+        self.boxes: dict[int, np.ndarray] = {}  # frame index -> [N, 6] x1 y1 x2 y2 conf class
+        self._needed: set[int] = set()
+        self._known = 0  # tracks of the collector already looked at (it only adds them during the first pass)
+
+    def add(self, indices: list[int], boxes: list[np.ndarray], collector: TrackCollector) -> None:
+        """Keep the boxes of frames ``indices`` (already in ``collector``), and let go of those no track needs."""
+        self.boxes.update(zip(indices, boxes))
+        for t in itertools.islice(collector.tracks.values(), self._known, None):
+            self._needed.add(t.first - self.stride)
+        self._known = len(collector.tracks)
+        latest = max(self.boxes, default=None)
+        for f in [f for f in self.boxes if f != latest and f not in self._needed]:
+            del self.boxes[f]
+
+
 def first_boxes(collector: TrackCollector, raw: dict[int, np.ndarray], stride: int, names: dict
                 ) -> dict[int, list[dict]]:
     """The box each track had in the frame before its first. BoT-SORT confirms a new track on its second frame and

@@ -374,9 +374,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
     track_score, track_class_score = (TrackScore(), Score()) if gt is not None and track else (None, None)
     kwargs = dict(conf=cfg["conf"], iou=cfg["iou"], agnostic_nms=cfg["agnostic_nms"], imgsz=cfg["imgsz"],
                   device=device, verbose=False)
-    # with a tracker: frame index -> the detector's boxes there before it, [N, 6] x1 y1 x2 y2 conf class (an array,
-    # not dicts: kept for every frame of the input, for `tracks.first_boxes`)
-    raw: dict[int, np.ndarray] = {}
+    # with a tracker: the detector's boxes before it, where `tracks.first_boxes` will read them
+    raw = tracks.BoxesBefore(cfg["stride"])
     captured: list[np.ndarray] = []
     if use_tracker:
         kwargs.update(persist=True, tracker=cfg["tracker"])
@@ -424,7 +423,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                     found = [detections(result, track) for result in results]
                     if use_tracker:  # see `tracked`
                         found, untracked = tracked(found, untracked)
-                        raw.update(zip([index for index, _, _ in batch], captured[-len(batch):]))
+                        boxes_before = captured[-len(batch):]
                         captured.clear()
                     if read_frames:  # each box named by the classifier; on a video, not-fashion left out as tracks are
                         found = tracks.read_boxes([f for _, _, f in batch], found, readers, class_names,
@@ -440,6 +439,8 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                             emit(line, name, tracks.draw(frame, dets, class_names) if writer.enabled else None)
                         else:
                             emit(line, name, result.plot(line_width=2) if writer.enabled else None)
+                    if use_tracker:  # after collector.add: the tracks that start in this batch are known
+                        raw.add([index for index, _, _ in batch], boxes_before, collector)
                     processed += len(batch)
                     bar.update(len(batch))
                     batch.clear()
@@ -458,7 +459,7 @@ def run_video(input_path: str | Path, cfg: dict[str, Any], progress: bool = True
                 cfg = {**cfg, "min_track_frames": min(cfg["min_track_frames"], max(processed, 1))}
                 dropped = tracks.drop_short(collector, cfg["min_track_frames"]) if use_tracker else set()
                 fills = tracks.gap_fills(collector, cfg["stride"], cfg["fill_gaps"]) if use_tracker else {}
-                firsts = tracks.first_boxes(collector, raw, cfg["stride"], names) if use_tracker else {}
+                firsts = tracks.first_boxes(collector, raw.boxes, cfg["stride"], names) if use_tracker else {}
                 min_read = cfg["min_read_conf"] if use_tracker else 0.0  # 0: nothing is left out
                 decisions = tracks.decide_tracks(collector, readers, class_names, cfg["vote_weight"],
                                                  cfg["resolve_margin"], skip_resolve_under=min_read, frame_names=names)

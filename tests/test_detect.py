@@ -1310,6 +1310,39 @@ def test_video_track_fills_gaps_and_leaves_out_short_tracks_in_every_output(work
     assert boxes("auto-track") > boxes("unfilled")
 
 
+def test_boxes_before_the_tracker_are_kept_only_where_a_track_starts_next():
+    """`detect video` keeps the detector's boxes from before the tracker only for the frame before each track's
+    first (what `first_boxes` reads) and the latest frame, not for the whole video; the boxes put back are the same
+    as with every frame's boxes kept."""
+    from fashionkit.detect.tracks import BoxesBefore, TrackCollector, first_boxes
+
+    names = {0: "T-shirt/top", 1: "Trouser"}
+    stride, collector, kept = 2, TrackCollector(2, crops=0), BoxesBefore(2)
+    every: dict[int, np.ndarray] = {}
+    frame = np.zeros((64, 64, 3), np.uint8)
+    # track 1 from frame 0 on; track 2 confirmed at frame 10 (its detector box already there at frame 8)
+    for batch in ([0, 2, 4], [6, 8, 10], [12, 14, 16]):
+        boxes = []
+        for f in batch:
+            dets = [{"class_id": 0, "class_name": names[0], "conf": 0.9, "box": [4.0, 4.0, 20.0, 20.0],
+                     "track_id": 1}]
+            raw = [[4, 4, 20, 20, 0.9, 0]]
+            if f >= 8:
+                raw.append([30, 30, 50, 50, 0.6, 1])
+            if f >= 10:
+                dets.append({"class_id": 1, "class_name": names[1], "conf": 0.7, "box": [30.0, 31.0, 50.0, 50.0],
+                             "track_id": 2})
+            collector.add(f, frame, dets)
+            boxes.append(np.array(raw, float))
+        every.update(zip(batch, boxes))
+        kept.add(batch, boxes, collector)
+        assert max(kept.boxes) == batch[-1]  # the latest frame waits: a track may start on the next
+    assert sorted(kept.boxes) == [8, 16] and len(every) == 9
+    put = first_boxes(collector, kept.boxes, stride, names)
+    assert put == first_boxes(collector, every, stride, names)
+    assert [(f, d["track_id"], d["box"]) for f, ds in put.items() for d in ds] == [(8, 2, [30.0, 30.0, 50.0, 50.0])]
+
+
 def test_video_track_leaves_out_the_boxes_no_track_follows(work):
     """In a frame where the tracker reports no track, ultralytics hands back the detector's raw boxes without ids; on
     the bundled detector a 3 s clip (seed 2, chosen for that) has such frames. They are no tracked item: left out
