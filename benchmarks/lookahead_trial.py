@@ -71,24 +71,26 @@ def main() -> None:
     original = engine.Trainer.__init__
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="lookahead-trial-")
     rows = []
-    for variant in args.variants.split(","):
-        tricks = set(variant.split("-")) - {"default"}
-        if not tricks <= {"la", "sbn"}:
-            sys.exit(f"unknown variant {variant!r}: default, la, sbn or la-sbn")
+    try:
+        for variant in args.variants.split(","):
+            tricks = set(variant.split("-")) - {"default"}
+            if not tricks <= {"la", "sbn"}:
+                sys.exit(f"unknown variant {variant!r}: default, la, sbn or la-sbn")
 
-        def init(self, cfg, run, resume=None, on_epoch_end=None, tricks=tricks):
-            original(self, cfg, run, resume, on_epoch_end)
-            patch(self, "la" in tricks, "sbn" in tricks)
+            def init(self, cfg, run, resume=None, on_epoch_end=None, tricks=tricks):
+                original(self, cfg, run, resume, on_epoch_end)
+                patch(self, "la" in tricks, "sbn" in tricks)
 
-        engine.Trainer.__init__ = init
-        run, _ = engine.train({"seed": args.seed, "epochs": args.epochs, "test": False, "runs_dir": runs_dir,
-                               "name": f"scan{args.epochs}-{variant}-seed{args.seed}"})
-        metrics = MetricsCSV(run / "metrics.csv").rows()
-        rows.append({"variant": variant, "val_acc_by_epoch": [float(r["val_acc"]) for r in metrics],
-                     "val_acc": float(metrics[-1]["val_acc"]), "train_acc": float(metrics[-1]["train_acc"]),
-                     "seconds": round(sum(float(r["seconds"]) for r in metrics), 1)})
-        print(f"{variant}: validation {rows[-1]['val_acc']:.4f}", flush=True)
-    engine.Trainer.__init__ = original
+            engine.Trainer.__init__ = init
+            run, _ = engine.train({"seed": args.seed, "epochs": args.epochs, "test": False, "runs_dir": runs_dir,
+                                   "name": f"scan{args.epochs}-{variant}-seed{args.seed}"})
+            metrics = MetricsCSV(run / "metrics.csv").rows()
+            rows.append({"variant": variant, "val_acc_by_epoch": [float(r["val_acc"]) for r in metrics],
+                         "val_acc": float(metrics[-1]["val_acc"]), "train_acc": float(metrics[-1]["train_acc"]),
+                         "seconds": round(sum(float(r["seconds"]) for r in metrics), 1)})
+            print(f"{variant}: validation {rows[-1]['val_acc']:.4f}", flush=True)
+    finally:  # the Trainer unpatched even when a run fails
+        engine.Trainer.__init__ = original
     out = Path(args.out or Path(__file__).parent / "results" / "time_to_accuracy_steps" /
                f"step44-lookahead-short-bn-scan-{args.epochs}-epochs-seed{args.seed}.json")
     result = {"what": f"{args.epochs}-epoch runs of the default recipe, seed {args.seed}, validation accuracy (no "
