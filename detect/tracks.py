@@ -565,16 +565,20 @@ class BoxesBefore:
         self.boxes: dict[int, np.ndarray] = {}  # frame index -> [N, 6] x1 y1 x2 y2 conf class
         self._needed: set[int] = set()
         self._known = 0  # tracks of the collector already looked at (it only adds them during the first pass)
+        self._waiting: list[int] = []  # the latest frame of the batch before, not yet decided
 
     def add(self, indices: list[int], boxes: list[np.ndarray], collector: TrackCollector) -> None:
-        """Keep the boxes of frames ``indices`` (already in ``collector``), and let go of those no track needs."""
+        """Keep the boxes of frames ``indices`` (in order, already in ``collector``), and let go of those no track
+        needs. A track first seen in this batch starts in it, so the frame before its first is this batch's or the
+        one waiting from the batch before: only those are decided here, not every frame kept so far."""
         self.boxes.update(zip(indices, boxes))
         for t in itertools.islice(collector.tracks.values(), self._known, None):
             self._needed.add(t.first - self.stride)
         self._known = len(collector.tracks)
-        latest = max(self.boxes, default=None)
-        for f in [f for f in self.boxes if f != latest and f not in self._needed]:
-            del self.boxes[f]
+        for f in [*self._waiting, *indices[:-1]]:
+            if f not in self._needed:
+                del self.boxes[f]
+        self._waiting = indices[-1:]
 
 
 def first_boxes(collector: TrackCollector, raw: dict[int, np.ndarray], stride: int, names: dict
