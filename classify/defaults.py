@@ -24,7 +24,8 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "sam": Opt(False, "wrap the optimizer in SAM (sharpness-aware minimisation; two passes per step)"),
     "sam_rho": Opt(0.05, "SAM neighbourhood radius"),
     "lr": Opt(0.1, "(peak) learning rate"),
-    "momentum": Opt(0.9, "momentum (sgd, rmsprop, muon)"),
+    "momentum": Opt(0.9, "momentum (sgd, rmsprop, muon); the onecycle schedule cycles it 0.05 either side, high "
+                         "while the rate is low (0.95 to 0.85 and back at 0.9)"),
     "nesterov": Opt(True, "Nesterov momentum (sgd, muon)"),
     "muon_lr": Opt(0.3, "muon: the conv filters' learning rate as a multiple of --lr (the rest trains by Nesterov SGD "
                         "at --lr); for nets with BatchNorm after every conv"),

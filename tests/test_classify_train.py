@@ -276,6 +276,27 @@ def test_muon_steps_filters_by_muon_and_the_rest_exactly_as_nesterov_sgd():
             assert torch.equal(p, before[name]), name  # the frozen whitening conv stays frozen
 
 
+@pytest.mark.parametrize("name,momentum,low,high", [("sgd", 0.9, 0.85, 0.95), ("sgd", 0.5, 0.45, 0.55),
+                                                     ("muon", 0.7, 0.65, 0.75), ("rmsprop", 0.0, 0.0, 0.0),
+                                                     ("sgd", 0.99, 0.94, 0.995), ("adamw", None, 0.85, 0.95)])
+def test_onecycle_cycles_the_momentum_the_optimizer_was_given(name, momentum, low, high):
+    # OneCycleLR on its own cycles every optimizer's momentum between 0.85 and 0.95, which made --momentum a
+    # no-op under the default schedule (an 8-epoch run at --momentum 0.85 matched the default to the last digit)
+    from fashionkit.classify.models import create_model
+
+    model = create_model("simple")
+    kwargs = {} if momentum is None else {"momentum": momentum}
+    opt = build_optimizer(name, model, lr=0.1, weight_decay=5e-4, **kwargs)
+    scheduler, _ = build_scheduler("onecycle", opt, epochs=2, steps_per_epoch=10, lr=0.1)
+    key = "betas" if name == "adamw" else "momentum"
+    seen = []
+    for _ in range(20):
+        seen += [g[key][0] if key == "betas" else g[key] for g in opt.param_groups]
+        opt.step()
+        scheduler.step()
+    assert max(seen) == high and min(seen) == pytest.approx(low, abs=1e-3)  # high at the start, low at the peak
+
+
 @pytest.mark.parametrize("name", ["sgd", "muon", "adamw"])
 def test_norm_lr_scales_the_rate_of_batchnorm_and_biases_through_the_schedule(name):
     from fashionkit.classify.models import create_model
