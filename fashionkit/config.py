@@ -8,6 +8,7 @@ a command-line flag, the ``--config`` YAML file, the declared default. The resol
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,20 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_SAYS_UNSET = re.compile(r"\bdefault\b|\bnone\b|not given|when unset|empty =")
+
+
 def add_options(parser: argparse.ArgumentParser, options: dict[str, Opt]) -> None:
     """Add one flag per option. Defaults are SUPPRESSed so we can tell which flags were given."""
     for name, opt in options.items():
-        shown = f"(default: {opt.default})" if opt.default not in (None, "") else "(default: none)"
-        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f"{opt.help} {shown}")
+        if opt.default not in (None, ""):
+            shown = f" (default: {opt.default})"
+        else:
+            # an unset option whose help already says what leaving it out does ("(default: searched)", "none: the
+            # bundled detector", "not given: ..."); a "(default: none)" after that repeats it, and where "none"
+            # is itself a value (metric train --from none: from scratch) it says the opposite of what happens
+            shown = "" if _SAYS_UNSET.search(opt.help) else " (default: none)"
+        kwargs: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f"{opt.help}{shown}")
         if isinstance(opt.default, bool) and opt.type is None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

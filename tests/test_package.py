@@ -54,6 +54,20 @@ def test_console_scripts_help(argv):
         assert "(default: vgg-fast)" in result.stdout and "(default: 17)" in result.stdout  # defaults are shown
 
 
+def test_help_says_what_an_unset_option_does_once():
+    # metric train's --from was shown "(default: none)", but --from none trains from scratch and leaving it out
+    # builds on a classifier; options whose help already says what leaving them out does get no "(default: none)"
+    result = subprocess.run([str(BIN / "metric"), "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    from_help = text.split("--from FROM", 2)[-1].split("--hard-classes")[0]
+    assert "not given: the newest finished classify run" in from_help and "default: none" not in from_help
+    assert "(default: searched)" in text and "(default: searched) (default: none)" not in text
+    result = subprocess.run([str(BIN / "detect"), "video", "--help"], capture_output=True, text=True, timeout=60)
+    text = " ".join(result.stdout.split())
+    assert "class accuracy (default: none)" in text  # --gt: leaving it out is plainly no ground truth
+
+
 def test_umbrella_lists_every_stage():
     out = subprocess.run([str(BIN / "fashionkit"), "--help"], capture_output=True, text=True).stdout
     for stage in ("data", "classify", "metric", "detect"):
