@@ -15,8 +15,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "model": Opt("vgg-fast", "model name (see `classify models`)"),
     "model_opts": Opt("", "extra model options as key=value[,key=value...], e.g. width=48,fc_layers=2"),
     "activation": Opt(None, "activation for models that take one (model default when unset): relu, leaky_relu, elu, "
-                                    "selu, tanh, gelu, silu",
-                      type=str),
+                            "selu, tanh, gelu, silu", type=str),
     "dropout": Opt(None, "dropout rate for models that take one (model default when unset)", type=float),
     "epochs": Opt(17, "number of epochs"),
     "batch_size": Opt(128, "batch size"),
