@@ -430,6 +430,15 @@ def resume(run: str | Path) -> tuple[Path, dict]:
     return run, Trainer(cfg, run, resume=ckpt).fit()
 
 
+def _check_range(cfg: dict, key: str, low: float, high: float | None, what: str, low_open: bool = False,
+                 high_closed: bool = False) -> None:
+    value = cfg[key]
+    above = value > low if low_open else value >= low
+    below = high is None or (value <= high if high_closed else value < high)
+    if not (math.isfinite(value) and above and below):
+        raise UserError(f"--{key.replace('_', '-')} must be {what}, got {value}")
+
+
 def validate(cfg: dict) -> None:
     from fashionkit.classify.models import MODELS
     from fashionkit.data.augment import build_augment
@@ -456,6 +465,21 @@ def validate(cfg: dict) -> None:
     if not cfg["norm_lr"] > 0 or not math.isfinite(cfg["norm_lr"]):
         raise UserError(f"--norm-lr must be a positive number (the BatchNorm weights' and biases' rate as a multiple "
                         f"of --lr), got {cfg['norm_lr']}")
+    # torch checks some of these deep inside a run (a traceback) and takes others silently (a negative --patience
+    # stopped after the first epoch): one line each, before a run directory is made
+    _check_range(cfg, "momentum", 0, 1, "a number in [0, 1) (sgd, rmsprop, muon)")
+    _check_range(cfg, "weight_decay", 0, None, "0 or more")
+    _check_range(cfg, "l1", 0, None, "0 or more")
+    _check_range(cfg, "label_smoothing", 0, 1, "a number in [0, 1)")
+    _check_range(cfg, "gamma", 0, None, "a positive number (the step and plateau schedulers' decay factor)",
+                 low_open=True)
+    _check_range(cfg, "resize_until", 0, 1, "a fraction of the run in (0, 1] (turn resizing off with --resize-from 0)",
+                 low_open=True, high_closed=True)
+    if cfg["resize_from"] != 0 and not 8 <= cfg["resize_from"] < 28:
+        raise UserError(f"--resize-from must be 0 (off) or a size from 8 to 27 px, got {cfg['resize_from']}")
+    for key, least in (("subset", 0), ("patience", 0), ("threads", 0), ("step_size", 1)):
+        if cfg[key] < least:
+            raise UserError(f"--{key.replace('_', '-')} must be at least {least}, got {cfg[key]}")
     if not 0 <= cfg["ema"] < 1:
         raise UserError(f"--ema must be a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps), "
                         f"got {cfg['ema']}")

@@ -361,6 +361,17 @@ def test_nan_loss_stops_with_clear_error(runs_dir, cli, capsys):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--optimizer", "muon", "--muon-lr", "0"], "--muon-lr must be a positive number"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    # these were a traceback from torch mid-run (momentum < 0, label smoothing > 1, a negative resize, threads,
+    # step size 0) or taken silently (momentum >= 1, negative weight decay, --patience -1 stopping after epoch 1)
+    (["--momentum", "-0.1"], "--momentum must be a number in [0, 1)"),
+    (["--momentum", "1"], "--momentum must be a number in [0, 1)"),
+    (["--label-smoothing", "1.5"], "--label-smoothing must be a number in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    (["--resize-from", "-3"], "--resize-from must be 0 (off) or a size from 8 to 27 px"),
+    (["--resize-until", "0"], "--resize-until must be a fraction of the run in (0, 1]"),
+    (["--patience", "-1"], "--patience must be at least 0"),
+    (["--threads", "-1"], "--threads must be at least 0"),
+    (["--scheduler", "step", "--step-size", "0"], "--step-size must be at least 1"),
 ])
 def test_bad_input_is_one_line_error(runs_dir, cli, capsys, args, message):
     assert cli("classify", "train", "--subset", "500", *args) == 2
