@@ -440,7 +440,7 @@ def _check_range(cfg: dict, key: str, low: float, high: float | None, what: str,
 
 
 def validate(cfg: dict) -> None:
-    from fashionkit.classify.models import MODELS
+    from fashionkit.classify.models import IMAGE_SIZE, MODELS
     from fashionkit.data.augment import build_augment
 
     if cfg["model"] not in MODELS:
@@ -457,16 +457,14 @@ def validate(cfg: dict) -> None:
     for key in ("epochs", "batch_size"):
         if cfg[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
-    if not cfg["lr"] > 0 or not math.isfinite(cfg["lr"]):
-        raise UserError(f"--lr must be a positive number, got {cfg['lr']}")
-    if not cfg["muon_lr"] > 0 or not math.isfinite(cfg["muon_lr"]):
-        raise UserError(f"--muon-lr must be a positive number (the conv filters' rate as a multiple of --lr), "
-                        f"got {cfg['muon_lr']}")
-    if not cfg["norm_lr"] > 0 or not math.isfinite(cfg["norm_lr"]):
-        raise UserError(f"--norm-lr must be a positive number (the BatchNorm weights' and biases' rate as a multiple "
-                        f"of --lr), got {cfg['norm_lr']}")
     # torch checks some of these deep inside a run (a traceback) and takes others silently (a negative --patience
     # stopped after the first epoch): one line each, before a run directory is made
+    _check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
+    _check_range(cfg, "muon_lr", 0, None, "a positive number (the conv filters' rate as a multiple of --lr)",
+                 low_open=True)
+    _check_range(cfg, "norm_lr", 0, None, "a positive number (the BatchNorm weights' and biases' rate as a multiple "
+                 "of --lr)", low_open=True)
+    _check_range(cfg, "ema", 0, 1, "a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")
     _check_range(cfg, "momentum", 0, 1, "a number in [0, 1) (sgd, rmsprop, muon)")
     _check_range(cfg, "weight_decay", 0, None, "0 or more")
     _check_range(cfg, "l1", 0, None, "0 or more")
@@ -475,12 +473,10 @@ def validate(cfg: dict) -> None:
                  low_open=True)
     _check_range(cfg, "resize_until", 0, 1, "a fraction of the run in (0, 1] (turn resizing off with --resize-from 0)",
                  low_open=True, high_closed=True)
-    if cfg["resize_from"] != 0 and not 8 <= cfg["resize_from"] < 28:
-        raise UserError(f"--resize-from must be 0 (off) or a size from 8 to 27 px, got {cfg['resize_from']}")
+    if cfg["resize_from"] != 0 and not 8 <= cfg["resize_from"] < IMAGE_SIZE:
+        raise UserError(f"--resize-from must be 0 (off) or a size from 8 to {IMAGE_SIZE - 1} px, "
+                        f"got {cfg['resize_from']}")
     for key, least in (("subset", 0), ("patience", 0), ("threads", 0), ("step_size", 1)):
         if cfg[key] < least:
             raise UserError(f"--{key.replace('_', '-')} must be at least {least}, got {cfg[key]}")
-    if not 0 <= cfg["ema"] < 1:
-        raise UserError(f"--ema must be a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps), "
-                        f"got {cfg['ema']}")
     model_from_config(cfg)  # unknown model options fail here, before a run directory is made
