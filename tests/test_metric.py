@@ -276,6 +276,7 @@ def test_resolve_with_tta_starts_from_the_classifiers_tta_predictions(indexed, c
     ({"hard_classes": "6"}, "at least 2"),
     ({"batch_size": 100, "m_per_class": 32}, "multiple of --m-per-class"),
     ({"model": "nope"}, "unknown model"),
+    ({"threads": -1}, "--threads must be at least 0"),  # was torch's traceback from set_num_threads
 ])
 def test_bad_training_options(options, message, tmp_path):
     from fashionkit.metric.train import train
