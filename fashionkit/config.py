@@ -46,6 +46,9 @@ class Opt:
                 raise UserError(f"option '{name}': {value!r} is not a valid value ({e})") from None
         if self.choices is not None and value not in self.choices:
             raise UserError(f"option '{name}': {value!r} is not one of {', '.join(map(str, self.choices))}")
+        if (name == "seed" or name.endswith("_seed")) and isinstance(value, int) and not 0 <= value < 2**32:
+            # numpy, scikit-learn and torch each take a seed in [0, 2^32) and raise mid-run otherwise
+            raise UserError(f"--{name.replace('_', '-')} must be a whole number from 0 to {2**32 - 1}, got {value}")
         return value
 
 

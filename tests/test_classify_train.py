@@ -372,6 +372,7 @@ def test_nan_loss_stops_with_clear_error(runs_dir, cli, capsys):
     (["--patience", "-1"], "--patience must be at least 0"),
     (["--threads", "-1"], "--threads must be at least 0"),
     (["--scheduler", "step", "--step-size", "0"], "--step-size must be at least 1"),
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),  # was scikit-learn's traceback
 ])
 def test_bad_input_is_one_line_error(runs_dir, cli, capsys, args, message):
     assert cli("classify", "train", "--subset", "500", *args) == 2

@@ -248,3 +248,10 @@ def test_config_file_and_flags(tmp_path):
     cfg.write_text("model: off\n")  # read as False, and off is none of its choices: refused
     with pytest.raises(UserError, match="option 'model'"):
         resolve(options, {}, cfg)
+    # numpy, scikit-learn and torch raise mid-run on a seed outside [0, 2^32): every seed option is checked here
+    options.update(seed=Opt(0, "seed"), split_seed=Opt(0, "split seed"))
+    assert resolve(options, {"seed": "4294967295", "split_seed": 0})["seed"] == 2**32 - 1
+    with pytest.raises(UserError, match="--seed must be a whole number from 0 to 4294967295, got -1"):
+        resolve(options, {"seed": "-1"})
+    with pytest.raises(UserError, match="--split-seed must be a whole number"):
+        resolve(options, {"split_seed": 2**32})
