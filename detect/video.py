@@ -177,8 +177,10 @@ CONF, TRACK_CONF = 0.25, 0.1  # --conf none: without / with --track on a video (
 
 
 def check_options(cfg: dict) -> None:
-    if (cfg["conf"] is not None and not 0 <= cfg["conf"] <= 1) or not 0 < cfg["iou"] <= 1:
-        raise UserError(f"--conf {cfg['conf']} and --iou {cfg['iou']} must lie in [0, 1]")
+    if cfg["conf"] is not None and not 0 <= cfg["conf"] <= 1:
+        raise UserError(f"--conf {cfg['conf']} must lie in [0, 1]")
+    if not 0 < cfg["iou"] <= 1:  # the message named the unset --conf "None" beside a bad --iou, and said [0, 1]
+        raise UserError(f"--iou {cfg['iou']} must lie in (0, 1]")
     if cfg["imgsz"] < 32 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32 (e.g. 320)")
     if cfg["stride"] < 1 or cfg["batch"] < 1 or cfg["max_frames"] < 0:

@@ -1113,6 +1113,8 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     assert "--vote-weight" in error("--vote-weight", "1.5")
     assert "--min-read-conf 1.5 and --max-not-item 0.5 must lie in [0, 1]" in error("--min-read-conf", "1.5")
     assert "--max-not-item 1.5 must lie in [0, 1]" in error("--max-not-item", "1.5")
+    assert error("--iou", "0").strip() == "error: --iou 0.0 must lie in (0, 1]"  # not "--conf None and --iou ..."
+    assert error("--conf", "1.5").strip() == "error: --conf 1.5 must lie in [0, 1]"
     assert "reads the ten classes only" in error("--gate", classify_run)  # a gate knows what is not an item
     assert "classify run directory not found" in error("--gate", work / "nowhere")
     assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
