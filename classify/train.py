@@ -22,7 +22,7 @@ from fashionkit import distributed, interrupt
 from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from fashionkit.classify.defaults import TRAIN_OPTIONS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
-from fashionkit.config import resolve
+from fashionkit.config import flag, resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.runs import MetricsCSV, atomic_write_json, resume_point, start_run
@@ -436,7 +436,7 @@ def _check_range(cfg: dict, key: str, low: float, high: float | None, what: str,
     above = value > low if low_open else value >= low
     below = high is None or (value <= high if high_closed else value < high)
     if not (math.isfinite(value) and above and below):
-        raise UserError(f"--{key.replace('_', '-')} must be {what}, got {value}")
+        raise UserError(f"{flag(key)} must be {what}, got {value}")
 
 
 def validate(cfg: dict) -> None:
@@ -454,9 +454,10 @@ def validate(cfg: dict) -> None:
     if not 0 <= cfg["final_augment_epochs"] <= cfg["epochs"]:
         raise UserError(f"--final-augment-epochs must be between 0 and --epochs ({cfg['epochs']}), "
                         f"got {cfg['final_augment_epochs']}")
-    for key in ("epochs", "batch_size"):
-        if cfg[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    for key, least in (("epochs", 1), ("batch_size", 1), ("subset", 0), ("patience", 0), ("threads", 0),
+                       ("step_size", 1)):
+        if cfg[key] < least:
+            raise UserError(f"{flag(key)} must be at least {least}, got {cfg[key]}")
     # torch checks some of these deep inside a run (a traceback) and takes others silently (a negative --patience
     # stopped after the first epoch): one line each, before a run directory is made
     _check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
@@ -476,7 +477,4 @@ def validate(cfg: dict) -> None:
     if cfg["resize_from"] != 0 and not 8 <= cfg["resize_from"] < IMAGE_SIZE:
         raise UserError(f"--resize-from must be 0 (off) or a size from 8 to {IMAGE_SIZE - 1} px, "
                         f"got {cfg['resize_from']}")
-    for key, least in (("subset", 0), ("patience", 0), ("threads", 0), ("step_size", 1)):
-        if cfg[key] < least:
-            raise UserError(f"--{key.replace('_', '-')} must be at least {least}, got {cfg[key]}")
     model_from_config(cfg)  # unknown model options fail here, before a run directory is made

@@ -48,7 +48,7 @@ class Opt:
             raise UserError(f"option '{name}': {value!r} is not one of {', '.join(map(str, self.choices))}")
         if (name == "seed" or name.endswith("_seed")) and isinstance(value, int) and not 0 <= value < 2**32:
             # numpy, scikit-learn and torch each take a seed in [0, 2^32) and raise mid-run otherwise
-            raise UserError(f"--{name.replace('_', '-')} must be a whole number from 0 to {2**32 - 1}, got {value}")
+            raise UserError(f"{flag(name)} must be a whole number from 0 to {2**32 - 1}, got {value}")
         return value
 
 
