@@ -18,7 +18,8 @@ EVAL_OPTIONS = {
     "amp": Opt("off", "precision: off (fp32, exact), auto, bf16, fp16; train's test number used its --amp",
                choices=AMP_CHOICES),
     "top_errors": Opt(25, "most confident mistakes shown in mistakes.png and listed in eval.json"),
-    "out": Opt(None, "output directory; none means RUN/eval/<split>[-last][-tta]", type=str),
+    "out": Opt(None, "output directory; none means RUN/eval/<split>[-last][-tta] (for the bundled classifier "
+                 "<runs>/bundled/classifier/eval/...)", type=str),
     "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files; none means the run's, else searched",
                     type=str),
 }
@@ -28,7 +29,8 @@ INSPECT_OPTIONS = {
     "index": Opt(None, "or: index of a dataset item (of --split)", type=int),
     "split": Opt("test", "split --index refers to", choices=("test", "train")),
     "layers": Opt(3, "feature maps of the first K convolutions of the trunk"),
-    "out": Opt(None, "output directory; none means RUN/inspect", type=str),
+    "out": Opt(None, "output directory; none means RUN/inspect (for the bundled classifier "
+                 "<runs>/bundled/classifier/inspect)", type=str),
     "weights": WEIGHTS,
     "device": Opt("auto", DEVICE_HELP),
     "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files; none means the run's, else searched",

@@ -44,6 +44,7 @@ def evaluate_run(run: str | Path, split: str = "test", tta: bool = False, weight
     """Evaluate a classify run on a split; writes eval.json and the plots, returns the eval.json content."""
     from sklearn.metrics import classification_report, confusion_matrix
 
+    from fashionkit.bundled import output_home
     from fashionkit.classify.checkpoint import load_run_model
     from fashionkit.classify.predict import predict_probs
     from fashionkit.data.fashion_mnist import CLASSES
@@ -51,11 +52,14 @@ def evaluate_run(run: str | Path, split: str = "test", tta: bool = False, weight
 
     if top_errors < 0:
         raise UserError(f"--top-errors must be 0 or more, got {top_errors}")
+    if batch_size < 1:  # here too, so that a mistake leaves no empty eval folder behind
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     dev = select_device(device)
     model, ckpt, cfg, run = load_run_model(run, dev, weights)
     images, labels, index = split_items(cfg, split, data_dir)
     tag = split + ("-last" if weights == "last" else "") + ("-tta" if tta else "")
-    out = ensure_dir(out or run / "eval" / tag)  # before the work: an unwritable place fails at once
+    # made before the work, so an unwritable place fails at once; a bundled run's go under the runs root
+    out = ensure_dir(out or output_home(run, "classifier") / "eval" / tag)
 
     probs = predict_probs(model, images, dev, amp_dtype(dev, amp), batch_size, tta)
     y = labels.numpy()

@@ -43,6 +43,7 @@ def load_item(image: str | Path | None, index: int | None, split: str, data_dir:
 def inspect_run(run: str | Path, image: str | Path | None = None, index: int | None = None, split: str = "test",
                 out: str | Path | None = None, layers: int = 3, device: str = "auto", weights: str = "best",
                 data_dir: str | None = None) -> dict:
+    from fashionkit.bundled import output_home
     from fashionkit.classify.checkpoint import load_run_model
     from fashionkit.classify.predict import predict_probs
     from fashionkit.data.fashion_mnist import CLASSES
@@ -58,7 +59,7 @@ def inspect_run(run: str | Path, image: str | Path | None = None, index: int | N
         raise UserError(f"the model of {run} ({model.name}) has no convolution layers, so there are no filters or "
                         f"feature maps to show; inspect a run of a CNN (lenet, simple, vgg, resnet, ...)")
     item, what, label = load_item(image, index, split, data_dir or cfg.get("data_dir"))
-    out = ensure_dir(out or run / "inspect")
+    out = ensure_dir(out or output_home(run, "classifier") / "inspect")
 
     maps: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, name=name: maps.__setitem__(name, o.detach().float().cpu()))

@@ -217,7 +217,8 @@ EVAL_OPTIONS: dict[str, Opt] = {
                 "default)", type=float),
     "min_visible": Opt(0.5, "with --video: items less visible than this are ignored"),
     "plots": Opt(True, "PR curves and confusion matrix of the mAP evaluation"),
-    "out": Opt(None, "output directory; none means RUN/eval/<split>", type=str),
+    "out": Opt(None, "output directory; none means RUN/eval/<split> (for the bundled detector "
+                 "<runs>/bundled/detector/eval/<split>)", type=str),
     "device": Opt("auto", DEVICE_HELP),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
 }

@@ -41,6 +41,7 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     clip)."""
     import torch
 
+    from fashionkit.bundled import output_home
     from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
     from fashionkit.detect.tracks import is_one_class, load_gate
@@ -55,7 +56,7 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     if cfg["split"] not in info:
         raise UserError(f"{data} has no {cfg['split']} split; choose --split val or make the dataset with test scenes")
     imgsz = cfg["imgsz"] or summary.get("imgsz") or 320
-    home = run if run.is_dir() else weights.parent
+    home = output_home(run if run.is_dir() else weights.parent, "detector")  # never the installed package
     out = ensure_dir(Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"])
     use_ultralytics()
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it

@@ -344,6 +344,18 @@ def test_classify_predict_a_named_run_wins(bundled, cli, capsys, photo, tiny_bun
     assert "no image given" in capsys.readouterr().err
 
 
+def test_classify_eval_and_inspect_of_the_bundled_classifier_write_under_the_runs_root(bundled, runs_dir, cli,
+                                                                                        capsys):
+    before = snapshot(bundled)
+    assert cli("classify", "eval", bundled / "classifier", "--split", "val", "--top-errors", "2") == 0
+    assert cli("classify", "inspect", bundled / "classifier", "--index", "0", "--layers", "1") == 0
+    home = runs_dir / "bundled" / "classifier"
+    assert json.loads((home / "eval" / "val" / "eval.json").read_text())["run"] == str(bundled / "classifier")
+    assert (home / "inspect" / "filters.png").is_file()
+    assert f"wrote {home / 'eval' / 'val' / 'eval.json'}" in capsys.readouterr().out
+    assert snapshot(bundled) == before  # the installed package is never written to
+
+
 def test_metric_lookup_without_a_run_uses_the_bundled_embedding(bundled, runs_dir, cli, capsys, photo):
     before = snapshot(bundled)
     assert cli("metric", "lookup", photo, "-k", "4", "--json") == 0

@@ -325,9 +325,11 @@ def test_user_mistakes_are_one_line_errors(runs, damaged, tmp_path, cli, capsys)
         (("predict", garbage, tmp_path / "notes.png"), "corrupted"),
         (("predict", cnn, tmp_path / "notes.png", "--top-k", "0"), "top-k"),
         (("compare", cnn, tmp_path / "nope"), "not found"),
+        (("eval", cnn, "--split", "val", "--batch-size", "0", "--out", tmp_path / "eval-bad"), "--batch-size"),
     ]
     for argv, message in cases:
         assert cli("classify", *argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "eval-bad").exists()  # a refused evaluation leaves no empty folder behind
