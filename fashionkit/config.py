@@ -49,6 +49,9 @@ class Opt:
         if (name == "seed" or name.endswith("_seed")) and isinstance(value, int) and not 0 <= value < 2**32:
             # numpy, scikit-learn and torch each take a seed in [0, 2^32) and raise mid-run otherwise
             raise UserError(f"{flag(name)} must be a whole number from 0 to {2**32 - 1}, got {value}")
+        if name == "threads" and isinstance(value, int) and value < 0:
+            # torch.set_num_threads(-1) raises mid-run, and `if threads:` / `threads <= 0` took -1 as every core
+            raise UserError(f"{flag(name)} must be at least 0 (0: every core), got {value}")
         return value
 
 

@@ -467,7 +467,7 @@ def validate_options(cfg: dict) -> None:
     build_miner(cfg)
     for key, low in (("epochs", 1), ("batch_size", 2), ("m_per_class", 2), ("dim", 2), ("freeze_epochs", 0),
                      ("head_hidden", 0), ("steps_per_epoch", 0), ("subset", 0), ("eval_subset", 0),
-                     ("plot_points", 0), ("threads", 0)):
+                     ("plot_points", 0)):
         if cfg[key] < low:
             raise UserError(f"--{key.replace('_', '-')} must be at least {low}, got {cfg[key]}")
     for key in ("lr", "margin"):

@@ -255,3 +255,8 @@ def test_config_file_and_flags(tmp_path):
         resolve(options, {"seed": "-1"})
     with pytest.raises(UserError, match="--split-seed must be a whole number"):
         resolve(options, {"split_seed": 2**32})
+    # so is every command's --threads: torch raised on -1 in some, others took it as every core
+    options["threads"] = Opt(0, "threads")
+    assert resolve(options, {"threads": "0"})["threads"] == 0
+    with pytest.raises(UserError, match=r"--threads must be at least 0 \(0: every core\), got -1"):
+        resolve(options, {"threads": "-1"})
