@@ -96,6 +96,8 @@ def item_pool(split: str, data_dir: str | Path | None = None, val_size: int = 50
 
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if not 10 <= val_size < 60_000:  # said for the test split too, which does not use it: -1 is a mistake anywhere
+        raise UserError(f"--val-size must be between 10 and 59999 (of the 60,000 training images), got {val_size}")
     images, labels = (t.numpy() for t in load_split(SOURCE_SPLIT[split], data_dir))
     if split == "test":
         indices = np.arange(len(labels))

@@ -187,6 +187,8 @@ def test_make_video_reads_back_with_its_ground_truth(tmp_path, cli):
     (["make-video", "{tmp}/v.mp4", "--fps", 0], "--fps"),
     (["make-video", "{tmp}/v.avi"], ".mp4"),
     (["make-video", "{tmp}/v.mp4", "--width", 333], "even"),
+    (["make-data", "--val-size", -1], "--val-size must be between 10 and 59999"),
+    (["make-video", "{tmp}/v.mp4", "--split", "test", "--val-size", -1], "--val-size"),  # unused there, still said
     (["make-data", "--out", "{tmp}/blocker/data"], "cannot write"),
     (["make-video", "{tmp}/blocker/v.mp4"], "cannot write"),
     (["make-data", "--out", "{tmp}/foreign"], "not empty"),
