@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fashionkit.config import Opt, add_options, refuse_flags_with_resume, resolve
+from fashionkit.config import Opt, add_options, flag, refuse_flags_with_resume, resolve
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
 WEIGHTS = Opt("best", "which checkpoint of the run: best (best validation) or last (last epoch)",
@@ -176,7 +176,7 @@ def cmd_search(args) -> int:
         extra += ["config"] * bool(args.config) + ["grid"] * bool(args.grid)
         if extra:
             raise UserError(f"--resume continues a search with its saved settings; drop the other flags "
-                            f"({', '.join('--' + k.replace('_', '-') for k in extra)}); only --budget-minutes may "
+                            f"({', '.join(flag(k) for k in extra)}); only --budget-minutes may "
                             f"change")
         budget = resolve(SEARCH_OPTIONS, given, {})["budget_minutes"] if given else None
         run, result = resume_search(args.resume, budget_minutes=budget)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fashionkit.config import add_options, refuse_flags_with_resume, resolve
+from fashionkit.config import add_options, flag, refuse_flags_with_resume, resolve
 
 _NOT_OPTIONS = ("func", "command", "stage", "resume", "config", "run", "image", "inputs", "add")
 
@@ -77,7 +77,7 @@ def cmd_index(args) -> int:
         ignored = sorted(k for k in _given(args) if k not in _ADD_KEEPS)
         if ignored:
             raise UserError(f"--add adds to the index as it was built; drop "
-                            f"{', '.join('--' + k.replace('_', '-') for k in ignored)} (or rebuild without --add)")
+                            f"{', '.join(flag(k) for k in ignored)} (or rebuild without --add)")
         meta = add_to_run_index(args.run, args.add, resolve(INDEX_OPTIONS, args))
         print(f"added {meta['last_add']['images']} images in {meta['last_add']['seconds']:.1f}s -> {args.run}/index/ "
               f"now holds "

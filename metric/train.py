@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fashionkit import distributed, interrupt
-from fashionkit.config import resolve
+from fashionkit.config import flag, resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
@@ -469,7 +469,7 @@ def validate_options(cfg: dict) -> None:
                      ("head_hidden", 0), ("steps_per_epoch", 0), ("subset", 0), ("eval_subset", 0),
                      ("plot_points", 0)):
         if cfg[key] < low:
-            raise UserError(f"--{key.replace('_', '-')} must be at least {low}, got {cfg[key]}")
+            raise UserError(f"{flag(key)} must be at least {low}, got {cfg[key]}")
     for key in ("lr", "margin"):
         if not cfg[key] > 0 or not math.isfinite(cfg[key]):
             raise UserError(f"--{key} must be a positive number, got {cfg[key]}")
