@@ -1,6 +1,6 @@
 """The defaults of ``classify train``, in one place (no heavy imports, so ``--help`` is fast)."""
 
-from fashionkit.config import Opt
+from fashionkit.config import DATA_DIR_HELP, Opt
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "muon")
@@ -63,5 +63,5 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "tensorboard": Opt(False, "also log to TensorBoard (if installed)"),
     "name": Opt(None, "run name (default: train, train2, ...)", type=str),
     "runs_dir": Opt(None, "root of run directories (default: $FASHIONKIT_RUNS or ./runs)", type=str),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST files (default: searched)", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fashionkit.config import Opt, add_options, resolve
+from fashionkit.config import DATA_DIR_HELP, Opt, add_options, resolve
 
 PREVIEW_OPTIONS = {
     "preset": Opt("flip-perspective-erase", "augmentation preset to preview (see `fashionkit data presets`)"),
@@ -12,14 +12,14 @@ PREVIEW_OPTIONS = {
     "samples": Opt(8, "number of training images (rows)"),
     "variants": Opt(7, "augmented versions of each image (columns after the original)"),
     "seed": Opt(0, "random seed"),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
 
 EDA_OPTIONS = {
     "out": Opt("eda", "directory for the plots and stats.json"),
     "samples": Opt(10, "random training images per class in samples.png"),
     "seed": Opt(0, "random seed for picking the samples"),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
 
 OUTLIERS_OPTIONS = {
@@ -32,7 +32,7 @@ OUTLIERS_OPTIONS = {
     "device": Opt("auto", "where to train; auto picks cuda when available", choices=("auto", "cpu", "cuda")),
     "name": Opt(None, "run name under <runs-dir>/data/; none means outliers, numbered if taken", type=str),
     "runs_dir": Opt(None, "root of the run directories; none means $FASHIONKIT_RUNS or ./runs", type=str),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fashionkit.config import Opt, add_options, resolve
+from fashionkit.config import DATA_DIR_HELP, Opt, add_options, resolve
 
 BACKGROUND_KINDS = "flat,gradient,noise,texture"
 SCENE_PRESETS = ("realistic", "procedural")  # their settings: detect/scenes.py PRESETS
@@ -22,7 +22,7 @@ SOURCE_OPTIONS = {
                        f"{BACKGROUND_KINDS}; the realistic preset draws 15%% of its scenes on them)", type=str),
     "val_size": Opt(5000, "validation part of the 60k training set (as in `make_splits`)"),
     "split_seed": Opt(0, "seed of the train/val split of the 60k training set (as in `make_splits`)"),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
 
 MAKE_DATA_OPTIONS = {

@@ -55,6 +55,12 @@ class Opt:
         return value
 
 
+# every command's --data-dir (data/fashion_mnist.py find_root tries the roots in this order)
+DATA_DIR_HELP = ("directory holding the Fashion-MNIST idx files; none: $FASHIONKIT_DATA, else "
+                 "/usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist), else the user cache, "
+                 "downloaded there if missing")
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

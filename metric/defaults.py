@@ -1,6 +1,6 @@
 """The options of the ``metric`` commands, in one place (no heavy imports, so ``--help`` is fast)."""
 
-from fashionkit.config import Opt
+from fashionkit.config import DATA_DIR_HELP, Opt
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
 MINERS = ("distance-weighted", "batch-hard", "hard", "semihard")
@@ -9,7 +9,7 @@ HARD_CLASSES = "0,2,4,6"  # T-shirt/top, pullover, coat, shirt: the classes a cl
 
 _COMMON = {
     "device": Opt("auto", DEVICE_HELP),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST files (default: searched)", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
 
 TRAIN_OPTIONS: dict[str, Opt] = {

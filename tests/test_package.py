@@ -62,7 +62,8 @@ def test_help_says_what_an_unset_option_does_once():
     text = " ".join(result.stdout.split())
     from_help = text.split("--from FROM", 2)[-1].split("--hard-classes")[0]
     assert "not given: the newest finished classify run" in from_help and "default: none" not in from_help
-    assert "(default: searched)" in text and "(default: searched) (default: none)" not in text
+    assert "--data-dir DATA_DIR directory holding the Fashion-MNIST idx files; none: $FASHIONKIT_DATA, else" in text
+    assert "downloaded there if missing (default: none)" not in text
     result = subprocess.run([str(BIN / "detect"), "video", "--help"], capture_output=True, text=True, timeout=60)
     text = " ".join(result.stdout.split())
     assert "class accuracy (default: none)" in text  # --gt: leaving it out is plainly no ground truth

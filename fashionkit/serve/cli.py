@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 
-from fashionkit.config import Opt, add_options, resolve
+from fashionkit.config import DATA_DIR_HELP, Opt, add_options, resolve
 from fashionkit.errors import UserError
 
 OPTIONS: dict[str, Opt] = {
@@ -16,7 +16,7 @@ OPTIONS: dict[str, Opt] = {
     "threads": Opt(1, "CPU threads per model call (torch, FAISS). Look-ups are one image each: requests run side by "
                    "side in uvicorn's thread pool instead, and OpenMP thread teams contending for busy cores stall"),
     "bundled": Opt(True, "also list the bundled models (fashionkit/models/) where installed"),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST files (default: searched)", type=str),
+    "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
 
 DESCRIPTION = """\
