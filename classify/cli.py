@@ -5,6 +5,9 @@ from __future__ import annotations
 from fashionkit.config import Opt, add_options, flag, refuse_flags_with_resume, resolve
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
+# where eval and inspect read the items from: the run's own --data-dir first, then where classify train looks
+RUN_DATA_DIR = Opt(None, "directory holding the Fashion-MNIST idx files; none: the run's, else $FASHIONKIT_DATA, "
+                   "/usr/share/datasets/fashion-mnist or the user cache", type=str)
 WEIGHTS = Opt("best", "which checkpoint of the run: best (best validation) or last (last epoch)",
               choices=("best", "last"))
 
@@ -20,8 +23,7 @@ EVAL_OPTIONS = {
     "top_errors": Opt(25, "most confident mistakes shown in mistakes.png and listed in eval.json"),
     "out": Opt(None, "output directory; none means RUN/eval/<split>[-last][-tta] (for the bundled classifier "
                  "<runs>/bundled/classifier/eval/...)", type=str),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files; none means the run's, else searched",
-                    type=str),
+    "data_dir": RUN_DATA_DIR,
 }
 
 INSPECT_OPTIONS = {
@@ -33,8 +35,7 @@ INSPECT_OPTIONS = {
                  "<runs>/bundled/classifier/inspect)", type=str),
     "weights": WEIGHTS,
     "device": Opt("auto", DEVICE_HELP),
-    "data_dir": Opt(None, "directory holding the Fashion-MNIST idx files; none means the run's, else searched",
-                    type=str),
+    "data_dir": RUN_DATA_DIR,
 }
 
 COMPARE_OPTIONS = {
