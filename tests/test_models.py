@@ -142,6 +142,21 @@ def test_pool_early_is_the_same_net_on_a_quarter_of_the_pixels():
         create_model("vgg", pool_early=1)
 
 
+def test_pool_grid_keeps_where_a_feature_is_at_any_input_size():
+    one, grid = create_model("vgg-fast"), create_model("vgg-fast", pool_grid=2)
+    assert models.count_params(one) == 157_330 and grid.head.in_features == 96 * 4
+    top_left, bottom_right = torch.zeros(2, 96, 7, 7), torch.zeros(2, 96, 7, 7)
+    top_left[:, 5, 0, 0] = bottom_right[:, 5, 6, 6] = 1.0
+    # the global max pool cannot tell the two apart; the 2x2 grid can
+    torch.testing.assert_close(one.neck(top_left), one.neck(bottom_right))
+    assert not torch.equal(grid.neck(top_left), grid.neck(bottom_right))
+    for size in (16, 20, 28):  # progressive resizing trains on smaller images first
+        assert grid(torch.zeros(2, 1, size, size)).shape == (2, 10)
+    for bad in (0, 4, True, [2]):
+        with pytest.raises(UserError, match="pool_grid"):
+            create_model("vgg-fast", pool_grid=bad)
+
+
 def test_family_size_options():
     assert create_model("vgg", fc_layers=3, fc_dim=64).feature_dim == 64
     assert create_model("vgg", width=0.5).trunk_channels == 128
