@@ -58,7 +58,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                        "bf16, fp16, off", choices=AMP_CHOICES),
     "channels_last": Opt(True, "channels-last memory format for convolutions"),
     "compile": Opt(False, "torch.compile the model (slower start, can be faster per step)"),
-    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "threads": Opt(0, "CPU threads for torch (0 = torch's default)", least=0),
     "test": Opt(True, "evaluate the best weights on the test split at the end"),
     "tensorboard": Opt(False, "also log to TensorBoard (if installed)"),
     "name": Opt(None, "run name (default: train, train2, ...)", type=str),

@@ -57,7 +57,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                          "(about 5 minutes for 3,000 scenes on a 2-core CPU, outside --minutes; 0 = none)"),
     "device": Opt("auto", DEVICE_HELP + "; several GPUs as 0,1,... (ultralytics' multi-GPU DDP; each worker "
                   "starts from RUN/initial.pt, the prepared detector)"),
-    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)", least=0),
     "name": Opt(None, "run name (none: train, train2, ...)", type=str),
     "runs_dir": Opt(None, "root of run directories (none: $FASHIONKIT_RUNS or ./runs)", type=str),
 }
@@ -161,7 +161,7 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "backend": Opt("auto", "inference engine: torch, onnx (ONNX Runtime on the CPU; a .pt is exported once to the "
                    ".onnx beside it) or auto (onnx on a CPU where onnxruntime is installed, torch on a GPU)",
                    choices=("auto", "torch", "onnx")),
-    "threads": Opt(0, "CPU threads for torch (0 = all cores); ONNX Runtime uses all cores"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores); ONNX Runtime uses all cores", least=0),
 }
 
 # `detect reader` (detect/reader.py): the classifier fine-tuned on crops of the detector's training scenes. 8 epochs
@@ -188,7 +188,7 @@ READER_OPTIONS: dict[str, Opt] = {
                 "with) or gate (RUN/gate, which `detect video --gate auto` asks which tracks are not items; needs "
                 "--background)", choices=("reader", "gate")),
     "seed": Opt(0, "random seed"),
-    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)", least=0),
 }
 
 EVAL_OPTIONS: dict[str, Opt] = {
@@ -220,5 +220,5 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "out": Opt(None, "output directory; none means RUN/eval/<split> (for the bundled detector "
                  "<runs>/bundled/detector/eval/<split>)", type=str),
     "device": Opt("auto", DEVICE_HELP),
-    "threads": Opt(0, "CPU threads for torch (0 = all cores)"),
+    "threads": Opt(0, "CPU threads for torch (0 = all cores)", least=0),
 }

@@ -25,6 +25,7 @@ class Opt:
     help: str
     type: Callable[[str], Any] | None = None  # inferred from the default when None
     choices: Sequence[Any] | None = None
+    least: float | None = None  # the smallest value taken (said in one line, before any work)
 
     def convert(self, name: str, value: Any) -> Any:
         if value is None:
@@ -49,9 +50,9 @@ class Opt:
         if (name == "seed" or name.endswith("_seed")) and isinstance(value, int) and not 0 <= value < 2**32:
             # numpy, scikit-learn and torch each take a seed in [0, 2^32) and raise mid-run otherwise
             raise UserError(f"{flag(name)} must be a whole number from 0 to {2**32 - 1}, got {value}")
-        if name == "threads" and isinstance(value, int) and value < 0:
-            # torch.set_num_threads(-1) raises mid-run, and `if threads:` / `threads <= 0` took -1 as every core
-            raise UserError(f"{flag(name)} must be at least 0 (0: every core), got {value}")
+        if self.least is not None and isinstance(value, int | float) and not isinstance(value, bool) \
+                and not value >= self.least:
+            raise UserError(f"{flag(name)} must be at least {self.least}, got {value}")
         return value
 
 

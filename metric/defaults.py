@@ -47,7 +47,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "plot_points": Opt(1500, "test items in the t-SNE plot (0: no plot)"),
     "seed": Opt(0, "random seed"),
     "amp": Opt("auto", "mixed precision: auto, bf16, fp16, off", choices=AMP_CHOICES),
-    "threads": Opt(0, "CPU threads for torch (0 = torch's default)"),
+    "threads": Opt(0, "CPU threads for torch (0 = torch's default)", least=0),
     "name": Opt(None, "run name (default: train, train2, ...)", type=str),
     "runs_dir": Opt(None, "root of run directories (default: $FASHIONKIT_RUNS or ./runs)", type=str),
     **_COMMON,

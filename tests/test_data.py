@@ -255,8 +255,11 @@ def test_config_file_and_flags(tmp_path):
         resolve(options, {"seed": "-1"})
     with pytest.raises(UserError, match="--split-seed must be a whole number"):
         resolve(options, {"split_seed": 2**32})
-    # so is every command's --threads: torch raised on -1 in some, others took it as every core
-    options["threads"] = Opt(0, "threads")
-    assert resolve(options, {"threads": "0"})["threads"] == 0
-    with pytest.raises(UserError, match=r"--threads must be at least 0 \(0: every core\), got -1"):
+    # an option's least value is said in one line (every --threads: torch raised on -1 in some commands, others took
+    # it as every core), a float's too, and a NaN is not taken for one
+    options.update(threads=Opt(0, "threads", least=0), rate=Opt(0.5, "rate", least=0.0))
+    assert resolve(options, {"threads": "0", "rate": "0"})["threads"] == 0
+    with pytest.raises(UserError, match=r"^--threads must be at least 0, got -1$"):
         resolve(options, {"threads": "-1"})
+    with pytest.raises(UserError, match=r"^--rate must be at least 0.0, got nan$"):
+        resolve(options, {"rate": "nan"})

@@ -1127,7 +1127,7 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
     assert "--fill-gaps and --stitch-gap at least 0" in error("--fill-gaps", "-2")
     assert "--stitch-gap at least 0, got 10, 30 and -1" in error("--stitch-gap", "-1")
-    assert error("--threads", "-1").strip() == "error: --threads must be at least 0 (0: every core), got -1"
+    assert error("--threads", "-1").strip() == "error: --threads must be at least 0, got -1"
     assert not (work / "refused").exists()  # refused before any output
     with pytest.raises(UserError, match="not Fashion-MNIST's ten"):
         load_readers(classify_run, None, {0: "cat", 1: "dog"}, torch.device("cpu"))

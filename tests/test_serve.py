@@ -398,6 +398,9 @@ def test_serve_command(cli, capsys, monkeypatch, served, tmp_path):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
     assert cli("serve", "--runs-dir", served["root"], "--port", 0) == 2
     assert "--port must lie between" in capsys.readouterr().err
+    for threads, says in ((0, "at least 1, got 0"), (-1, "at least 1, got -1")):  # not "at least 0" for -1
+        assert cli("serve", "--runs-dir", served["root"], "--threads", threads) == 2
+        assert capsys.readouterr().err.strip() == f"error: --threads must be {says}"
     assert cli("serve", "--runs-dir", tmp_path / "none") == 2
     assert "runs directory not found" in capsys.readouterr().err
     assert cli("serve", "--runs-dir", served["root"], "--port", 8765) == 0

@@ -14,7 +14,8 @@ OPTIONS: dict[str, Opt] = {
                 "other machines (it has no login)"),
     "port": Opt(8000, "TCP port"),
     "threads": Opt(1, "CPU threads per model call (torch, FAISS). Look-ups are one image each: requests run side by "
-                   "side in uvicorn's thread pool instead, and OpenMP thread teams contending for busy cores stall"),
+                   "side in uvicorn's thread pool instead, and OpenMP thread teams contending for busy cores stall",
+                   least=1),
     "bundled": Opt(True, "also list the bundled models (fashionkit/models/) where installed"),
     "data_dir": Opt(None, DATA_DIR_HELP, type=str),
 }
@@ -67,8 +68,6 @@ def cmd_serve(args) -> int:
         print(f"warning: binding {opts['host']} makes the page and its API reachable from other machines; it has no "
               f"login and shows everything under {root}. Use the default 127.0.0.1 unless you mean that.",
               file=sys.stderr)
-    if opts["threads"] < 1:
-        raise UserError(f"--threads must be at least 1, got {opts['threads']}")
     check_bind(opts["host"], opts["port"])
     import faiss
     import torch
