@@ -16,7 +16,7 @@ EVAL_OPTIONS = {
     "tta": Opt(False, "test-time augmentation: average the probabilities of the image and its mirror image, each "
                       "also shifted a pixel both ways"),
     "weights": WEIGHTS,
-    "batch_size": Opt(500, "images per forward pass"),
+    "batch_size": Opt(500, "images per forward pass", least=1),  # said before eval makes its folder
     "device": Opt("auto", DEVICE_HELP),
     "amp": Opt("off", "precision: off (fp32, exact), auto, bf16, fp16; train's test number used its --amp",
                choices=AMP_CHOICES),

@@ -17,8 +17,8 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "activation": Opt(None, "activation for models that take one (model default when unset): relu, leaky_relu, elu, "
                             "selu, tanh, gelu, silu", type=str),
     "dropout": Opt(None, "dropout rate for models that take one (model default when unset)", type=float),
-    "epochs": Opt(17, "number of epochs"),
-    "batch_size": Opt(128, "batch size"),
+    "epochs": Opt(17, "number of epochs", least=1),
+    "batch_size": Opt(128, "batch size", least=1),
     "optimizer": Opt("sgd", "optimizer (muon: the CIFAR-10 speedruns' Muon for the conv filters, Nesterov SGD for "
                             "the rest)", choices=OPTIMIZERS),
     "sam": Opt(False, "wrap the optimizer in SAM (sharpness-aware minimisation; two passes per step)"),
@@ -34,7 +34,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
     "l1": Opt(0.0, "L1 penalty on weights"),
     "label_smoothing": Opt(0.05, "label smoothing of the cross-entropy loss"),
     "scheduler": Opt("onecycle", "learning-rate schedule", choices=SCHEDULERS),
-    "step_size": Opt(10, "epochs between decays (step scheduler)"),
+    "step_size": Opt(10, "epochs between decays (step scheduler)", least=1),
     "gamma": Opt(0.1, "decay factor (step and plateau schedulers)"),
     "resize_from": Opt(16, "progressive resizing: train the first epochs on images scaled down to this size (px), "
                           "growing to full size by --resize-until; 0 = off"),
@@ -43,7 +43,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                     "validate, keep and test the averaged weights; 0 = off"),
     "tta": Opt(True, "test-time augmentation for the final test score: average the image and its mirror image, "
                       "each also shifted a pixel both ways (validation, every epoch, scores the image alone)"),
-    "patience": Opt(0, "early stopping: stop after this many epochs without improvement (0 = off)"),
+    "patience": Opt(0, "early stopping: stop after this many epochs without improvement (0 = off)", least=0),
     "monitor": Opt("val_loss", "what early stopping and best.pt follow", choices=("val_loss", "val_acc")),
     "augment": Opt("flip-crop", "augmentation preset (see `fashionkit data presets`)"),
     "final_augment": Opt("", "a lighter augmentation preset for the last --final-augment-epochs epochs (e.g. "
@@ -51,7 +51,7 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                              "ultralytics' close_mosaic does); empty = --augment throughout"),
     "final_augment_epochs": Opt(0, "how many of the last epochs train with --final-augment (0 = none)"),
     "val_size": Opt(5000, "validation items held out of the 60k training set (stratified)"),
-    "subset": Opt(0, "train on a stratified subset of N items (val shrinks to N/5); 0 = all"),
+    "subset": Opt(0, "train on a stratified subset of N items (val shrinks to N/5); 0 = all", least=0),
     "seed": Opt(0, "random seed (same seed and device give the same metrics on CPU)"),
     "device": Opt("auto", DEVICE_HELP),
     "amp": Opt("auto", "mixed precision: auto (bf16 where it pays: GPUs, CPUs with AMX or AMD AVX-512 bf16), "

@@ -52,8 +52,6 @@ def evaluate_run(run: str | Path, split: str = "test", tta: bool = False, weight
 
     if top_errors < 0:
         raise UserError(f"--top-errors must be 0 or more, got {top_errors}")
-    if batch_size < 1:  # here too, so that a mistake leaves no empty eval folder behind
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     dev = select_device(device)
     model, ckpt, cfg, run = load_run_model(run, dev, weights)
     images, labels, index = split_items(cfg, split, data_dir)

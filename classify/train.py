@@ -454,9 +454,6 @@ def validate(cfg: dict) -> None:
     if not 0 <= cfg["final_augment_epochs"] <= cfg["epochs"]:
         raise UserError(f"--final-augment-epochs must be between 0 and --epochs ({cfg['epochs']}), "
                         f"got {cfg['final_augment_epochs']}")
-    for key, least in (("epochs", 1), ("batch_size", 1), ("subset", 0), ("patience", 0), ("step_size", 1)):
-        if cfg[key] < least:
-            raise UserError(f"{flag(key)} must be at least {least}, got {cfg[key]}")
     # torch checks some of these deep inside a run (a traceback) and takes others silently (a negative --patience
     # stopped after the first epoch): one line each, before a run directory is made
     _check_range(cfg, "lr", 0, None, "a positive number", low_open=True)

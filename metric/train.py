@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fashionkit import distributed, interrupt
-from fashionkit.config import flag, resolve
+from fashionkit.config import resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
@@ -465,11 +465,6 @@ def validate_options(cfg: dict) -> None:
     parse_hard_classes(cfg["hard_classes"])
     build_augment(cfg["augment"])
     build_miner(cfg)
-    for key, low in (("epochs", 1), ("batch_size", 2), ("m_per_class", 2), ("dim", 2), ("freeze_epochs", 0),
-                     ("head_hidden", 0), ("steps_per_epoch", 0), ("subset", 0), ("eval_subset", 0),
-                     ("plot_points", 0)):
-        if cfg[key] < low:
-            raise UserError(f"{flag(key)} must be at least {low}, got {cfg[key]}")
     for key in ("lr", "margin"):
         if not cfg[key] > 0 or not math.isfinite(cfg[key]):
             raise UserError(f"--{key} must be a positive number, got {cfg[key]}")
