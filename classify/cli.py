@@ -56,18 +56,18 @@ SEARCH_OPTIONS = {
                  "`dropout: {low: 0.1, high: 0.5}`, `fc_layers: {low: 1, high: 3}`, `optimizer: [sgd, adamw]` "
                  "(see demos/search_space.yaml)", type=str),
     "trials": Opt(None, "trials per stage (required with --space); with --grid: at most this many grid points, "
-                  "none = the whole grid", type=int),
+                  "none = the whole grid", type=int, least=1),
     "stages": Opt(2, "random-search stages: stage 1 samples the full space, each later stage the region of the "
-                  "previous stage's --top-k trials"),
-    "top_k": Opt(5, "best trials of a stage that bound the next stage's ranges and choices"),
+                  "previous stage's --top-k trials", least=1),
+    "top_k": Opt(5, "best trials of a stage that bound the next stage's ranges and choices", least=1),
     "margin": Opt(0.25, "a narrowed range extends this share of the top-k's span beyond it on each side "
                   "(on log scale for log ranges)"),
     "budget_minutes": Opt(0.0, "wall-time cap: no trial starts after it and a running trial stops at its next "
                           "epoch end; --resume continues later (0 = no cap)"),
     "prune": Opt(True, "stop a trial whose validation accuracy is below the median of the stage's earlier trials "
                  "at the same epoch (Optuna's MedianPruner)"),
-    "prune_startup": Opt(5, "trials a stage completes before it starts pruning"),
-    "prune_warmup": Opt(2, "epochs every trial trains before it can be pruned"),
+    "prune_startup": Opt(5, "trials a stage completes before it starts pruning", least=0),
+    "prune_warmup": Opt(2, "epochs every trial trains before it can be pruned", least=1),
 }
 
 

@@ -309,9 +309,6 @@ def search(cfg: dict, settings: dict, grid: list[str] | None = None) -> tuple[Pa
         raise UserError("nothing to search: give --space FILE (see demos/search_space.yaml) or --grid OPTION=V1,V2")
     if not grid and settings["trials"] is None:
         raise UserError("--trials N is required with --space: the number of trials of each stage")
-    for key, least in (("trials", 1), ("stages", 1), ("top_k", 1), ("prune_warmup", 1), ("prune_startup", 0)):
-        if settings[key] is not None and settings[key] < least:
-            raise UserError(f"{flag(key)} must be at least {least}, got {settings[key]}")
     for key in ("margin", "budget_minutes"):
         if not settings[key] >= 0 or not math.isfinite(settings[key]):
             raise UserError(f"{flag(key)} must be a number >= 0, got {settings[key]}")

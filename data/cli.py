@@ -23,11 +23,13 @@ EDA_OPTIONS = {
 }
 
 OUTLIERS_OPTIONS = {
-    "epochs": Opt(15, "training epochs of the autoencoder (about 4 s each on the full split, 2 CPU cores)"),
-    "batch_size": Opt(128, "training batch size"),
+    "epochs": Opt(15, "training epochs of the autoencoder (about 4 s each on the full split, 2 CPU cores)",
+                  least=1),
+    "batch_size": Opt(128, "training batch size", least=1),
     "lr": Opt(1e-3, "Adam learning rate"),
-    "subset": Opt(None, "train on and rank a stratified subset of this many training images", type=int),
-    "top": Opt(16, "highest-error images listed per class"),
+    "subset": Opt(None, "train on and rank a stratified subset of this many training images", type=int,
+                  least=1),
+    "top": Opt(16, "highest-error images listed per class", least=1),
     "seed": Opt(0, "random seed for initialisation and shuffling"),
     "device": Opt("auto", "where to train; auto picks cuda when available", choices=("auto", "cpu", "cuda")),
     "name": Opt(None, "run name under <runs-dir>/data/; none means outliers, numbered if taken", type=str),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fashionkit.config import flag, save_yaml
+from fashionkit.config import save_yaml
 from fashionkit.data.fashion_mnist import CLASSES, load_split
 from fashionkit.data.loader import STD, BatchLoader, to_float
 from fashionkit.data.splits import make_splits
@@ -58,13 +58,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_options(cfg: dict) -> None:
-    for name in ("epochs", "batch_size", "top"):
-        if cfg[name] < 1:
-            raise UserError(f"{flag(name)} must be at least 1, got {cfg[name]}")
     if cfg["lr"] <= 0:
         raise UserError(f"--lr must be positive, got {cfg['lr']}")
-    if cfg["subset"] is not None and cfg["subset"] < 1:
-        raise UserError(f"--subset must be a positive number of images, got {cfg['subset']}")
 
 
 def pixel_errors(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

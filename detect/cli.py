@@ -40,7 +40,7 @@ MAKE_DATA_OPTIONS = {
     "max_overlap": Opt(None, "largest IoU between two items' boxes (placements are redrawn until it holds; "
                        "none: the preset's, realistic 0.3, procedural 0.1)", type=float),
     "format": Opt("jpg", "image file format", choices=("jpg", "png")),
-    "workers": Opt(2, "processes composing scenes (1: this process only)"),
+    "workers": Opt(2, "processes composing scenes (1: this process only)", least=1),
     **SOURCE_OPTIONS,
 }
 

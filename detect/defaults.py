@@ -19,13 +19,15 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                 "(stock model, random init)", type=str),
     "data": Opt(None, "dataset from `detect make-data`: its directory or data.yaml; none means <runs>/detect/data",
                 type=str),
-    "epochs": Opt(10, "epochs (with --minutes only a first plan: ultralytics re-plans them after the first epoch)"),
-    "minutes": Opt(0.0, "wall-clock training budget in minutes; ultralytics re-plans the epochs to fit (0 = off)"),
+    "epochs": Opt(10, "epochs (with --minutes only a first plan: ultralytics re-plans them after the first epoch)",
+                  least=1),
+    "minutes": Opt(0.0, "wall-clock training budget in minutes; ultralytics re-plans the epochs to fit (0 = off)",
+                   least=0),
     "imgsz": Opt(320, "training and validation image size (a multiple of 32)"),
-    "batch": Opt(16, "batch size"),
+    "batch": Opt(16, "batch size", least=1),
     "freeze_epochs": Opt(1, "epochs to train with the backbone (copied, or its random twin with --from none) frozen, "
                          "BatchNorm statistics too, before fine-tuning all of it; 0 = never frozen; ignored for "
-                         "stock YAML models and detect runs"),
+                         "stock YAML models and detect runs", least=0),
     "stem": Opt(4, "input downscale before the copied trunk: 4 (avg-pool + Focus, default; half the GFLOPs of 2), "
                 "2 (Focus; sharper for small items, for long or GPU runs) or 1 (none)",
                 choices=(1, 2, 4)),
@@ -38,23 +40,23 @@ TRAIN_OPTIONS: dict[str, Opt] = {
                      "the crop reader (RUN/reader) names them, in `detect eval` and in `detect video` (each track, or "
                      "with --no-track each box); --from a detect run of ten classes keeps all of it but the last "
                      "layer of its class branches"),
-    "patience": Opt(5, "early stopping: epochs without validation fitness improvement (0 = off)"),
-    "close_mosaic": Opt(2, "turn mosaic augmentation off for the last N epochs"),
+    "patience": Opt(5, "early stopping: epochs without validation fitness improvement (0 = off)", least=0),
+    "close_mosaic": Opt(2, "turn mosaic augmentation off for the last N epochs", least=0),
     # ultralytics warms up for 3 epochs; a CPU budget buys only a handful, so 3 would keep the learning rate low
     # for most of the run (at 7 images/s, 3 epochs of 3,000 scenes is ~20 minutes)
-    "warmup_epochs": Opt(1.0, "epochs of learning-rate warm-up (ultralytics' default is 3)"),
+    "warmup_epochs": Opt(1.0, "epochs of learning-rate warm-up (ultralytics' default is 3)", least=0),
     "optimizer": Opt("auto", "ultralytics optimizer: auto, SGD, AdamW, Adam, ... (auto picks AdamW for short runs)"),
     "lr0": Opt(0.0, "initial learning rate (0 = the optimizer's default; `auto` chooses its own)"),
     "fraction": Opt(1.0, "fraction of the training scenes to use"),
     "cache": Opt(False, "keep the decoded training images in RAM"),
-    "workers": Opt(0, "dataloader worker processes (ultralytics uses 0 on CPU regardless)"),
+    "workers": Opt(0, "dataloader worker processes (ultralytics uses 0 on CPU regardless)", least=0),
     "plots": Opt(True, "training plots: labels, batches, curves, confusion matrix, PR curves"),
     "test": Opt(True, "evaluate best.pt on the dataset's test split at the end"),
     "extra": Opt("", "further ultralytics train arguments as key=value[,key=value...], e.g. mosaic=0.5,degrees=5"),
     "seed": Opt(0, "random seed"),
     "reader_epochs": Opt(8, "after training from a classify run (or a detect run made from one): epochs of `detect "
                          "reader`, the classifier fine-tuned on the training scenes' crops into RUN/reader for --track "
-                         "(about 5 minutes for 3,000 scenes on a 2-core CPU, outside --minutes; 0 = none)"),
+                         "(about 5 minutes for 3,000 scenes on a 2-core CPU, outside --minutes; 0 = none)", least=0),
     "device": Opt("auto", DEVICE_HELP + "; several GPUs as 0,1,... (ultralytics' multi-GPU DDP; each worker "
                   "starts from RUN/initial.pt, the prepared detector)"),
     "threads": Opt(0, "CPU threads for torch (0 = all cores)", least=0),
@@ -81,9 +83,9 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "agnostic_nms": Opt(True, "non-maximum suppression across classes: of two boxes of different classes on one "
                         "item only the more confident stays (--no-agnostic-nms: per class)"),
     "imgsz": Opt(320, "inference size of the longer side (a multiple of 32)"),
-    "stride": Opt(1, "process every Nth frame"),
-    "max_frames": Opt(0, "stop after this many processed frames (0 = all)"),
-    "batch": Opt(8, "frames per forward pass"),
+    "stride": Opt(1, "process every Nth frame", least=1),
+    "max_frames": Opt(0, "stop after this many processed frames (0 = all)", least=0),
+    "batch": Opt(8, "frames per forward pass", least=1),
     # on: `detect video input.mp4` is the product's command, and tracking names items better on every test clip,
     # precision and recall with class alike (10 s / 60 s seed 3 / 60 s seed 4, bundled models, 2-core Zen 2: per
     # frame 0.866 / 0.847, 0.664 / 0.577, 0.599 / 0.559 at 50.2 / 50.5 / 49.3 frames/s; tracked 0.891 / 0.878,
@@ -107,7 +109,8 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     "metric": Opt("auto", "with --track: metric run (with its FAISS index) whose kNN vote re-decides tracks of its "
                   "hard classes with a small top-1/top-2 margin: RUN, auto (the newest indexed metric run made from "
                   "the classifier; the bundled embedding for the bundled detector) or none", type=str),
-    "crops": Opt(8, "with --track: crops per track read by the classifier and the resolver (0: votes only)"),
+    "crops": Opt(8, "with --track: crops per track read by the classifier and the resolver (0: votes only)",
+                  least=0),
     # 0.2: chosen on two validation clips with the bundled detector (four hours, the last on 9,000 scenes): F1 with
     # the track's class 0.705 / 0.561 at 0.2, 0.705 / 0.555 at 0.1, 0.656 / 0.579 at 0.35 (BENCHMARKS.md, "The
     # bundled detector now"); with the three-hour detector 73 of 100 tracks right at 0.2, 71 at 0.35, 67 at 0.5
@@ -143,15 +146,15 @@ VIDEO_OPTIONS: dict[str, Opt] = {
     # the one-hour detector and ByteTrack it had cost more precision than it gained, "Short tracks and gaps")
     "min_track_frames": Opt(10, "with --track on a video: leave out tracks seen in fewer frames than this (a false "
                             "detection flashes for a frame or two; at most the frames processed, so a short clip "
-                            "keeps its items; 1 = keep every track)"),
+                            "keeps its items; 1 = keep every track)", least=1),
     "fill_gaps": Opt(30, "with --track on a video: fill a track's gaps of up to this many frames (the detector "
                      "missed the item, the tracker kept it) with boxes interpolated between the detections either "
-                     "side (30: every gap the tracker bridges; 0 = off)"),
+                     "side (30: every gap the tracker bridges; 0 = off)", least=0),
     # off: at 60, F1 with the track's class 0.819 / 0.649 / 0.688 -> 0.829 / 0.677 / 0.688 on the validation clips
     # but 0.669 -> 0.643 on a 60 s test clip: 1-5 joins a clip, each swinging a long track's class either way
     # (BENCHMARKS.md, "Broken tracks stitched")
     "stitch_gap": Opt(0, "with --track on a video: join a track that starts at most this many frames after another "
-                      "ended, near where that one was heading and of a like size, to it (0 = off)"),
+                      "ended, near where that one was heading and of a like size, to it (0 = off)", least=0),
     "save_video": Opt(True, "write the annotated video (or annotated images for image input)"),
     "gt": Opt(None, "ground truth of a `detect make-video` clip (its .json): adds precision/recall at IoU 0.5, and "
               "with --track class flicker and per-track class accuracy", type=str),
@@ -171,17 +174,17 @@ READER_OPTIONS: dict[str, Opt] = {
     "data": Opt(None, "dataset from `detect make-data` (directory or data.yaml); none: the one RUN trained on",
                 type=str),
     "from": Opt(None, "classify run to fine-tune; none: the one RUN was trained --from", type=str),
-    "epochs": Opt(8, "epochs over the training crops"),
+    "epochs": Opt(8, "epochs over the training crops", least=1),
     "lr": Opt(0.02, "peak learning rate (one-cycle, Nesterov SGD)"),
-    "batch_size": Opt(128, "crops per step"),
-    "copies": Opt(2, "crops cut per training box, each from a differently jittered box"),
+    "batch_size": Opt(128, "crops per step", least=1),
+    "copies": Opt(2, "crops cut per training box, each from a differently jittered box", least=1),
     "jitter": Opt(0.08, "box jitter: standard deviation of the centre shift and size change, as a fraction of the "
                   "box (a detector's boxes are a few pixels off)"),
     "label_smoothing": Opt(0.05, "label smoothing of the loss"),
     "background": Opt(0, "crops of background per training scene (the detector's own boxes there first, then random "
                       "ones), taught as an 11th class, not an item: as the reader, a track it calls that reads "
                       "under --min-read-conf and is left out; as a gate (--role gate), only that class is asked; 0: "
-                      "a reader of the ten classes only"),
+                      "a reader of the ten classes only", least=0),
     # the bundled detector's gate: --background 2 --role gate on its own 9,000 training scenes (BENCHMARKS.md, "A
     # reader that knows background")
     "role": Opt("reader", "what is made: reader (RUN/reader, which `detect video --classifier auto` names tracks "
@@ -195,7 +198,7 @@ EVAL_OPTIONS: dict[str, Opt] = {
     "data": Opt(None, "dataset directory or data.yaml; none means the one the run trained on", type=str),
     "split": Opt("test", "dataset split for mAP", choices=("test", "val")),
     "imgsz": Opt(0, "image size (0 = the run's training size)"),
-    "batch": Opt(16, "batch size"),
+    "batch": Opt(16, "batch size", least=1),
     # the detector's boxes, each read by the classifier as a track's crops are: on the realistic test scenes the
     # bundled detector's mAP50 0.686 -> 0.803 (BENCHMARKS.md, "The detector's boxes read by the crop reader")
     "classifier": Opt("auto", "classify run that re-reads the class of each box for a second mAP (cut out and read "

@@ -238,7 +238,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
 
     from fashionkit import bundled
     from fashionkit.classify.checkpoint import save_checkpoint
-    from fashionkit.config import flag, load_yaml, save_yaml
+    from fashionkit.config import load_yaml, save_yaml
     from fashionkit.data.augment import RandomHorizontalFlip
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.data.loader import normalize, to_float
@@ -249,11 +249,6 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
     if bundled.is_bundled(run):
         raise UserError(f"{run} is the bundled detector, which is never written to; copy it (cp -r {run} "
                         f"runs/detect/mine) and pass the copy")
-    for key in ("epochs", "batch_size", "copies"):
-        if cfg[key] < 1:
-            raise UserError(f"{flag(key)} must be at least 1, got {cfg[key]}")
-    if cfg["background"] < 0:
-        raise UserError(f"--background must be 0 (no class for what is not an item) or more, got {cfg['background']}")
     if cfg["role"] == "gate" and not cfg["background"]:
         raise UserError("--role gate: a gate tells items from what is not an item, so it needs background crops; "
                         "add --background 2")

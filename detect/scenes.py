@@ -406,8 +406,6 @@ def check_data_options(cfg: dict[str, Any]) -> None:
     check_scales(cfg["min_scale"], cfg["max_scale"], cfg["imgsz"], "--imgsz")
     if not 0 <= cfg["max_overlap"] <= 1:
         raise UserError(f"--max-overlap {cfg['max_overlap']} must be an IoU between 0 and 1")
-    if cfg["workers"] < 1:
-        raise UserError(f"--workers {cfg['workers']} must be at least 1")
     parse_backgrounds(cfg["backgrounds"])
 
 

@@ -814,11 +814,6 @@ def format_lines(s: dict) -> list[str]:
 
 
 def check_options(cfg: dict) -> None:
-    if cfg["crops"] < 0:
-        raise UserError(f"--crops must be at least 0, got {cfg['crops']}")
-    if cfg["min_track_frames"] < 1 or cfg["fill_gaps"] < 0 or cfg["stitch_gap"] < 0:
-        raise UserError(f"--min-track-frames must be at least 1, --fill-gaps and --stitch-gap at least 0, got "
-                        f"{cfg['min_track_frames']}, {cfg['fill_gaps']} and {cfg['stitch_gap']}")
     if not 0 <= cfg["vote_weight"] <= 1 or not 0 <= cfg["resolve_margin"] <= 1 or not 0 <= cfg["min_read_conf"] <= 1 \
             or not 0 <= cfg["max_not_item"] <= 1:
         raise UserError(f"--vote-weight {cfg['vote_weight']}, --resolve-margin {cfg['resolve_margin']}, "

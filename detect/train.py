@@ -62,15 +62,8 @@ def dataset_root(path: Path, info: dict) -> Path:
 def check_options(cfg: dict) -> None:
     if not cfg["from"]:
         raise UserError("--from is required: a classify run directory, none, or a model YAML such as yolov8n.yaml")
-    for key in ("epochs", "batch"):
-        if cfg[key] < 1:
-            raise UserError(f"--{key} must be at least 1, got {cfg[key]}")
     if cfg["imgsz"] < 64 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32, at least 64 (e.g. 320)")
-    if min(cfg["minutes"], cfg["freeze_epochs"], cfg["patience"], cfg["close_mosaic"], cfg["warmup_epochs"],
-           cfg["reader_epochs"]) < 0:
-        raise UserError("--minutes, --freeze-epochs, --patience, --close-mosaic, --warmup-epochs and --reader-epochs "
-                        "cannot be negative")
     if not 0 < cfg["fraction"] <= 1:
         raise UserError(f"--fraction {cfg['fraction']}: give a fraction in (0, 1]")
 

@@ -183,8 +183,6 @@ def check_options(cfg: dict) -> None:
         raise UserError(f"--iou {cfg['iou']} must lie in (0, 1]")
     if cfg["imgsz"] < 32 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32 (e.g. 320)")
-    if cfg["stride"] < 1 or cfg["batch"] < 1 or cfg["max_frames"] < 0:
-        raise UserError("--stride and --batch must be at least 1, --max-frames at least 0")
 
 
 def output_dir(out: str | None, input_path: Path) -> Path:

@@ -88,3 +88,13 @@ def test_outliers_top_larger_than_a_class_is_a_user_error(cli, runs_dir, capsys)
     assert cli("data", "outliers", "--subset", 100, "--top", 11) == 2
     assert "--top 11" in capsys.readouterr().err
     assert not (runs_dir / "data").exists()
+
+
+@pytest.mark.parametrize("argv, says", [(("--top", 0), "--top must be at least 1, got 0"),
+                                        (("--subset", 0), "--subset must be at least 1, got 0"),
+                                        (("--epochs", 0), "--epochs must be at least 1, got 0"),
+                                        (("--batch-size", -4), "--batch-size must be at least 1, got -4")])
+def test_outliers_counts_below_their_least_are_one_line_errors(cli, runs_dir, capsys, argv, says):
+    assert cli("data", "outliers", *argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {says}"
+    assert not (runs_dir / "data").exists()

@@ -285,7 +285,9 @@ def test_train_errors(cli, work, dataset, classify_run, trained, capsys):
     assert cli("detect", "train", "--from", "none", "--data", dataset, "--imgsz", 100) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert cli("detect", "train", "--from", "none", "--data", dataset, "--warmup-epochs", -1) == 2
-    assert "cannot be negative" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "error: --warmup-epochs must be at least 0, got -1.0"
+    assert cli("detect", "train", "--from", "none", "--data", dataset, "--batch", 0) == 2
+    assert capsys.readouterr().err.strip() == "error: --batch must be at least 1, got 0"
     assert not (work / "runs" / "detect" / "train").exists()  # no run directory for a failed start
 
 
@@ -1124,9 +1126,15 @@ def test_misfitting_classifier_or_metric_run_is_refused(cli, trained, clip, clas
     assert error("--conf", "1.5").strip() == "error: --conf 1.5 must lie in [0, 1]"
     assert "reads the ten classes only" in error("--gate", classify_run)  # a gate knows what is not an item
     assert "classify run directory not found" in error("--gate", work / "nowhere")
-    assert "--min-track-frames must be at least 1" in error("--min-track-frames", "0")
-    assert "--fill-gaps and --stitch-gap at least 0" in error("--fill-gaps", "-2")
-    assert "--stitch-gap at least 0, got 10, 30 and -1" in error("--stitch-gap", "-1")
+    # the at-least bounds sit on the options (detect/defaults.py), one line naming the one flag
+    for argv, says in ((("--min-track-frames", "0"), "--min-track-frames must be at least 1, got 0"),
+                       (("--fill-gaps", "-2"), "--fill-gaps must be at least 0, got -2"),
+                       (("--stitch-gap", "-1"), "--stitch-gap must be at least 0, got -1"),
+                       (("--crops", "-1"), "--crops must be at least 0, got -1"),
+                       (("--stride", "0"), "--stride must be at least 1, got 0"),
+                       (("--batch", "0"), "--batch must be at least 1, got 0"),
+                       (("--max-frames", "-1"), "--max-frames must be at least 0, got -1")):
+        assert error(*argv).strip() == f"error: {says}"
     assert error("--threads", "-1").strip() == "error: --threads must be at least 0, got -1"
     assert not (work / "refused").exists()  # refused before any output
     with pytest.raises(UserError, match="not Fashion-MNIST's ten"):
@@ -1642,6 +1650,8 @@ def test_reader_command_and_its_errors(cli, trained, classify_run, dataset, work
     fails(copy, "--from", copy, says="is a detect run, not a classify run")
     fails(copy, "--data", work / "nowhere", says="dataset not found")
     fails(copy, "--epochs", 0, says="--epochs must be at least 1")
+    fails(copy, "--copies", 0, says="--copies must be at least 1, got 0")
+    fails(copy, "--background", -1, says="--background must be at least 0, got -1")
     fails(copy, "--jitter", 0.7, says="--jitter 0.7")
     info = json.loads((copy / "run.json").read_text())
     (copy / "run.json").write_text(json.dumps({**info, "classifier_run": str(work / "gone" / "cls")}))

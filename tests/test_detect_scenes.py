@@ -183,6 +183,7 @@ def test_make_video_reads_back_with_its_ground_truth(tmp_path, cli):
     (["make-data", "--min-scale", 0], "--min-scale"),
     (["make-data", "--max-overlap", 1.5], "--max-overlap"),
     (["make-data", "--backgrounds", "flat,plaid"], "--backgrounds"),
+    (["make-data", "--workers", 0], "--workers must be at least 1, got 0"),
     (["make-video", "{tmp}/v.mp4", "--seconds", 0], "--seconds"),
     (["make-video", "{tmp}/v.mp4", "--fps", 0], "--fps"),
     (["make-video", "{tmp}/v.avi"], ".mp4"),
