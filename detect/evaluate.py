@@ -35,6 +35,30 @@ def eval_classifier(cfg: dict, weights: Path, names: dict) -> tuple[object, Path
     return model, run
 
 
+def video_options(cfg: dict[str, Any], weights: Path, out: Path) -> dict[str, Any]:
+    """``detect video``'s options for ``--video``, checked as ``detect video`` checks them, with the clip and its
+    ground truth found: a mistake there is said before the minutes of mAP evaluation rather than after them."""
+    from fashionkit.config import resolve
+    from fashionkit.detect import tracks
+    from fashionkit.detect.defaults import VIDEO_OPTIONS
+    from fashionkit.detect.scoring import load_gt
+    from fashionkit.detect.video import check_options
+
+    video = Path(cfg["video"])
+    if not video.is_file():
+        raise UserError(f"--video {video}: file not found (make a clip with `detect make-video CLIP.mp4`)")
+    if cfg["video_imgsz"] < 32 or cfg["video_imgsz"] % 32:  # detect video would name its own --imgsz
+        raise UserError(f"--video-imgsz {cfg['video_imgsz']}: use a multiple of 32 (e.g. 320)")
+    vcfg = resolve(VIDEO_OPTIONS, {"weights": str(weights), "out": str(out), "imgsz": cfg["video_imgsz"],
+                                   "conf": cfg["conf"], "gt": str(video.with_suffix(".json")),
+                                   "min_visible": cfg["min_visible"], "device": cfg["device"],
+                                   "threads": cfg["threads"]})
+    check_options(vcfg)
+    tracks.check_options(vcfg)
+    load_gt(vcfg["gt"])
+    return vcfg
+
+
 def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     """mAP of a detect run's best.pt on a dataset split: with its own classes, with classes ignored (the boxes
     alone), and with its boxes' classes re-read by ``--classifier`` (and, with ``--video``, P/R on a make-video
@@ -42,12 +66,13 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
     import torch
 
     from fashionkit.bundled import output_home
-    from fashionkit.detect.defaults import VIDEO_OPTIONS
     from fashionkit.detect.model import use_ultralytics
     from fashionkit.detect.tracks import is_one_class, load_gate
     from fashionkit.detect.train import data_yaml, dataset_info, evaluate_with_boxes, ultralytics_device
     from fashionkit.runs import atomic_write_json, ensure_dir, read_json
 
+    if cfg["imgsz"] and (cfg["imgsz"] < 32 or cfg["imgsz"] % 32):  # ultralytics ran -5 and scored 0, silently
+        raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32 (e.g. 320), or 0 for the run's own size")
     run = Path(run)
     weights = weights_file(run)
     summary = (read_json(run / "summary.json", missing_ok=True) or {}) if run.is_dir() else {}
@@ -57,7 +82,9 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
         raise UserError(f"{data} has no {cfg['split']} split; choose --split val or make the dataset with test scenes")
     imgsz = cfg["imgsz"] or summary.get("imgsz") or 320
     home = output_home(run if run.is_dir() else weights.parent, "detector")  # never the installed package
-    out = ensure_dir(Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"])
+    out = Path(cfg["out"]) if cfg["out"] else home / "eval" / cfg["split"]
+    vcfg = video_options(cfg, weights, out / "video") if cfg["video"] else None  # refused before the mAP, not after
+    out = ensure_dir(out)
     use_ultralytics()
     detector = load_detector(weights)[0]  # a clear error for a non-detector before ultralytics' validator sees it
     device = ultralytics_device(cfg["device"])
@@ -73,14 +100,8 @@ def evaluate_run(run: str | Path, cfg: dict[str, Any]) -> dict:
         result[cfg["split"]]["read"] = evaluate_read(weights, *reader, data, cfg["split"], imgsz, cfg["batch"],
                                                      device, out / "read", cfg["vote_weight"], cfg["plots"],
                                                      cfg["threads"], gate)
-    if cfg["video"]:
+    if vcfg is not None:
         video = Path(cfg["video"])
-        from fashionkit.config import resolve
-
-        vcfg = resolve(VIDEO_OPTIONS, {"weights": str(weights), "out": str(out / "video"), "imgsz": cfg["video_imgsz"],
-                                       "conf": cfg["conf"], "gt": str(video.with_suffix(".json")),
-                                       "min_visible": cfg["min_visible"], "device": cfg["device"],
-                                       "threads": cfg["threads"]})
         v = run_video(video, vcfg)
         result["video"] = {k: v[k] for k in ("input", "frames_processed", "fps", "imgsz", "conf", "gt")}
         print(format_summary(v))

@@ -183,6 +183,8 @@ def check_options(cfg: dict) -> None:
         raise UserError(f"--iou {cfg['iou']} must lie in (0, 1]")
     if cfg["imgsz"] < 32 or cfg["imgsz"] % 32:
         raise UserError(f"--imgsz {cfg['imgsz']}: use a multiple of 32 (e.g. 320)")
+    if not 0 <= cfg["min_visible"] <= 1:  # above 1 every item was ignored, and P / R said nothing
+        raise UserError(f"--min-visible {cfg['min_visible']} must lie in [0, 1] (the share of an item in view)")
 
 
 def output_dir(out: str | None, input_path: Path) -> Path:

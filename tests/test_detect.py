@@ -605,6 +605,17 @@ def test_eval_reports_map_and_video_scores(cli, trained, clip, work, capsys):
         assert cli("detect", "eval", run, *argv, "--no-plots") == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
+    # said before the mAP is computed and before the output folder is made: ultralytics scored --imgsz -5 as 0,
+    # and --video's own mistakes came after the minutes of mAP
+    for argv, says in ((("--imgsz", -5), "--imgsz -5: use a multiple of 32"),
+                       (("--video", work / "nowhere.mp4"), "--video " + str(work / "nowhere.mp4") + ": file not found"),
+                       (("--video", path, "--video-imgsz", 100), "--video-imgsz 100: use a multiple of 32"),
+                       (("--video", path, "--min-visible", 1.5), "--min-visible 1.5 must lie in [0, 1]"),
+                       (("--video", path, "--conf", 2), "--conf 2.0 must lie in [0, 1]")):
+        assert cli("detect", "eval", run, *argv, "--no-plots", "--out", work / "eval-refused") == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {says}") and err.count("\n") == 1, err
+        assert not (work / "eval-refused").exists()
 
 
 def test_eval_scores_the_boxes_alone_apart_from_their_classes(cli, dataset, work, runs_dir, capsys):
