@@ -42,7 +42,7 @@ from fashionkit.classify.cli import SEARCH_OPTIONS
 from fashionkit.classify.defaults import TRAIN_OPTIONS
 from fashionkit.classify.train import StopTraining, parse_model_opts, train
 from fashionkit.classify.train import validate as validate_train_config
-from fashionkit.config import flag, load_yaml, resolve, save_yaml
+from fashionkit.config import check_range, flag, load_yaml, resolve, save_yaml
 from fashionkit.errors import UserError
 from fashionkit.runs import (
     atomic_save,
@@ -309,9 +309,8 @@ def search(cfg: dict, settings: dict, grid: list[str] | None = None) -> tuple[Pa
         raise UserError("nothing to search: give --space FILE (see demos/search_space.yaml) or --grid OPTION=V1,V2")
     if not grid and settings["trials"] is None:
         raise UserError("--trials N is required with --space: the number of trials of each stage")
-    for key in ("margin", "budget_minutes"):
-        if not settings[key] >= 0 or not math.isfinite(settings[key]):
-            raise UserError(f"{flag(key)} must be a number >= 0, got {settings[key]}")
+    check_range(settings, "margin", 0, None, "0 or more")
+    check_range(settings, "budget_minutes", 0, None, "0 or more (0 = no cap)")
     validate_train_config(cfg)
     space = parse_grid(grid, cfg) if grid else parse_space(settings["space"], cfg)
     run = new_run_dir("classify", cfg["name"], cfg["runs_dir"], default_name="search")

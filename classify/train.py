@@ -8,7 +8,6 @@ all written atomically. At the end the best weights are evaluated once on the te
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -22,10 +21,10 @@ from fashionkit import distributed, interrupt
 from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from fashionkit.classify.defaults import TRAIN_OPTIONS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
-from fashionkit.config import flag, resolve
+from fashionkit.config import check_range, resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
-from fashionkit.runs import MetricsCSV, atomic_write_json, resume_point, start_run
+from fashionkit.runs import MetricsCSV, atomic_write_json, fit_run, resume_point, start_run
 
 
 def parse_model_opts(text: str) -> dict:
@@ -234,27 +233,13 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------------
 
     def fit(self) -> dict:
-        cfg, weights = self.cfg, self.run / "weights"
+        cfg = self.cfg
         world = distributed.world_size()
         if self.main:
             print(f"run {self.run}: {cfg['model']} on {self.device} ({precision_name(self.amp)}), "
                   f"{self.split_sizes['train']} train / {self.split_sizes['val']} val items, {cfg['epochs']} epochs"
                   + (f", {world} processes x batch {cfg['batch_size']}" if world > 1 else ""))
-        try:
-            stopped = self.loop()
-        except KeyboardInterrupt:
-            if self.main:
-                self.write_summary("interrupted")
-                print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch "
-                      f"is discarded); continue with: classify train --resume {self.run}", file=sys.stderr)
-            raise
-        summary = None
-        if self.main:
-            plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
-            summary = self.write_summary(stopped, **(self.test() if cfg["test"] else {}))
-        summary = distributed.share(summary)
-        distributed.finish()
-        return summary
+        return fit_run(self, "classify", plot_curves, self.test if cfg["test"] else None)
 
     def loop(self) -> str:
         """Train epoch after epoch; returns how it ended (finished / early_stopped / a StopTraining status)."""
@@ -430,15 +415,6 @@ def resume(run: str | Path) -> tuple[Path, dict]:
     return run, Trainer(cfg, run, resume=ckpt).fit()
 
 
-def _check_range(cfg: dict, key: str, low: float, high: float | None, what: str, low_open: bool = False,
-                 high_closed: bool = False) -> None:
-    value = cfg[key]
-    above = value > low if low_open else value >= low
-    below = high is None or (value <= high if high_closed else value < high)
-    if not (math.isfinite(value) and above and below):
-        raise UserError(f"{flag(key)} must be {what}, got {value}")
-
-
 def validate(cfg: dict) -> None:
     from fashionkit.classify.models import IMAGE_SIZE, MODELS
     from fashionkit.data.augment import build_augment
@@ -456,19 +432,19 @@ def validate(cfg: dict) -> None:
                         f"got {cfg['final_augment_epochs']}")
     # torch checks some of these deep inside a run (a traceback) and takes others silently (a negative --patience
     # stopped after the first epoch): one line each, before a run directory is made
-    _check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
-    _check_range(cfg, "muon_lr", 0, None, "a positive number (the conv filters' rate as a multiple of --lr)",
+    check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
+    check_range(cfg, "muon_lr", 0, None, "a positive number (the conv filters' rate as a multiple of --lr)",
                  low_open=True)
-    _check_range(cfg, "norm_lr", 0, None, "a positive number (the BatchNorm weights' and biases' rate as a multiple "
+    check_range(cfg, "norm_lr", 0, None, "a positive number (the BatchNorm weights' and biases' rate as a multiple "
                  "of --lr)", low_open=True)
-    _check_range(cfg, "ema", 0, 1, "a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")
-    _check_range(cfg, "momentum", 0, 1, "a number in [0, 1) (sgd, rmsprop, muon)")
-    _check_range(cfg, "weight_decay", 0, None, "0 or more")
-    _check_range(cfg, "l1", 0, None, "0 or more")
-    _check_range(cfg, "label_smoothing", 0, 1, "a number in [0, 1)")
-    _check_range(cfg, "gamma", 0, None, "a positive number (the step and plateau schedulers' decay factor)",
+    check_range(cfg, "ema", 0, 1, "a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")
+    check_range(cfg, "momentum", 0, 1, "a number in [0, 1) (sgd, rmsprop, muon)")
+    check_range(cfg, "weight_decay", 0, None, "0 or more")
+    check_range(cfg, "l1", 0, None, "0 or more")
+    check_range(cfg, "label_smoothing", 0, 1, "a number in [0, 1)")
+    check_range(cfg, "gamma", 0, None, "a positive number (the step and plateau schedulers' decay factor)",
                  low_open=True)
-    _check_range(cfg, "resize_until", 0, 1, "a fraction of the run in (0, 1] (turn resizing off with --resize-from 0)",
+    check_range(cfg, "resize_until", 0, 1, "a fraction of the run in (0, 1] (turn resizing off with --resize-from 0)",
                  low_open=True, high_closed=True)
     if cfg["resize_from"] != 0 and not 8 <= cfg["resize_from"] < IMAGE_SIZE:
         raise UserError(f"--resize-from must be 0 (off) or a size from 8 to {IMAGE_SIZE - 1} px, "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fashionkit.config import save_yaml
+from fashionkit.config import check_range, save_yaml
 from fashionkit.data.fashion_mnist import CLASSES, load_split
 from fashionkit.data.loader import STD, BatchLoader, to_float
 from fashionkit.data.splits import make_splits
@@ -58,8 +58,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_options(cfg: dict) -> None:
-    if cfg["lr"] <= 0:
-        raise UserError(f"--lr must be positive, got {cfg['lr']}")
+    check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
 
 
 def pixel_errors(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

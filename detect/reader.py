@@ -238,7 +238,7 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
 
     from fashionkit import bundled
     from fashionkit.classify.checkpoint import save_checkpoint
-    from fashionkit.config import load_yaml, save_yaml
+    from fashionkit.config import check_range, load_yaml, save_yaml
     from fashionkit.data.augment import RandomHorizontalFlip
     from fashionkit.data.fashion_mnist import CLASSES
     from fashionkit.data.loader import normalize, to_float
@@ -253,9 +253,9 @@ def train_reader(detect_run: str | Path, cfg: dict[str, Any], progress: bool = T
         raise UserError("--role gate: a gate tells items from what is not an item, so it needs background crops; "
                         "add --background 2")
     out_name = GATE_DIR if cfg["role"] == "gate" else READER_DIR
-    if not 0 <= cfg["jitter"] < 0.5 or cfg["lr"] <= 0 or not 0 <= cfg["label_smoothing"] < 1:
-        raise UserError(f"--jitter {cfg['jitter']} must lie in [0, 0.5), --lr {cfg['lr']} above 0 and "
-                        f"--label-smoothing {cfg['label_smoothing']} in [0, 1)")
+    check_range(cfg, "jitter", 0, 0.5, "a fraction of the box in [0, 0.5)")
+    check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
+    check_range(cfg, "label_smoothing", 0, 1, "a number in [0, 1)")
     data, classifier_run = sources(run, cfg)
     names = load_yaml(data).get("names") or {}
     if [names[i] for i in sorted(names)] != list(CLASSES):

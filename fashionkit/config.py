@@ -8,6 +8,7 @@ a command-line flag, the ``--config`` YAML file, the declared default. The resol
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,17 @@ DATA_DIR_HELP = ("directory holding the Fashion-MNIST idx files; none: $FASHIONK
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def check_range(cfg: dict, key: str, low: float, high: float | None, what: str, low_open: bool = False,
+                high_closed: bool = False) -> None:
+    """One line naming the flag when ``cfg[key]`` is not finite or lies outside ``[low, high)`` (``low_open``:
+    ``(low, ...``; ``high_closed``: ``..., high]``; ``high`` None: no upper bound). ``what`` says what it must be."""
+    value = cfg[key]
+    above = value > low if low_open else value >= low
+    below = high is None or (value <= high if high_closed else value < high)
+    if not (math.isfinite(value) and above and below):
+        raise UserError(f"{flag(key)} must be {what}, got {value}")
 
 
 _SAYS_UNSET = re.compile(r"\bdefault\b|\bnone\b|not given|when unset|empty =")

@@ -218,6 +218,35 @@ def start_run(stage: str, cfg: dict, make_trainer: Callable[[Path], Any], **info
         raise
 
 
+def fit_run(trainer: Any, stage: str, plot_curves: Callable[[list[dict], Path, str], None],
+            test: Callable[[], dict] | None) -> dict:
+    """How ``classify train`` and ``metric train`` run a trainer to its end: ``trainer.loop()`` (returns how it
+    ended); on Ctrl-C the summary says interrupted and the command that resumes is printed; at the end (main
+    process) the curves and the summary with ``test()``'s figures, then that summary shared with every DDP process.
+
+    The trainer has ``main``, ``run``, ``epoch``, ``metrics`` (a MetricsCSV), ``loop()`` and ``write_summary(status,
+    **figures)``."""
+    import sys
+
+    from fashionkit import distributed
+
+    try:
+        status = trainer.loop()
+    except KeyboardInterrupt:
+        if trainer.main:
+            trainer.write_summary("interrupted")
+            print(f"\ninterrupted: {trainer.epoch} finished epochs kept in {trainer.run / 'weights' / 'last.pt'} (a "
+                  f"partial epoch is discarded); continue with: {stage} train --resume {trainer.run}", file=sys.stderr)
+        raise
+    summary = None
+    if trainer.main:
+        plot_curves(trainer.metrics.rows(), trainer.run / "curves.png", trainer.run.name)
+        summary = trainer.write_summary(status, **(test() if test else {}))
+    summary = distributed.share(summary)
+    distributed.finish()
+    return summary
+
+
 def resume_point(run: str | Path, stage: str, read_checkpoint: Callable[[Path], dict]) -> tuple[Path, dict, dict]:
     """``(run, last checkpoint, saved config dict)`` of an interrupted run; a finished or empty run is refused."""
     from fashionkit.config import load_yaml

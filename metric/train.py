@@ -26,8 +26,6 @@ and a before/after t-SNE plot is drawn.
 from __future__ import annotations
 
 import contextlib
-import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,12 +34,12 @@ import numpy as np
 import torch
 
 from fashionkit import distributed, interrupt
-from fashionkit.config import resolve
+from fashionkit.config import check_range, resolve
 from fashionkit.device import amp_dtype, autocast, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
 from fashionkit.metric.model import embedder_from_classifier, load_state, save_embedder
-from fashionkit.runs import MetricsCSV, atomic_write_json, open_run, resume_point, start_run
+from fashionkit.runs import MetricsCSV, atomic_write_json, fit_run, open_run, resume_point, start_run
 
 
 def rank_share(rank: int, world: int) -> slice:
@@ -271,26 +269,12 @@ class MetricTrainer:
                    if self.world > 1 else ""))
 
     def fit(self) -> dict:
-        cfg, weights = self.cfg, self.run / "weights"
         if self.main:
             print(self.describe(), flush=True)
-        try:
-            self.loop()
-        except KeyboardInterrupt:
-            if self.main:
-                self.write_summary("interrupted")
-                print(f"\ninterrupted: {self.epoch} finished epochs kept in {weights / 'last.pt'} (a partial epoch "
-                      f"is discarded); continue with: metric train --resume {self.run}", file=sys.stderr)
-            raise
-        summary = None
-        if self.main:
-            plot_curves(self.metrics.rows(), self.run / "curves.png", title=self.run.name)
-            summary = self.write_summary("finished", **(self.test() if cfg["eval"] else {}))
-        summary = distributed.share(summary)
-        distributed.finish()
-        return summary
+        return fit_run(self, "metric", plot_curves, self.test if self.cfg["eval"] else None)
 
-    def loop(self) -> None:
+    def loop(self) -> str:
+        """Train epoch after epoch; returns how it ended (always finished: metric train has no early stopping)."""
         cfg, weights = self.cfg, self.run / "weights"
         while self.epoch < cfg["epochs"]:
             try:
@@ -323,6 +307,7 @@ class MetricTrainer:
                   f"val P@1 {row['val_precision_at_1']:.4f} MAP@R {row['val_map_at_r']:.4f}  "
                   f"{row['seconds']:.1f}s {row['img_per_s']:.0f} img/s" + ("  *" if self.best_epoch == self.epoch
                                                                             else ""), flush=True)
+        return "finished"
 
     def test(self) -> dict:
         """precision@1, R-precision, MAP@R of the test items of the hard classes against train+val, for the
@@ -465,11 +450,10 @@ def validate_options(cfg: dict) -> None:
     parse_hard_classes(cfg["hard_classes"])
     build_augment(cfg["augment"])
     build_miner(cfg)
-    for key in ("lr", "margin"):
-        if not cfg[key] > 0 or not math.isfinite(cfg[key]):
-            raise UserError(f"--{key} must be a positive number, got {cfg[key]}")
-    if not 0 <= cfg["trunk_lr_scale"] or not 0 <= cfg["weight_decay"]:
-        raise UserError("--trunk-lr-scale and --weight-decay must not be negative")
+    check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
+    check_range(cfg, "margin", 0, None, "a positive number", low_open=True)
+    check_range(cfg, "trunk_lr_scale", 0, None, "0 or more")
+    check_range(cfg, "weight_decay", 0, None, "0 or more")
     bs, m = cfg["batch_size"], cfg["m_per_class"]
     if bs % m:
         raise UserError(f"--batch-size {bs} must be a multiple of --m-per-class {m} (MPerClassSampler)")

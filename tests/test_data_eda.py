@@ -93,8 +93,9 @@ def test_outliers_top_larger_than_a_class_is_a_user_error(cli, runs_dir, capsys)
 @pytest.mark.parametrize("argv, says", [(("--top", 0), "--top must be at least 1, got 0"),
                                         (("--subset", 0), "--subset must be at least 1, got 0"),
                                         (("--epochs", 0), "--epochs must be at least 1, got 0"),
-                                        (("--batch-size", -4), "--batch-size must be at least 1, got -4")])
-def test_outliers_counts_below_their_least_are_one_line_errors(cli, runs_dir, capsys, argv, says):
+                                        (("--batch-size", -4), "--batch-size must be at least 1, got -4"),
+                                        (("--lr", "nan"), "--lr must be a positive number, got nan")])
+def test_outliers_options_out_of_range_are_one_line_errors(cli, runs_dir, capsys, argv, says):
     assert cli("data", "outliers", *argv) == 2
     assert capsys.readouterr().err.strip() == f"error: {says}"
     assert not (runs_dir / "data").exists()

@@ -98,7 +98,7 @@ def test_zero_triplet_epoch_fails_loudly(cli, capsys, classify_run, root):
     assert not (root / "metric" / "empty" / "weights" / "last.pt").exists()
 
 
-def test_resume_continues_where_it_stopped(metric_run, classify_run, root, monkeypatch):
+def test_resume_continues_where_it_stopped(metric_run, classify_run, root, monkeypatch, capsys):
     from fashionkit.classify.checkpoint import load_classifier
     from fashionkit.metric import train as metric_train
     from fashionkit.metric.model import read_embedder_checkpoint
@@ -116,6 +116,9 @@ def test_resume_continues_where_it_stopped(metric_run, classify_run, root, monke
     with pytest.raises(KeyboardInterrupt):
         metric_train.train({**TINY, "from": str(classify_run), "runs_dir": str(root), "name": "cut", "eval": False})
     run = root / "metric" / "cut"
+    err = capsys.readouterr().err
+    assert f"1 finished epochs kept in {run / 'weights' / 'last.pt'}" in err
+    assert f"continue with: metric train --resume {run}" in err
     assert [int(r["epoch"]) for r in rows(run)] == [1]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     # after the frozen first epoch the trunk is still exactly the classifier's, BatchNorm statistics included
@@ -277,6 +280,10 @@ def test_resolve_with_tta_starts_from_the_classifiers_tta_predictions(indexed, c
     ({"batch_size": 100, "m_per_class": 32}, "multiple of --m-per-class"),
     ({"model": "nope"}, "unknown model"),
     ({"threads": -1}, "--threads must be at least 0"),  # was torch's traceback from set_num_threads
+    # one flag per message (was "--trunk-lr-scale and --weight-decay must not be negative" for either), inf refused
+    ({"trunk_lr_scale": -0.5}, r"^--trunk-lr-scale must be 0 or more, got -0.5$"),
+    ({"weight_decay": float("inf")}, r"^--weight-decay must be 0 or more, got inf$"),
+    ({"margin": 0}, r"^--margin must be a positive number, got 0"),
 ])
 def test_bad_training_options(options, message, tmp_path):
     from fashionkit.metric.train import train
