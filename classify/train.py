@@ -225,10 +225,10 @@ class Trainer:
         return distributed.share(row)
 
     def improved(self, row: dict) -> bool:
-        value = row[self.cfg["monitor"]]
-        if self.best is None:
+        monitor = self.cfg["monitor"]
+        if monitor == "last" or self.best is None:
             return True
-        return value < self.best if self.cfg["monitor"] == "val_loss" else value > self.best
+        return row[monitor] < self.best if monitor == "val_loss" else row[monitor] > self.best
 
     # -- the loop -----------------------------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ class Trainer:
                     self.scheduler.step()
             with interrupt.deferred():  # best.pt, the metrics row and last.pt: all of them or none
                 if self.improved(row):
-                    self.best, self.best_epoch, self.bad_epochs = row[cfg["monitor"]], self.epoch, 0
+                    self.best, self.best_epoch, self.bad_epochs = row.get(cfg["monitor"]), self.epoch, 0
                     if self.main:
                         save_checkpoint(weights / "best.pt", self.evaluated(), epoch=self.epoch, metrics=row,
                                         config=cfg)
@@ -312,7 +312,8 @@ class Trainer:
         loader = BatchLoader(images, labels, 500, device=self.device, channels_last=self.cfg["channels_last"])
         loss, acc = evaluate_loader(self.model, loader, self.device, self.amp, self.cfg["tta"])
         tta = " with TTA" if self.cfg["tta"] else ""
-        print(f"test (best epoch {best['epoch']}{tta}): loss {loss:.4f} acc {acc:.4f}")
+        which = "last" if self.cfg["monitor"] == "last" else "best"
+        print(f"test ({which} epoch {best['epoch']}{tta}): loss {loss:.4f} acc {acc:.4f}")
         return {"test_loss": loss, "test_acc": acc, "test_tta": self.cfg["tta"]}
 
     def write_summary(self, status: str, **extra) -> dict:
@@ -320,7 +321,7 @@ class Trainer:
         summary = {
             "status": status, "model": self.cfg["model"], "params": sum(p.numel() for p in self.model.parameters()),
             "epochs_done": self.epoch, "epochs": self.cfg["epochs"], "best_epoch": self.best_epoch,
-            "best_" + self.cfg["monitor"]: self.best,
+            "monitor": self.cfg["monitor"],
             "best_val_acc": max((float(r["val_acc"]) for r in rows), default=None),
             "best_val_loss": min((float(r["val_loss"]) for r in rows), default=None),
             "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows) if rows else None,
@@ -427,6 +428,9 @@ def validate(cfg: dict) -> None:
             raise UserError("--final-augment-epochs needs --final-augment, the preset to train those epochs with "
                             "(e.g. --final-augment flip-crop)")
         build_augment(cfg["final_augment"])
+    if cfg["patience"] and cfg["monitor"] == "last":
+        raise UserError("--patience stops a run when a validation figure stops improving: add --monitor val_loss "
+                        "(or val_acc)")
     if not 0 <= cfg["final_augment_epochs"] <= cfg["epochs"]:
         raise UserError(f"--final-augment-epochs must be between 0 and --epochs ({cfg['epochs']}), "
                         f"got {cfg['final_augment_epochs']}")

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from fashionkit.classify.checkpoint import load_classifier
+from fashionkit.classify.checkpoint import load_classifier, read_checkpoint
 from fashionkit.classify.defaults import OPTIMIZERS, SCHEDULERS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
 from fashionkit.classify.train import resume, train
@@ -340,9 +340,23 @@ def test_sam_run_trains(runs_dir):
 
 def test_early_stopping(runs_dir):
     # lr 0 never improves after the first epoch: stops after `patience` more
-    run, summary = train({**TINY, "epochs": 10, "lr": 1e-12, "scheduler": "none", "patience": 2, "test": False})
+    run, summary = train({**TINY, "epochs": 10, "lr": 1e-12, "scheduler": "none", "patience": 2, "test": False,
+                          "monitor": "val_loss"})
     assert summary["status"] == "early_stopped"
     assert len(metrics(run)) == 3
+
+
+def test_best_pt_is_the_end_of_the_schedule_unless_a_validation_figure_is_monitored(runs_dir, capsys):
+    # lr 0: every epoch's validation loss is the first one's, so val_loss keeps epoch 1 (never strictly lower);
+    # the default (last) keeps the end of the run, which is what the final test scores
+    flat = {**TINY, "epochs": 3, "lr": 1e-12, "scheduler": "none"}
+    run, summary = train({**flat, "name": "last"})
+    assert summary["monitor"] == "last" and summary["best_epoch"] == 3
+    assert read_checkpoint(run / "weights" / "best.pt")["epoch"] == 3
+    assert "test (last epoch 3 with TTA)" in capsys.readouterr().out
+    run, summary = train({**flat, "name": "val-loss", "monitor": "val_loss", "test": False})
+    assert summary["monitor"] == "val_loss" and summary["best_epoch"] == 1
+    assert read_checkpoint(run / "weights" / "best.pt")["epoch"] == 1
 
 
 def test_nan_loss_stops_with_clear_error(runs_dir, cli, capsys):
@@ -370,6 +384,7 @@ def test_nan_loss_stops_with_clear_error(runs_dir, cli, capsys):
     (["--resize-from", "-3"], "--resize-from must be 0 (off) or a size from 8 to 27 px"),
     (["--resize-until", "0"], "--resize-until must be a fraction of the run in (0, 1]"),
     (["--patience", "-1"], "--patience must be at least 0"),
+    (["--patience", "3"], "--patience stops a run when a validation figure stops improving: add --monitor val_loss"),
     (["--threads", "-1"], "--threads must be at least 0"),
     (["--scheduler", "step", "--step-size", "0"], "--step-size must be at least 1"),
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),  # was scikit-learn's traceback
