@@ -438,18 +438,18 @@ def validate(cfg: dict) -> None:
     # stopped after the first epoch): one line each, before a run directory is made
     check_range(cfg, "lr", 0, None, "a positive number", low_open=True)
     check_range(cfg, "muon_lr", 0, None, "a positive number (the conv filters' rate as a multiple of --lr)",
-                 low_open=True)
+                low_open=True)
     check_range(cfg, "norm_lr", 0, None, "a positive number (the BatchNorm weights' and biases' rate as a multiple "
-                 "of --lr)", low_open=True)
+                "of --lr)", low_open=True)
     check_range(cfg, "ema", 0, 1, "a decay in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")
     check_range(cfg, "momentum", 0, 1, "a number in [0, 1) (sgd, rmsprop, muon)")
     check_range(cfg, "weight_decay", 0, None, "0 or more")
     check_range(cfg, "l1", 0, None, "0 or more")
     check_range(cfg, "label_smoothing", 0, 1, "a number in [0, 1)")
     check_range(cfg, "gamma", 0, None, "a positive number (the step and plateau schedulers' decay factor)",
-                 low_open=True)
+                low_open=True)
     check_range(cfg, "resize_until", 0, 1, "a fraction of the run in (0, 1] (turn resizing off with --resize-from 0)",
-                 low_open=True, high_closed=True)
+                low_open=True, high_closed=True)
     if cfg["resize_from"] != 0 and not 8 <= cfg["resize_from"] < IMAGE_SIZE:
         raise UserError(f"--resize-from must be 0 (off) or a size from 8 to {IMAGE_SIZE - 1} px, "
                         f"got {cfg['resize_from']}")
