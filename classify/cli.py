@@ -18,7 +18,7 @@ EVAL_OPTIONS = {
     "weights": WEIGHTS,
     "batch_size": Opt(500, "images per forward pass", least=1),  # said before eval makes its folder
     "device": Opt("auto", DEVICE_HELP),
-    "amp": Opt("off", "precision: off (fp32, exact), auto, bf16, fp16; train's test number used its --amp",
+    "amp": Opt("off", "precision: off (fp32, exact, as train's final test), auto, bf16, fp16",
                choices=AMP_CHOICES),
     "top_errors": Opt(25, "most confident mistakes shown in mistakes.png and listed in eval.json"),
     "out": Opt(None, "output directory; none means RUN/eval/<split>[-last][-tta] (for the bundled classifier "

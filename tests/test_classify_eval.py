@@ -190,9 +190,15 @@ def test_eval_cli_on_test_split(runs, cli, capsys):
     saved = json.loads((runs["cnn"] / "eval" / "test" / "eval.json").read_text())
     summary = json.loads((runs["cnn"] / "summary.json").read_text())
     assert saved["items"] == 10_000 and len(saved["top_errors"]) == 4
-    # train's test number came from the same weights (in its --amp precision)
+    # train's test number came from the same weights, with its six TTA views
     assert saved["accuracy"] == pytest.approx(summary["test_acc"], abs=0.01)
     assert f"accuracy {saved['accuracy']:.4f}" in text and "Ankle boot" in text and "->" in text
+    # and in fp32 whatever --amp trained (bf16 on a CPU that has it): eval's default precision gives the same figure
+    assert summary["test_tta"] is True
+    assert cli("classify", "eval", runs["cnn"], "--tta", "--top-errors", "0", "--out", runs["cnn"] / "eval-tta") == 0
+    tta = json.loads((runs["cnn"] / "eval-tta" / "eval.json").read_text())
+    assert tta["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-9)
+    assert tta["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
 
 
 # ---- compare -------------------------------------------------------------------------------------------------
