@@ -64,11 +64,11 @@ INDEX_OPTIONS: dict[str, Opt] = {
     "pq_m": Opt(0, "ivfpq: sub-quantisers = bytes per vector; must divide the embedding dimensions (0: dim/2)"),
     "opq": Opt(False, "ivfpq: learn an OPQ rotation first (spreads the variance evenly over the sub-quantisers)"),
     "rerank": Opt(100, "ivfpq: re-order this many PQ candidates per query by exact distance, read from the "
-                  "memory-mapped RUN/index/vectors.npy (0: no re-ranking, no vectors file)"),
+                  "memory-mapped RUN/index/vectors.npy (0: no re-ranking, no vectors file)", least=0),
     "hnsw_m": Opt(32, "hnsw: neighbours per node"),
     "ef_construction": Opt(80, "hnsw: candidate list size while building"),
     "ef_search": Opt(64, "hnsw: candidate list size while searching (recall vs speed)"),
-    "batch_size": Opt(1000, "images embedded per batch"),
+    "batch_size": Opt(1000, "images embedded per batch", least=1),
     **_COMMON,
 }
 

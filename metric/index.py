@@ -346,10 +346,6 @@ def build_run_index(run: str | Path, opts: dict) -> dict:
 
     run = open_run(run, "metric")
     device = select_device(opts["device"])
-    if opts["batch_size"] < 1:
-        raise UserError(f"--batch-size must be at least 1, got {opts['batch_size']}")
-    if opts["rerank"] < 0:
-        raise UserError(f"--rerank must be 0 (off) or a number of candidates, got {opts['rerank']}")
     net, ckpt = load_embedder(run, device)
     images, labels, split, source = reference_set(ckpt, opts["data_dir"])
     start = time.perf_counter()
@@ -477,8 +473,6 @@ def add_to_run_index(run: str | Path, files: list[str], opts: dict) -> dict:
 
     run = open_run(run, "metric")
     paths = image_files(files)
-    if opts["batch_size"] < 1:
-        raise UserError(f"--batch-size must be at least 1, got {opts['batch_size']}")
     device = select_device(opts["device"])
     net, ckpt = load_embedder(run, device)
     meta = _checked_meta(run, ckpt["model_hash"])  # weights changed since the build: refused, not mixed

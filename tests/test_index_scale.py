@@ -170,6 +170,11 @@ def test_ivfpq_run_index_reranks_and_adds_external_images(metric_run, small_refe
     assert "--add adds to the index as it was built; drop --index" in capsys.readouterr().err
     assert cli("metric", "index", run, "--add", tmp_path / "missing.png") == 2
     assert "no such file or directory" in capsys.readouterr().err
+    for argv, says in ((("--add", shop, "--batch-size", 0), "--batch-size must be at least 1, got 0"),
+                       (("--batch-size", -1), "--batch-size must be at least 1, got -1"),
+                       (("--rerank", -1), "--rerank must be at least 0, got -1")):
+        assert cli("metric", "index", run, *argv) == 2
+        assert capsys.readouterr().err.strip() == f"error: {says}"
     assert json.loads((run / "index" / "index.json").read_text())["count"] == 3003  # refusals changed nothing
 
     best = run / "weights" / "best.pt"
