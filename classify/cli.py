@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fashionkit.classify.defaults import EVAL_BATCH
 from fashionkit.config import Opt, add_options, flag, refuse_flags_with_resume, resolve
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
@@ -16,7 +17,7 @@ EVAL_OPTIONS = {
     "tta": Opt(False, "test-time augmentation: average the probabilities of the image and its mirror image, each "
                       "also shifted a pixel both ways"),
     "weights": WEIGHTS,
-    "batch_size": Opt(500, "images per forward pass", least=1),  # said before eval makes its folder
+    "batch_size": Opt(EVAL_BATCH, "images per forward pass", least=1),  # said before eval makes its folder
     "device": Opt("auto", DEVICE_HELP),
     "amp": Opt("off", "precision: off (fp32, exact, as train's final test), auto, bf16, fp16",
                choices=AMP_CHOICES),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashionkit.classify.defaults import EVAL_BATCH
 from fashionkit.errors import UserError
 from fashionkit.runs import atomic_save, atomic_write_json, atomic_write_text, ensure_dir, open_run, read_json
 
@@ -39,7 +40,7 @@ def split_items(cfg: dict, split: str, data_dir: str | None = None) -> tuple[tor
 
 
 def evaluate_run(run: str | Path, split: str = "test", tta: bool = False, weights: str = "best",
-                 batch_size: int = 500, device: str = "auto", amp: str = "off", data_dir: str | None = None,
+                 batch_size: int = EVAL_BATCH, device: str = "auto", amp: str = "off", data_dir: str | None = None,
                  top_errors: int = 25, out: str | Path | None = None) -> dict:
     """Evaluate a classify run on a split; writes eval.json and the plots, returns the eval.json content."""
     from sklearn.metrics import classification_report, confusion_matrix

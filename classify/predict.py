@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from fashionkit.classify.checkpoint import load_run_model
+from fashionkit.classify.defaults import EVAL_BATCH
 from fashionkit.device import autocast, select_device
 from fashionkit.errors import UserError
 
@@ -18,27 +19,33 @@ TTA_SHIFTS = ((0, 0), (-1, -1), (1, 1))
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The views TTA averages for a normalised batch ``[B, 1, H, W]``: {image, mirror} x TTA_SHIFTS."""
+    """The views TTA averages for a normalised batch ``[B, 1, H, W]``: TTA_SHIFTS of the image, then of its mirror
+    image, each ``[B, 1, H, W]`` (a forward pass sees no more images than the batch: see defaults.EVAL_BATCH)."""
     from fashionkit.data.loader import normalize
 
     background = float(normalize(torch.zeros(())))
-    padded = torch.nn.functional.pad(torch.cat([x, x.flip(-1)]), (1, 1, 1, 1), value=background)
     h, w = x.shape[-2:]
-    views = [padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in TTA_SHIFTS]
-    return [v.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last)
-            else v for v in views]
+    keep_layout = x.is_contiguous(memory_format=torch.channels_last)
+    views = []
+    for image in (x, x.flip(-1)):
+        padded = torch.nn.functional.pad(image, (1, 1, 1, 1), value=background)
+        for dy, dx in TTA_SHIFTS:
+            view = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            views.append(view.contiguous(memory_format=torch.channels_last) if keep_layout else view)
+    return views
 
 
 def tta_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mean softmax probabilities over ``tta_views(x)`` (float32)."""
-    n = len(x)
-    probs = sum(model(v).float().softmax(1) for v in tta_views(x)) / len(TTA_SHIFTS)
-    return (probs[:n] + probs[n:]) / 2
+    """Mean softmax probabilities over ``tta_views(x)`` (float32): the image's views and the mirror's averaged
+    apart, then the two."""
+    views, k = tta_views(x), len(TTA_SHIFTS)
+    image, mirror = (sum(model(v).float().softmax(1) for v in views[i:i + k]) / k for i in (0, k))
+    return (image + mirror) / 2
 
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp=None,
-                  batch_size: int = 500, tta: bool = False) -> torch.Tensor:
+                  batch_size: int = EVAL_BATCH, tta: bool = False) -> torch.Tensor:
     """Softmax probabilities ``[N, C]`` (float32, CPU) for uint8 images ``[N, 28, 28]``.
 
     ``tta``: average over the image and its mirror image, each also shifted a pixel both ways (``tta_views``).

@@ -19,10 +19,10 @@ from torch import nn
 
 from fashionkit import distributed, interrupt
 from fashionkit.classify.checkpoint import load_weights, read_checkpoint, save_checkpoint
-from fashionkit.classify.defaults import TRAIN_OPTIONS
+from fashionkit.classify.defaults import EVAL_BATCH, TRAIN_OPTIONS
 from fashionkit.classify.optim import SAM, build_optimizer, build_scheduler
 from fashionkit.config import check_range, resolve
-from fashionkit.device import amp_dtype, autocast, precision_name, select_device
+from fashionkit.device import amp_dtype, autocast, keep_freed_memory, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.runs import MetricsCSV, atomic_write_json, fit_run, resume_point, start_run
 
@@ -88,6 +88,7 @@ class Trainer:
 
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         self.main = distributed.is_main()  # under torchrun only rank 0 writes files and prints
+        keep_freed_memory()  # the command line does this too; here for runs started from Python (benchmarks)
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
@@ -105,8 +106,8 @@ class Trainer:
                                         device=self.device, seed=cfg["seed"], drop_last=len(train_idx) >= 2 * cfg[
                                             "batch_size"], channels_last=cfg["channels_last"], indices=train_idx,
                                         rank=distributed.rank(), world_size=distributed.world_size())
-        self.val_loader = BatchLoader(images, labels, 500, device=self.device, channels_last=cfg["channels_last"],
-                                      indices=val_idx)
+        self.val_loader = BatchLoader(images, labels, EVAL_BATCH, device=self.device,
+                                      channels_last=cfg["channels_last"], indices=val_idx)
 
         self.model = model_from_config(cfg).to(self.device)
         if self.model.options.get("whiten") and resume is None:
@@ -309,7 +310,7 @@ class Trainer:
         best = read_checkpoint(self.run / "weights" / "best.pt")
         load_weights(self.model, best)
         images, labels = load_split("test", self.cfg["data_dir"])
-        loader = BatchLoader(images, labels, 500, device=self.device, channels_last=self.cfg["channels_last"])
+        loader = BatchLoader(images, labels, EVAL_BATCH, device=self.device, channels_last=self.cfg["channels_last"])
         # in fp32 whatever --amp trained: the exact figure, as `classify eval` and the benchmarks score (in bf16 a Zen 4
         # run scored 94.02% for weights that score 94.05%; BENCHMARKS.md, "Kinds of CPU")
         loss, acc = evaluate_loader(self.model, loader, self.device, None, self.cfg["tta"])

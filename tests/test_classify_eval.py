@@ -14,7 +14,7 @@ from PIL import Image
 from fashionkit.classify.checkpoint import load_run_model
 from fashionkit.classify.evaluate import compare_runs, evaluate_run
 from fashionkit.classify.inspect import inspect_run
-from fashionkit.classify.predict import predict_files, predict_probs
+from fashionkit.classify.predict import predict_files, predict_probs, tta_views
 from fashionkit.classify.train import evaluate_loader, train
 from fashionkit.data.fashion_mnist import CLASSES
 from fashionkit.data.images import read_item_image, read_item_images
@@ -167,6 +167,9 @@ def test_eval_tta_averages_mirror_and_shifted_views(runs, train_set):
     expected = sum(predict_probs(model, v, cpu) for v in views) / 6
     assert torch.allclose(probs, expected, atol=1e-5)
     assert not torch.allclose(probs, predict_probs(model, items, cpu), atol=1e-3)  # the flip changed something
+    # the six views come one batch at a time: a forward pass sees no more images than --batch-size
+    batch = torch.randn(7, 1, 28, 28)
+    assert [v.shape for v in tta_views(batch)] == [batch.shape] * 6
     truth = torch.tensor([int(r["label"]) for r in rows])
     assert tta["accuracy"] == pytest.approx((expected.argmax(1) == truth).float().mean().item())
 
