@@ -49,11 +49,12 @@ def evaluate_run(run: str | Path, split: str = "test", tta: bool = False, weight
     from fashionkit.classify.checkpoint import load_run_model
     from fashionkit.classify.predict import predict_probs
     from fashionkit.data.fashion_mnist import CLASSES
-    from fashionkit.device import amp_dtype, select_device
+    from fashionkit.device import amp_dtype, keep_freed_memory, select_device
 
     if top_errors < 0:
         raise UserError(f"--top-errors must be 0 or more, got {top_errors}")
     dev = select_device(device)
+    keep_freed_memory()  # as classify train scores: the batches' activations reused, not faulted in again
     model, ckpt, cfg, run = load_run_model(run, dev, weights)
     images, labels, index = split_items(cfg, split, data_dir)
     tag = split + ("-last" if weights == "last" else "") + ("-tta" if tta else "")

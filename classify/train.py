@@ -88,7 +88,7 @@ class Trainer:
 
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         self.main = distributed.is_main()  # under torchrun only rank 0 writes files and prints
-        keep_freed_memory()  # the command line does this too; here for runs started from Python (benchmarks)
+        keep_freed_memory()  # training and scoring reuse freed activations instead of faulting them in again
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])

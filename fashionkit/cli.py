@@ -74,10 +74,7 @@ def add_serve_command(sub) -> None:
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    from fashionkit.device import keep_freed_memory
-
     args = parser.parse_args(argv)
-    keep_freed_memory()  # before any work allocates: freed tensors are reused, not faulted in again
     try:
         with interrupt.installed():
             result = args.func(args)

@@ -39,8 +39,10 @@ def select_device(name: str = "auto"):
 # glibc malloc hands a block over its (adaptive) mmap threshold back to the kernel when it is freed and trims the
 # heap's free top, so a CPU run asking for the same activation-sized blocks every step page-faults them in again:
 # 14 million faults in one default `classify train` on a Zen 3, and the six-view TTA test of 10,000 items took 22.4 s
-# where it takes 12.7 s with freed blocks kept (BENCHMARKS.md, "Freed memory kept for the next step"). Blocks up
-# to 32 MiB (glibc's most) come from the heap, and its free top is kept up to 256 MiB.
+# where it takes 12.7 s with freed blocks kept. Blocks up to 32 MiB (glibc's most) come from the heap, and its free
+# top is kept up to 256 MiB. The classify stage's training and scoring keep them; `detect video` (ultralytics, ONNX
+# Runtime, OpenCV) ran 3-15% slower with them kept on the same CPU, so it keeps glibc's way (BENCHMARKS.md, "Freed
+# memory kept for the next step").
 MALLOC_MMAP_THRESHOLD = 32 << 20
 MALLOC_TRIM_THRESHOLD = 256 << 20
 
@@ -51,12 +53,10 @@ def keep_freed_memory() -> bool:
     if os.environ.get("FASHIONKIT_KEEP_FREED_MEMORY", "1") == "0":
         return False
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): nothing to tune
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    except (OSError, AttributeError, TypeError):  # none with mallopt (macOS, Windows): nothing to tune
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold,
