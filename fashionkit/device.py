@@ -38,11 +38,11 @@ def select_device(name: str = "auto"):
 
 # glibc malloc hands a block over its (adaptive) mmap threshold back to the kernel when it is freed and trims the
 # heap's free top, so a CPU run asking for the same activation-sized blocks every step page-faults them in again:
-# 14 million faults in one default `classify train` on a Zen 3, and the six-view TTA test of 10,000 items took 22.4 s
-# where it takes 12.7 s with freed blocks kept. Blocks up to 32 MiB (glibc's most) come from the heap, and its free
-# top is kept up to 256 MiB. The classify stage's training and scoring keep them; `detect video` (ultralytics, ONNX
-# Runtime, OpenCV) ran 3-15% slower with them kept on the same CPU, so it keeps glibc's way (BENCHMARKS.md, "Freed
-# memory kept for the next step").
+# 14 million faults in one default `classify train` on a Zen 3, and the six-view TTA test of 10,000 items, 256
+# images a pass, took 22.4 s where it takes 12.7 s with freed blocks kept. Blocks up to 32 MiB (glibc's most) come
+# from the heap, and its free top is kept up to 256 MiB. The classify stage's training and scoring keep them;
+# `detect video` (ultralytics, ONNX Runtime, OpenCV) ran 3-15% slower with them kept on the same CPU, so it keeps
+# glibc's way (BENCHMARKS.md, "Freed memory kept for the next step").
 MALLOC_MMAP_THRESHOLD = 32 << 20
 MALLOC_TRIM_THRESHOLD = 256 << 20
 
