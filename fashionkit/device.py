@@ -40,7 +40,7 @@ def select_device(name: str = "auto"):
 # heap's free top, so a CPU run asking for the same activation-sized blocks every step page-faults them in again:
 # 14 million faults in one default `classify train` on a Zen 3, and the six-view TTA test of 10,000 items, 256
 # images a pass, took 22.4 s where it takes 12.7 s with freed blocks kept. Blocks up to 32 MiB (glibc's most) come
-# from the heap, and its free top is kept up to 256 MiB. The classify stage's training and scoring keep them;
+# from the heap, and its free top is kept up to 256 MiB. classify's training and scoring and metric train keep them;
 # `detect video` (ultralytics, ONNX Runtime, OpenCV) ran 3-15% slower with them kept on the same CPU, so it keeps
 # glibc's way (BENCHMARKS.md, "Freed memory kept for the next step").
 MALLOC_MMAP_THRESHOLD = 32 << 20

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fashionkit.classify.defaults import EVAL_BATCH
 from fashionkit.errors import UserError
 
 
@@ -78,8 +79,10 @@ def stratified(indices: np.ndarray, labels: torch.Tensor, n: int, seed: int) -> 
 
 
 @torch.no_grad()
-def embed(fn, images_u8: torch.Tensor, device, amp=None, batch_size: int = 1000) -> torch.Tensor:
-    """``fn`` (a module in eval mode) over uint8 ``[N, 28, 28]`` images in batches -> float32 ``[N, D]`` on CPU."""
+def embed(fn, images_u8: torch.Tensor, device, amp=None, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """``fn`` (a module in eval mode) over uint8 ``[N, 28, 28]`` images in batches -> float32 ``[N, D]`` on CPU.
+    ``metric train``'s validation and test embed at classify's scoring batch, whose activations stay under the size
+    up to which freed blocks are reused (`fashionkit.device.keep_freed_memory`)."""
     from fashionkit.data.loader import normalize, to_float
     from fashionkit.device import autocast
 

@@ -35,7 +35,7 @@ import torch
 
 from fashionkit import distributed, interrupt
 from fashionkit.config import check_range, resolve
-from fashionkit.device import amp_dtype, autocast, precision_name, select_device
+from fashionkit.device import amp_dtype, autocast, keep_freed_memory, precision_name, select_device
 from fashionkit.errors import UserError
 from fashionkit.metric.defaults import TRAIN_OPTIONS
 from fashionkit.metric.model import embedder_from_classifier, load_state, save_embedder
@@ -93,6 +93,7 @@ class MetricTrainer:
 
         self.cfg, self.run = cfg, run
         self.main, self.world, self.rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+        keep_freed_memory()  # as classify train: the steps' and embeddings' blocks reused, not faulted in again
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         self.device = distributed.init(select_device(cfg["device"]))
