@@ -41,8 +41,8 @@ def select_device(name: str = "auto"):
 # 14 million faults in one default `classify train` on a Zen 3, and the six-view TTA test of 10,000 items, 256
 # images a pass, took 22.4 s where it takes 12.7 s with freed blocks kept. Blocks up to 32 MiB (glibc's most) come
 # from the heap, and its free top is kept up to 256 MiB. classify's training and scoring and metric train keep them;
-# `detect video` (ultralytics, ONNX Runtime, OpenCV) ran 3-15% slower with them kept on the same CPU, so it keeps
-# glibc's way (BENCHMARKS.md, "Freed memory kept for the next step").
+# `detect video` (ultralytics, ONNX Runtime, OpenCV) ran 3-20% slower with them kept in 4 of 5 comparisons on the
+# same CPU, so it keeps glibc's way (BENCHMARKS.md, "Freed memory kept for the next step").
 MALLOC_MMAP_THRESHOLD = 32 << 20
 MALLOC_TRIM_THRESHOLD = 256 << 20
 
