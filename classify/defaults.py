@@ -3,10 +3,10 @@
 from fashionkit.config import DATA_DIR_HELP, Opt
 from fashionkit.device import AMP_CHOICES, DEVICE_HELP
 
-# images per forward pass when scoring (validation, test, eval, predict): at 256 the default's widest activation
-# (24 x 28 x 28 floats an image) is 19 MiB, under the 32 MiB up to which freed blocks are reused
-# (`fashionkit.device.keep_freed_memory`); at 500 each batch's were page-faulted in again (BENCHMARKS.md, "Freed
-# memory kept for the next step")
+# images per forward pass when scoring (validation, test, eval, predict, and metric train's embeddings): at 256 the
+# default's widest activation (24 x 28 x 28 floats an image) is 19 MiB, under the 32 MiB up to which freed blocks are
+# reused (`fashionkit.device.keep_freed_memory`); at 500 each batch's were page-faulted in again (BENCHMARKS.md,
+# "Freed memory kept for the next step")
 EVAL_BATCH = 256
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adamax", "rmsprop", "muon")

@@ -39,7 +39,8 @@ def tta_probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean softmax probabilities over ``tta_views(x)`` (float32): the image's views and the mirror's averaged
     apart, then the two."""
     views, k = tta_views(x), len(TTA_SHIFTS)
-    image, mirror = (sum(model(v).float().softmax(1) for v in views[i:i + k]) / k for i in (0, k))
+    image = sum(model(v).float().softmax(1) for v in views[:k]) / k
+    mirror = sum(model(v).float().softmax(1) for v in views[k:]) / k
     return (image + mirror) / 2
 
 

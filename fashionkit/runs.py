@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -226,8 +227,6 @@ def fit_run(trainer: Any, stage: str, plot_curves: Callable[[list[dict], Path, s
 
     The trainer has ``main``, ``run``, ``epoch``, ``metrics`` (a MetricsCSV), ``loop()`` and ``write_summary(status,
     **figures)``."""
-    import sys
-
     from fashionkit import distributed
 
     try:
